@@ -1,0 +1,178 @@
+"""The device layer: which device runs, zero-copy views between libraries, and one lane per stage.
+
+Everything here is decided at run time. Importing this module touches no GPU and needs no driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from pipeline.errors import DeviceError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device this machine really has."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise DeviceError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+        raise DeviceError(f"--device {spec}: no CUDA device is available (torch {torch.__version__}, {build})")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device("cuda", index)
+
+
+@functools.cache
+def cupy_module() -> ModuleType | None:
+    """CuPy when it works on this machine, else None; decided once, with one log line on fallback.
+
+    `cupy-cuda12x` imports fine without a driver and fails only on first use, so the check
+    makes one real call into the CUDA runtime.
+    """
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.info("cupy unavailable (%s); using NumPy", reason[:120])
+        return None
+    return cupy
+
+
+def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A NumPy view of a CPU tensor, sharing its memory. Device tensors raise: copies are explicit."""
+    if isinstance(x, np.ndarray):
+        return x
+    if x.device.type != "cpu":
+        raise DeviceError(f"to_numpy: tensor is on {x.device}; copy it with .cpu() first if that is meant")
+    return x.numpy()
+
+
+def to_torch(x: Any) -> torch.Tensor:
+    """A torch tensor sharing memory with `x` (torch, NumPy, CuPy or any DLPack producer)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x)
+    raise TypeError(f"to_torch: cannot share memory with {type(x).__name__}")
+
+
+def to_cupy(x: Any) -> Any:
+    """A CuPy view of a CUDA tensor through DLPack. Raises where CuPy cannot run."""
+    cp = cupy_module()
+    if cp is None:
+        raise DeviceError("to_cupy: CuPy cannot run on this machine")
+    if isinstance(x, torch.Tensor) and x.device.type != "cuda":
+        raise DeviceError(f"to_cupy: tensor is on {x.device}, not a CUDA device")
+    return cp.from_dlpack(x)
+
+
+def to_array(x: torch.Tensor) -> Any:
+    """The array-library view for the tensor's device: CuPy on CUDA, NumPy on CPU. Never copies."""
+    return to_cupy(x) if x.device.type == "cuda" else to_numpy(x)
+
+
+def array_module(x: torch.Tensor) -> ModuleType:
+    """`cupy` for CUDA tensors when CuPy works, else `numpy`: kernels written once for both."""
+    if x.device.type == "cuda":
+        cp = cupy_module()
+        if cp is not None:
+            return cp
+    return np
+
+
+def configure_cpu_threads(parallel_lanes: int) -> int:
+    """Share the cores between stages that compute at the same time; returns torch threads per op.
+
+    torch's thread count is per process: with several stages running matmuls at once, each op
+    using every core would only fight the others for them.
+    """
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, parallel_lanes))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        log.info("cpu: %d cores shared by %d computing stages, %d torch thread(s) each", cores, parallel_lanes, threads)
+    return threads
+
+
+def cuda_stream_priority(stage_priority: int, highest_stage_priority: int) -> int:
+    """Map a stage priority (higher = more important) onto CUDA's range (lower = sooner)."""
+    least, greatest = torch.cuda.Stream.priority_range()  # e.g. (0, -5)
+    span = least - greatest
+    if highest_stage_priority <= 0 or span == 0:
+        return least
+    share = max(0, min(stage_priority, highest_stage_priority)) / highest_stage_priority
+    return least - round(share * span)
+
+
+class Lane:
+    """Where one stage's blocking work runs: its own worker thread(s) and, on CUDA, its own stream.
+
+    On CPU the worker thread lets stages overlap, since torch releases the GIL inside ops. On
+    CUDA the work is also queued on the stage's stream, after the events of the stages it reads
+    from, and records an event of its own: ordering without a device-wide synchronize.
+    """
+
+    def __init__(self, name: str, device: torch.device, *, workers: int = 1, stream_priority: int = 0):
+        self.name = name
+        self.device = device
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"stage-{name}")
+        self.stream = torch.cuda.Stream(device=device, priority=stream_priority) if device.type == "cuda" else None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on this lane and wait for it without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        if self.stream is None:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        return await loop.run_in_executor(self._pool, self._on_stream, fn, args, ())
+
+    async def run_ordered(self, fn: Callable[..., T], args: tuple, after: Iterable[Any]) -> tuple[T, Any]:
+        """Like `run`, but on CUDA first wait for the `after` events; returns (result, done event)."""
+        loop = asyncio.get_running_loop()
+        if self.stream is None:
+            return await loop.run_in_executor(self._pool, fn, *args), None
+        return await loop.run_in_executor(self._pool, self._on_stream_recorded, fn, args, tuple(after))
+
+    def _on_stream(self, fn: Callable[..., T], args: tuple, after: tuple) -> T:
+        return self._on_stream_recorded(fn, args, after)[0]
+
+    def _on_stream_recorded(self, fn: Callable[..., T], args: tuple, after: tuple) -> tuple[T, Any]:
+        assert self.stream is not None
+        with torch.cuda.stream(self.stream):
+            for event in after:
+                if event is not None:
+                    self.stream.wait_event(event)
+            result = fn(*args)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return result, done
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

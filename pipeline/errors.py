@@ -1,0 +1,21 @@
+"""Named errors, so a caller can tell a bad config from a closed stream from a bug."""
+
+
+class PipelineError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A graph or option is wrong; the message names the node and the key."""
+
+
+class DeviceError(PipelineError):
+    """A device was asked for that this machine cannot give, or a copy would be hidden."""
+
+
+class SourceError(PipelineError):
+    """A source cannot be opened or read."""
+
+
+class SinkError(PipelineError):
+    """A sink cannot be opened or written."""

@@ -1,0 +1,327 @@
+"""Runs a graph: source → stages → sink, as asyncio tasks joined by bounded queues.
+
+Fan-out passes the same `Frame` to every child. Fan-in waits, per frame index, for every parent.
+A reorder buffer in front of the sink restores source order, whatever order stages finish in.
+A stop drains: the source stops, every frame already accepted reaches the sink, and the sink
+is finalized. An abort (a second stop) cancels what is in flight but still finalizes the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipeline.device import Lane, configure_cpu_threads, cuda_stream_priority
+from pipeline.errors import PipelineError, SinkError, SourceError
+from pipeline.frames import Frame
+from pipeline.graph import Graph, Node
+from pipeline.io.base import Sink, Source
+from pipeline.metrics import QueueStats, RunMetrics
+from pipeline.ringbuffer import FullPolicy, RingBuffer
+from pipeline.scratch import ScratchPool
+from pipeline.stage import ComputeStage, StageContext, StageRunner
+
+log = logging.getLogger(__name__)
+
+
+class StageQueue(asyncio.Queue):
+    """A FIFO of frames that stamps each item, so queue depth and the age of the oldest are known."""
+
+    def __init__(self, maxsize: int, stats: QueueStats):
+        self.stats = stats
+        super().__init__(maxsize)
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: deque[tuple[int, Frame]] = deque()
+
+    def _put(self, item: Frame) -> None:
+        self._queue.append((time.perf_counter_ns(), item))
+        self.stats.on_put(len(self._queue))
+
+    def _get(self) -> Frame:
+        stamped, item = self._queue.popleft()
+        self.stats.wait.record(time.perf_counter_ns() - stamped)
+        return item
+
+    def oldest_age_ns(self) -> int:
+        """How long the item at the head has waited; 0 when empty."""
+        return time.perf_counter_ns() - self._queue[0][0] if self._queue else 0
+
+
+@dataclass(eq=False)
+class _Running:
+    """A node while the graph runs: its stage, queue, and joins still waiting on parents."""
+
+    node: Node
+    runner: StageRunner
+    queue: StageQueue
+    lane: Lane
+    scratch: ScratchPool
+    children: list[_Running] = field(default_factory=list)
+    waiting: dict[int, int] = field(default_factory=dict)  # frame index → parents still to finish
+
+
+class Pipeline:
+    """One run of one graph from one source to one sink."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        source: Source,
+        sink: Sink,
+        *,
+        device: torch.device | str = "cpu",
+        metrics: RunMetrics | None = None,
+    ):
+        self.graph = graph
+        self.source = source
+        self.sink = sink
+        self.device = torch.device(device)
+        self.metrics = metrics or RunMetrics()
+        config = graph.config
+        policy = config.ring.policy
+        if policy == "auto":
+            policy = FullPolicy.LATEST if source.live else FullPolicy.BLOCK
+        self.ring = RingBuffer(config.ring.slots, source.info.frame_shape, device=self.device, policy=policy)
+        # Live: the ring alone bounds what is in flight and its policy decides what to drop, so a
+        # queue must never make the source wait. Batch: queues push back on the source.
+        self.queue_size = config.ring.slots if source.live else config.queue_size
+        self._running: dict[str, _Running] = {}
+        self._roots: list[_Running] = []
+        self._leaves: set[str] = {node.name for node in graph.leaves}
+        self._sink_waiting: dict[int, int] = {}
+        self._reorder: list[tuple[int, Frame]] = []
+        self._next_index = 0
+        self._delivering = False
+        self._in_flight: dict[int, Frame] = {}
+        self._accepted = 0
+        self._delivered = 0
+        self._source_done = False
+        self._stop_requested = False
+        self._aborted = False  # nothing more reaches the sink
+        self._done = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._fatal: BaseException | None = None
+        self.source_error: str | None = None
+        self.interrupted = False
+
+    # ----------------------------------------------------------------- control
+
+    def request_stop(self) -> None:
+        """First call: stop taking frames and drain. Second call: abort what is in flight."""
+        if self._stop_requested:
+            log.warning("stopping now: frames still in flight are abandoned, the output is finalized")
+            self._abort(None)
+            return
+        self._stop_requested = True
+        self.interrupted = True
+        log.info("stopping: draining %d frame(s) in flight", self._accepted - self._delivered)
+
+    def _abort(self, error: BaseException | None) -> None:
+        if error is not None and self._fatal is None:
+            self._fatal = error
+        self._stop_requested = True
+        self._aborted = True
+        self.interrupted = True
+        self._done.set()
+
+    # ----------------------------------------------------------------- run
+
+    async def run(self) -> dict[str, Any]:
+        """Run to the end of the source (or a stop) and return the run report."""
+        info = self.source.info
+        await self.sink.open(info)
+        try:
+            self._start_stages()
+            self._tasks.append(asyncio.create_task(self._produce(), name="source"))
+            for running in self._running.values():
+                for worker in range(running.node.spec.workers):
+                    task = asyncio.create_task(self._work(running), name=f"{running.node.name}#{worker}")
+                    self._tasks.append(task)
+            for task in self._tasks:
+                task.add_done_callback(self._task_ended)
+            if not self._check_done():
+                await self._done.wait()
+        finally:
+            await self._shutdown()
+        if isinstance(self._fatal, SinkError):
+            raise self._fatal
+        if self._fatal is not None:
+            raise PipelineError(f"pipeline failed: {type(self._fatal).__name__}: {self._fatal}") from self._fatal
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        return self.metrics.report(
+            graph=self.graph.config.name,
+            device=str(self.device),
+            source=type(self.source).__name__,
+            sink=type(self.sink).__name__,
+            interrupted=self.interrupted,
+            source_error=self.source_error,
+            ring=self.ring.stats(),
+            leaked_slots=self.ring.in_use,
+            scratch={name: r.scratch.stats() for name, r in self._running.items()},
+        )
+
+    def _start_stages(self) -> None:
+        nodes = list(self.graph.nodes.values())
+        if self.device.type == "cpu":
+            computing = sum(n.spec.workers for n in nodes if issubclass(n.stage_type, ComputeStage))
+            if computing:
+                configure_cpu_threads(computing)
+        top_priority = max((n.spec.priority for n in nodes), default=0)
+        for node in nodes:
+            stream_priority = 0
+            if self.device.type == "cuda":
+                stream_priority = cuda_stream_priority(node.spec.priority, top_priority)
+            lane = Lane(node.name, self.device, workers=node.spec.workers, stream_priority=stream_priority)
+            scratch = ScratchPool(self.device)
+            stage = node.instantiate()
+            runner = StageRunner(stage, self.metrics.stage(node.name), self.graph.config.max_consecutive_failures)
+            queue = StageQueue(self.queue_size, self.metrics.queue(node.name))
+            running = _Running(node=node, runner=runner, queue=queue, lane=lane, scratch=scratch)
+            self._running[node.name] = running
+            ctx = StageContext(
+                name=node.name, device=self.device, lane=lane, scratch=scratch, parents=node.parents, inputs=node.inputs
+            )
+            try:
+                stage.setup(ctx)
+            except Exception as exc:
+                runner.disable(f"setup failed: {type(exc).__name__}: {exc}".splitlines()[0])
+        for running in self._running.values():
+            running.children = [self._running[child] for child in running.node.children]
+        self._roots = [self._running[node.name] for node in self.graph.roots]
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for frame in list(self._in_flight.values()):  # only after an abort: frames that never arrived
+            self.metrics.frame_dropped("aborted")
+            frame.release()
+        self._in_flight.clear()
+        for running in self._running.values():
+            try:
+                running.runner.stage.teardown()
+            except Exception as exc:
+                log.warning("%s: teardown failed (%s: %s)", running.node.name, type(exc).__name__, exc)
+            running.lane.close()
+        try:
+            await self.sink.close()
+        finally:
+            self.source.close()
+            self.metrics.finish()
+        if self.ring.in_use:
+            log.error("ring: %d slot(s) still leased after the run", self.ring.in_use)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("task %s failed: %s: %s", task.get_name(), type(error).__name__, error)
+            self._abort(error)
+
+    def _check_done(self) -> bool:
+        if self._source_done and self._delivered == self._accepted:
+            self._done.set()
+            return True
+        return False
+
+    # ----------------------------------------------------------------- data path
+
+    async def _produce(self) -> None:
+        cuda = self.device.type == "cuda"
+        try:
+            async with contextlib.aclosing(self.source.frames(self.ring)) as frames:
+                async for frame in frames:
+                    if frame.index != self._accepted:
+                        frame.release()
+                        raise SourceError(f"source gave frame {frame.index}, expected {self._accepted}")
+                    if cuda:
+                        ready = torch.cuda.Event()
+                        ready.record()
+                        frame.events["source"] = ready
+                    self.metrics.frame_in(time.monotonic_ns())
+                    self._in_flight[frame.index] = frame
+                    self._accepted += 1
+                    if self._roots:
+                        for root in self._roots:
+                            await root.queue.put(frame)
+                    else:
+                        await self._arrive_at_sink(frame)
+                    if self._stop_requested:
+                        break
+        except SourceError as exc:
+            self.source_error = str(exc)
+            log.error("source: %s", exc)
+        except Exception as exc:  # a source that breaks mid-stream still yields what it gave
+            self.source_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.error("source failed after %d frame(s): %s", self._accepted, self.source_error)
+        finally:
+            self._source_done = True
+            self._check_done()
+
+    async def _work(self, running: _Running) -> None:
+        queue, runner = running.queue, running.runner
+        while True:
+            frame = await queue.get()
+            await runner.run(frame)
+            await self._forward(running, frame)
+
+    async def _forward(self, running: _Running, frame: Frame) -> None:
+        for child in running.children:
+            if len(child.node.parents) > 1:
+                left = child.waiting.get(frame.index, len(child.node.parents)) - 1
+                if left:
+                    child.waiting[frame.index] = left
+                    continue
+                child.waiting.pop(frame.index, None)
+            await child.queue.put(frame)
+        if not running.children:
+            await self._arrive_at_sink(frame)
+
+    async def _arrive_at_sink(self, frame: Frame) -> None:
+        if len(self._leaves) > 1:
+            left = self._sink_waiting.get(frame.index, len(self._leaves)) - 1
+            if left:
+                self._sink_waiting[frame.index] = left
+                return
+            self._sink_waiting.pop(frame.index, None)
+        heapq.heappush(self._reorder, (frame.index, frame))
+        if self._delivering:
+            return  # the task already delivering will reach this frame in order
+        self._delivering = True
+        try:
+            await self._deliver_in_order()
+        finally:
+            self._delivering = False
+
+    async def _deliver_in_order(self) -> None:
+        reorder = self._reorder
+        while reorder and reorder[0][0] == self._next_index and not self._aborted:
+            _, frame = heapq.heappop(reorder)
+            self._next_index += 1
+            try:
+                await self.sink.write(frame)
+            except Exception as exc:
+                error = exc if isinstance(exc, SinkError) else SinkError(f"sink failed: {type(exc).__name__}: {exc}")
+                log.error("%s", error)
+                self._abort(error)
+                return
+            if frame.dropped:
+                self.metrics.frame_dropped(frame.why_dropped or "dropped")
+            else:
+                self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
+            frame.release()
+            del self._in_flight[frame.index]
+            self._delivered += 1
+        self._check_done()

@@ -1,0 +1,155 @@
+"""The stage graph: built from a checked config into a DAG, with every wiring error found up front.
+
+Checks, in order, each failing with the node and the key named: duplicate names, unknown stage
+types, `after` naming no stage, cycles, options the stage type does not accept, and input ports
+(stage types a stage reads) with no upstream stage to feed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from pipeline.config import GraphConfig, StageSpec
+from pipeline.errors import ConfigError
+from pipeline.registry import stage_types
+from pipeline.stage import Stage, StageOptions
+
+
+@dataclass
+class Node:
+    """One stage in the graph, with its edges resolved."""
+
+    spec: StageSpec
+    stage_type: type[Stage]
+    options: StageOptions
+    parents: tuple[str, ...] = ()
+    children: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → upstream node
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def instantiate(self) -> Stage:
+        return self.stage_type(self.name, priority=self.spec.priority, options=self.options)
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, so every node comes after the nodes it waits for."""
+
+    config: GraphConfig
+    nodes: dict[str, Node]
+
+    @property
+    def roots(self) -> list[Node]:
+        return [node for node in self.nodes.values() if not node.parents]
+
+    @property
+    def leaves(self) -> list[Node]:
+        return [node for node in self.nodes.values() if not node.children]
+
+
+def _find_cycle(remaining: dict[str, list[str]]) -> list[str]:
+    """A cycle among nodes that a topological sort could not place, as a path a → … → a."""
+    start = next(iter(remaining))
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(parent for parent in remaining[node] if parent in remaining)
+    cycle = [*path[seen[node] :], node]
+    return list(reversed(cycle))
+
+
+def _topological_order(specs: dict[str, StageSpec]) -> list[str]:
+    waiting = {name: len(spec.after) for name, spec in specs.items()}
+    children: dict[str, list[str]] = {name: [] for name in specs}
+    for name, spec in specs.items():
+        for parent in spec.after:
+            children[parent].append(name)
+    ready = [name for name, count in waiting.items() if count == 0]
+    order: list[str] = []
+    while ready:
+        name = ready.pop(0)
+        order.append(name)
+        for child in children[name]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) != len(specs):
+        remaining = {name: specs[name].after for name in specs if name not in order}
+        raise ConfigError(f"cycle in graph: {' -> '.join(_find_cycle(remaining))}")
+    return order
+
+
+def _ancestors(name: str, specs: Mapping[str, StageSpec]) -> list[str]:
+    """Upstream nodes, nearest first."""
+    found: list[str] = []
+    frontier = list(specs[name].after)
+    while frontier:
+        node = frontier.pop(0)
+        if node not in found:
+            found.append(node)
+            frontier.extend(specs[node].after)
+    return found
+
+
+def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = None) -> Graph:
+    """Check the wiring and options of `config` and return the graph, or raise ConfigError."""
+    types = stage_types() if types is None else types
+    specs: dict[str, StageSpec] = {}
+    for spec in config.stages:
+        if spec.name in specs:
+            raise ConfigError(f"stage {spec.name!r}: key 'name': used by more than one stage")
+        specs[spec.name] = spec
+
+    for spec in specs.values():
+        if spec.type not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigError(f"stage {spec.name!r}: key 'type': unknown stage type {spec.type!r} (known: {known})")
+        for parent in spec.after:
+            if parent == spec.name:
+                raise ConfigError(f"stage {spec.name!r}: key 'after': a stage cannot run after itself")
+            if parent not in specs:
+                raise ConfigError(f"stage {spec.name!r}: key 'after': {parent!r} is not a stage in this graph")
+        if len(set(spec.after)) != len(spec.after):
+            raise ConfigError(f"stage {spec.name!r}: key 'after': lists a stage twice")
+
+    order = _topological_order(specs)
+
+    nodes: dict[str, Node] = {}
+    for name in order:
+        spec = specs[name]
+        stage_type = types[spec.type]
+        try:
+            options = stage_type.Options.model_validate(spec.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "options"
+            message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
+            raise ConfigError(f"stage {name!r}: option {key!r}: {message}") from None
+        inputs: dict[str, str] = {}
+        upstream = _ancestors(name, specs)
+        for port in stage_type.inputs:
+            feeding = [node for node in upstream if specs[node].type == port]
+            if not feeding:
+                raise ConfigError(
+                    f"stage {name!r}: input {port!r}: no upstream stage of type {port!r} (list one in 'after')"
+                )
+            if len(feeding) > 1:
+                raise ConfigError(
+                    f"stage {name!r}: input {port!r}: several upstream stages of that type ({', '.join(feeding)})"
+                )
+            inputs[port] = feeding[0]
+        nodes[name] = Node(spec=spec, stage_type=stage_type, options=options, parents=tuple(spec.after), inputs=inputs)
+
+    for node in nodes.values():
+        for parent in node.parents:
+            nodes[parent].children.append(node.name)
+    return Graph(config=config, nodes=nodes)

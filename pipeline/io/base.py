@@ -1,0 +1,63 @@
+"""The two contracts every media end keeps: `Source.frames(ring)` and `Sink.write(frame)`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+from pipeline.frames import Frame
+from pipeline.ringbuffer import RingBuffer
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a sink needs to know before the first frame."""
+
+    width: int
+    height: int
+    fps: Fraction  # frames per second
+    time_base: Fraction  # unit of Frame.pts
+    audio_rate: int | None = None  # Hz; None when the source has no audio
+    audio_channels: int = 0
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+
+class Source(ABC):
+    """Produces frames into leased ring slots, in index order 0, 1, 2, … with no gaps."""
+
+    live: bool = False  # True: capture time is wall-clock capture, and a full ring drops the oldest
+
+    @property
+    @abstractmethod
+    def info(self) -> StreamInfo: ...
+
+    @abstractmethod
+    def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        """Yield frames; each holds a lease from `await ring.acquire()` with its pixels written in."""
+
+    def close(self) -> None:  # noqa: B027 — most sources hold nothing
+        """Free whatever the source holds (devices, files)."""
+
+
+class Sink(ABC):
+    """Receives every accepted frame, in index order, and writes it out."""
+
+    @abstractmethod
+    async def open(self, info: StreamInfo) -> None: ...
+
+    @abstractmethod
+    async def write(self, frame: Frame) -> None:
+        """Write one frame. A dropped frame (`frame.dropped`) has no image but keeps its audio.
+
+        The caller releases the frame's slot when this returns, so a sink that encodes later
+        must copy what it needs first.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish the output so it is valid and playable. Called once, also after an error."""

@@ -1,0 +1,203 @@
+"""A source made in-process: scrolling colour bars, a bouncing square and a beeping tone.
+
+It needs no file, camera or network, so the demo, the tests and the benchmarks all run on any
+machine. Each frame costs one slot-sized copy and a small fill, so a synthetic run measures the
+pipeline rather than the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from pipeline.errors import SourceError
+from pipeline.frames import AudioChunk, Frame
+from pipeline.io.base import Source, StreamInfo
+from pipeline.ringbuffer import RingBuffer
+
+TONE_HZ = 440  # a whole number of cycles per second, so one cached second of audio loops seamlessly
+TONE_AMPLITUDE = 0.5  # of full scale [-1, 1]
+BEEP_ON_S = 0.5  # each second: this long on, the rest off; a level meter visibly moves
+BEEP_FADE_S = 0.005  # 5 ms ramps at both ends of a beep, so it does not click
+SCROLL_PERIOD_S = 4  # the bars scroll one full picture width in this time
+SQUARE_SPEED = (0.5, 0.4)  # square speed in picture widths / heights per second (x, y)
+
+# Seven bars, as on a test card: white, yellow, cyan, green, magenta, red, blue (RGB).
+BAR_COLOURS = (
+    (235, 235, 235),
+    (235, 235, 16),
+    (16, 235, 235),
+    (16, 235, 16),
+    (235, 16, 235),
+    (235, 16, 16),
+    (16, 16, 235),
+)
+
+
+class SyntheticSource(Source):
+    """Test-card video with a beeping 440 Hz tone, finite or endless, paced or as fast as it can."""
+
+    def __init__(
+        self,
+        *,
+        width: int = 640,
+        height: int = 360,
+        fps: int | Fraction = 30,
+        frames: int | None = 300,
+        audio_rate: int = 48000,
+        live: bool = False,
+        device: torch.device | str = "cpu",
+    ):
+        _check_even_size("width", width)
+        _check_even_size("height", height)
+        fps = Fraction(fps)
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if frames is not None and (not isinstance(frames, int) or frames < 0):
+            raise ValueError(f"frames must be a count >= 0 or None (endless), got {frames!r}")
+        if not isinstance(audio_rate, int) or audio_rate <= 0:
+            raise ValueError(f"audio_rate must be a positive number of Hz, got {audio_rate!r}")
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.frame_count = frames  # None: endless
+        self.audio_rate = audio_rate  # Hz
+        self.live = live
+        self.device = torch.device(device)
+        self._wide = _test_card(height, width, self.device)  # H×2W×3: two periods of the card
+        self._audio_second = _beep_second(audio_rate)  # one second of the audio, which repeats
+
+    @property
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+            time_base=1 / self.fps,  # so pts == index
+            audio_rate=self.audio_rate,
+            audio_channels=1,
+        )
+
+    async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        """Yield frames 0, 1, 2, … with pixels drawn into leased slots; paced at fps when live."""
+        expected = (self.height, self.width, 3)
+        if ring.shape != expected or ring.storage.dtype != torch.uint8:
+            raise SourceError(
+                f"synthetic source: ring slots are {ring.shape} {ring.storage.dtype}, need {expected} uint8"
+            )
+        wide = self._wide.to(ring.storage.device)  # once, so each frame's copy stays on one device
+        period_s = float(1 / self.fps)
+        anchor_s, anchor_index = time.monotonic(), 0  # live schedule: frame i is due at anchor + i/fps
+        index = 0
+        while self.frame_count is None or index < self.frame_count:
+            if self.live:
+                due_s = anchor_s + (index - anchor_index) * period_s
+                late_s = time.monotonic() - due_s
+                if late_s < 0:
+                    await asyncio.sleep(-late_s)
+                elif late_s > period_s:
+                    # More than a frame behind: start a new schedule from now rather than
+                    # bursting frames out to catch up with the old one.
+                    anchor_s, anchor_index = time.monotonic(), index
+            else:
+                await asyncio.sleep(0)  # unpaced, but let the rest of the loop run between frames
+            lease = await ring.acquire()
+            try:
+                self._draw(lease.tensor, wide, index)
+                audio = self._audio_chunk(index)
+            except BaseException:
+                lease.release()
+                raise
+            yield Frame(
+                index=index,
+                pts=index,
+                time_base=1 / self.fps,
+                capture_ns=time.monotonic_ns(),
+                lease=lease,
+                audio=audio,
+            )
+            index += 1
+
+    def _draw(self, slot: torch.Tensor, wide: torch.Tensor, index: int) -> None:
+        """Draw frame `index` into `slot` in place: the scrolled card, then the square."""
+        w, h = self.width, self.height
+        offset = int(index * w / (SCROLL_PERIOD_S * self.fps)) % w  # px
+        slot.copy_(wide[:, offset : offset + w])
+        side = max(2, min(w, h) // 8)  # px
+        t_s = index / self.fps
+        x = _bounce(int(t_s * SQUARE_SPEED[0] * w), w - side)
+        y = _bounce(int(t_s * SQUARE_SPEED[1] * h), h - side)
+        slot[y : y + side, x : x + side].fill_(255)
+
+    def _audio_chunk(self, index: int) -> AudioChunk:
+        """The samples belonging to frame `index`: sample boundaries are round(i · rate / fps).
+
+        Rounding each boundary from the index, not adding per-frame counts, is what keeps the
+        audio from drifting at rates like 30000/1001 fps, where a frame holds 1601.6 samples.
+        """
+        start = self._sample_at(index)
+        n = self._sample_at(index + 1) - start
+        rate = self.audio_rate
+        positions = torch.arange(start, start + n) % rate  # the audio repeats every second
+        return AudioChunk(samples=self._audio_second[positions].unsqueeze(0), sample_rate=rate, pts=start)
+
+    def _sample_at(self, index: int) -> int:
+        """The first sample of frame `index`: index · rate / fps, rounded half up, in exact integers."""
+        num = 2 * index * self.audio_rate * self.fps.denominator + self.fps.numerator
+        return num // (2 * self.fps.numerator)
+
+
+def sample_source(**overrides: Any) -> SyntheticSource:
+    """The built-in demo clip: 10 s of 640x360 at 30 fps, finite and as fast as it can go."""
+    settings: dict[str, Any] = {"width": 640, "height": 360, "fps": 30, "frames": 300, "live": False}
+    return SyntheticSource(**(settings | overrides))
+
+
+def test_source(**overrides: Any) -> SyntheticSource:
+    """An endless live test signal, 640x360 at 30 fps, paced like a camera."""
+    settings: dict[str, Any] = {"width": 640, "height": 360, "fps": 30, "frames": None, "live": True}
+    return SyntheticSource(**(settings | overrides))
+
+
+test_source.__test__ = False  # type: ignore[attr-defined]  # not a test, whatever pytest infers from its name
+
+
+def _check_even_size(name: str, value: int) -> None:
+    # yuv420 encoders halve both dimensions for the colour planes, so odd sizes cannot be written.
+    if not isinstance(value, int) or value <= 0 or value % 2:
+        raise ValueError(f"{name} must be a positive even number of pixels, got {value!r}")
+
+
+def _bounce(distance: int, span: int) -> int:
+    """Position after travelling `distance` px back and forth over [0, span] px."""
+    if span <= 0:
+        return 0
+    p = distance % (2 * span)
+    return p if p <= span else 2 * span - p
+
+
+def _test_card(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Colour bars above a grey ramp, twice side by side (H×2W×3 uint8), so any W-wide window wraps."""
+    card = torch.empty((height, width, 3), dtype=torch.uint8)
+    colours = torch.tensor(BAR_COLOURS, dtype=torch.uint8)
+    bar_of_column = torch.arange(width) * len(BAR_COLOURS) // width
+    bars_h = height * 3 // 4  # px; the ramp takes the bottom quarter
+    card[:bars_h] = colours[bar_of_column]
+    ramp = (torch.arange(width) * 255 // max(1, width - 1)).to(torch.uint8)
+    card[bars_h:] = ramp[:, None]
+    return torch.cat([card, card], dim=1).to(device).contiguous()
+
+
+def _beep_second(rate: int) -> torch.Tensor:
+    """One second of audio (float32, `rate` samples): a tone for BEEP_ON_S with faded ends, then silence."""
+    t_s = torch.arange(rate, dtype=torch.float64) / rate
+    tone = torch.sin(2 * math.pi * TONE_HZ * t_s)
+    fade = torch.clamp(torch.minimum(t_s, BEEP_ON_S - t_s) / BEEP_FADE_S, 0.0, 1.0)
+    envelope = 0.5 - 0.5 * torch.cos(math.pi * fade)  # raised cosine: smooth at both ends of the ramp
+    return (TONE_AMPLITUDE * tone * envelope).to(torch.float32)

@@ -1,0 +1,201 @@
+"""Run metrics: latency histograms per stage and end to end, fps, drops, queue depth and age.
+
+Recording sits on the hot path of every frame and every stage, so a sample costs a few integer
+operations and memory stays bounded however long a live session runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SUB_BUCKETS_BITS = 4  # 16 buckets per power of two: about 4% relative error on a percentile
+_SUB = 1 << SUB_BUCKETS_BITS
+_BUCKETS = 64 * _SUB
+
+
+def _bucket(value_ns: int) -> int:
+    bits = value_ns.bit_length()
+    if bits <= SUB_BUCKETS_BITS:
+        return value_ns
+    return ((bits - SUB_BUCKETS_BITS) << SUB_BUCKETS_BITS) | ((value_ns >> (bits - SUB_BUCKETS_BITS - 1)) & (_SUB - 1))
+
+
+def _bucket_floor(index: int) -> int:
+    if index < _SUB:
+        return index
+    shift = (index >> SUB_BUCKETS_BITS) - 1
+    return (_SUB | (index & (_SUB - 1))) << shift
+
+
+class LatencyHistogram:
+    """Log-linear histogram of durations in nanoseconds, with exact min, max and mean."""
+
+    __slots__ = ("count", "counts", "max_ns", "min_ns", "total_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKETS
+        self.count = 0
+        self.total_ns = 0
+        self.min_ns = 0
+        self.max_ns = 0
+
+    def record(self, value_ns: int) -> None:
+        if value_ns < 0:
+            value_ns = 0
+        self.counts[_bucket(value_ns)] += 1
+        if self.count == 0 or value_ns < self.min_ns:
+            self.min_ns = value_ns
+        if value_ns > self.max_ns:
+            self.max_ns = value_ns
+        self.count += 1
+        self.total_ns += value_ns
+
+    def percentile_ns(self, q: float) -> int:
+        """The value below which a fraction `q` (0..1) of samples fall, to bucket precision."""
+        if self.count == 0:
+            return 0
+        rank = max(1, int(q * self.count + 0.999999))
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                upper = _bucket_floor(index + 1) - 1 if index + 1 < _BUCKETS else self.max_ns
+                return max(self.min_ns, min(self.max_ns, (_bucket_floor(index) + upper) // 2))
+        return self.max_ns
+
+    def summary_ms(self) -> dict[str, float | int]:
+        """p50/p95/p99, mean, min, max in milliseconds, and the sample count."""
+        ms = 1e-6
+        return {
+            "count": self.count,
+            "mean": round(self.total_ns / self.count * ms, 4) if self.count else 0.0,
+            "p50": round(self.percentile_ns(0.50) * ms, 4),
+            "p95": round(self.percentile_ns(0.95) * ms, 4),
+            "p99": round(self.percentile_ns(0.99) * ms, 4),
+            "min": round(self.min_ns * ms, 4),
+            "max": round(self.max_ns * ms, 4),
+        }
+
+
+class QueueStats:
+    """Depth at each put and the wait of each item, for one queue."""
+
+    __slots__ = ("depth_sum", "max_depth", "puts", "wait")
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.depth_sum = 0
+        self.max_depth = 0
+        self.wait = LatencyHistogram()  # age of the oldest item as it leaves (queues are FIFO)
+
+    def on_put(self, depth: int) -> None:
+        self.puts += 1
+        self.depth_sum += depth
+        if depth > self.max_depth:
+            self.max_depth = depth
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "max_depth": self.max_depth,
+            "mean_depth": round(self.depth_sum / self.puts, 3) if self.puts else 0.0,
+            "oldest_item_age_ms": self.wait.summary_ms(),
+        }
+
+
+class StageStats:
+    """One stage's timings and what went wrong in it."""
+
+    __slots__ = ("disabled", "errors", "latency", "missing", "skipped")
+
+    def __init__(self) -> None:
+        self.latency = LatencyHistogram()
+        self.errors = 0  # calls that raised
+        self.missing = 0  # frames that left without this stage's annotation
+        self.skipped = 0  # dropped frames passed on untouched
+        self.disabled: str | None = None  # why the stage was switched off
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency.summary_ms(),
+            "errors": self.errors,
+            "missing": self.missing,
+            "skipped": self.skipped,
+            "disabled": self.disabled,
+        }
+
+
+class RunMetrics:
+    """Everything measured during one run, turned into the report at the end."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, StageStats] = {}
+        self.queues: dict[str, QueueStats] = {}
+        self.end_to_end = LatencyHistogram()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.drops: Counter[str] = Counter()
+        self.first_in_ns = 0
+        self.last_in_ns = 0
+        self.first_out_ns = 0
+        self.last_out_ns = 0
+        self.started_ns = time.monotonic_ns()
+        self.finished_ns = 0
+
+    def stage(self, name: str) -> StageStats:
+        return self.stages.setdefault(name, StageStats())
+
+    def queue(self, name: str) -> QueueStats:
+        return self.queues.setdefault(name, QueueStats())
+
+    def frame_in(self, now_ns: int) -> None:
+        if self.frames_in == 0:
+            self.first_in_ns = now_ns
+        self.last_in_ns = now_ns
+        self.frames_in += 1
+
+    def frame_out(self, capture_ns: int, now_ns: int) -> None:
+        if self.frames_out == 0:
+            self.first_out_ns = now_ns
+        self.last_out_ns = now_ns
+        self.frames_out += 1
+        self.end_to_end.record(now_ns - capture_ns)
+
+    def frame_dropped(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def finish(self) -> None:
+        self.finished_ns = time.monotonic_ns()
+
+    @staticmethod
+    def _rate(count: int, first_ns: int, last_ns: int) -> float:
+        span = (last_ns - first_ns) / 1e9
+        return round((count - 1) / span, 2) if count > 1 and span > 0 else 0.0
+
+    def report(self, **extra: Any) -> dict[str, Any]:
+        """The run report: plain JSON-able data."""
+        end = self.finished_ns or time.monotonic_ns()
+        return {
+            "wall_s": round((end - self.started_ns) / 1e9, 3),
+            "frames": {"in": self.frames_in, "out": self.frames_out, "dropped": dict(self.drops)},
+            "fps": {
+                "in": self._rate(self.frames_in, self.first_in_ns, self.last_in_ns),
+                "out": self._rate(self.frames_out, self.first_out_ns, self.last_out_ns),
+            },
+            "latency_ms": {"end_to_end": self.end_to_end.summary_ms()},
+            "stages": {name: stats.summary() for name, stats in self.stages.items()},
+            "queues": {name: stats.summary() for name, stats in self.queues.items()},
+            **extra,
+        }
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report as JSON, atomically, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,158 @@
+"""Stages: what a stage does, kept apart from when it runs.
+
+A stage's one contract is `async process(frame) -> annotation | None`. The graph decides when
+to call it; the stage never sleeps, polls or drops frames itself. `StageRunner` wraps each call
+with timing and isolation: a stage that raises costs that frame its annotation, not the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.device import Lane
+from pipeline.frames import Frame
+from pipeline.metrics import StageStats
+from pipeline.scratch import ScratchPool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+
+
+class StageOptions(BaseModel):
+    """Base of every stage's options; unknown keys are config errors, not silent no-ops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(slots=True)
+class StageContext:
+    """What a stage is given at setup: where it runs and where its inputs come from."""
+
+    name: str
+    device: torch.device
+    lane: Lane
+    scratch: ScratchPool
+    parents: tuple[str, ...] = ()  # the nodes this stage runs after
+    inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → node name
+
+
+def missing(reason: str) -> dict[str, Any]:
+    """The annotation a frame carries for a stage that gave none."""
+    return {"missing": True, "reason": reason}
+
+
+class Stage:
+    """Base of all stages. Subclasses set `type_name`, maybe `Options` and `inputs`, and `process`."""
+
+    type_name: ClassVar[str] = ""  # key in configs, e.g. "frame_stats"
+    Options: ClassVar[type[StageOptions]] = StageOptions
+    inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
+
+    def __init__(self, name: str, *, priority: int = 0, options: StageOptions | None = None):
+        self.name = name
+        self.priority = priority  # higher = more important: stream priority, shed order, service order
+        self.options = options if options is not None else self.Options()
+        self.ctx: StageContext | None = None
+
+    def setup(self, ctx: StageContext) -> None:
+        """Acquire what the stage needs (models, buffers). Runs once, before the first frame."""
+        self.ctx = ctx
+
+    async def process(self, frame: Frame) -> dict[str, Any] | None:
+        """Look at (or draw into) the frame; return this stage's annotation, or None."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Free what `setup` acquired. Runs once, also after an error."""
+
+    def input_annotation(self, frame: Frame, port: str) -> dict[str, Any] | None:
+        """The annotation an upstream stage of type `port` left on this frame, if it left one."""
+        assert self.ctx is not None, "setup() has not run"
+        found = frame.annotations.get(self.ctx.inputs[port])
+        if found is None or found.get("missing"):
+            return None
+        return found
+
+
+class ComputeStage(Stage):
+    """A stage whose work blocks (torch, NumPy): `compute` runs on the stage's own lane.
+
+    On CPU that is its own worker thread, so stages overlap; on CUDA its own stream, ordered
+    after the stages it reads from by events.
+    """
+
+    async def process(self, frame: Frame) -> dict[str, Any] | None:
+        ctx = self.ctx
+        assert ctx is not None, "setup() has not run"
+        if ctx.lane.stream is None:
+            return await ctx.lane.run(self.compute, frame)
+        after = [frame.events.get(parent) for parent in ctx.parents] or [frame.events.get("source")]
+        result, done = await ctx.lane.run_ordered(self.compute, (frame,), after)
+        frame.events[self.name] = done
+        return result
+
+    def compute(self, frame: Frame) -> dict[str, Any] | None:
+        """The blocking work; runs off the event loop."""
+        raise NotImplementedError
+
+
+class StageRunner:
+    """Calls one stage for each frame: times it, isolates its failures, disables it if it keeps failing."""
+
+    __slots__ = ("consecutive_failures", "max_consecutive_failures", "name", "stage", "stats")
+
+    def __init__(
+        self, stage: Stage, stats: StageStats, max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    ):
+        self.stage = stage
+        self.name = stage.name
+        self.stats = stats
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0
+
+    def disable(self, reason: str) -> None:
+        if self.stats.disabled is None:
+            self.stats.disabled = reason
+            log.warning("%s: disabled (%s)", self.name, reason)
+
+    async def run(self, frame: Frame) -> None:
+        if frame.dropped:
+            self.stats.skipped += 1
+            return
+        if self.stats.disabled is not None:
+            self.stats.missing += 1
+            frame.annotations[self.name] = missing("disabled")
+            return
+        lease = frame.lease
+        if lease is not None and not lease.mark_started():
+            self.stats.skipped += 1  # reclaimed by the ring while it waited in the queue
+            return
+        start = time.perf_counter_ns()
+        try:
+            annotation = await self.stage.process(frame)
+        except Exception as exc:  # isolation is the point: any stage bug stays in the stage
+            self.stats.latency.record(time.perf_counter_ns() - start)
+            self._failed(frame, exc)
+            return
+        self.stats.latency.record(time.perf_counter_ns() - start)
+        self.consecutive_failures = 0
+        if annotation is not None:
+            frame.annotations[self.name] = annotation
+
+    def _failed(self, frame: Frame, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        self.stats.errors += 1
+        self.stats.missing += 1
+        self.consecutive_failures += 1
+        frame.annotations[self.name] = missing(reason)
+        if self.stats.errors == 1:
+            log.warning("%s: frame %d failed (%s); the frame goes on without it", self.name, frame.index, reason)
+        if self.consecutive_failures >= self.max_consecutive_failures:
+            self.disable(f"{self.consecutive_failures} consecutive failures, last: {reason}")

@@ -1,0 +1,53 @@
+"""Brightness and motion of each frame, from a downscaled luma plane.
+
+Cheap scene measures other stages can react to (a still scene needs no re-detection). All
+temporaries come from the stage's scratch pool, so a frame in steady state allocates none.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from pipeline.frames import Frame
+from pipeline.registry import register_stage
+from pipeline.stage import ComputeStage, StageContext, StageOptions
+
+BT601_LUMA = (0.299, 0.587, 0.114)  # R, G, B weights of Y'
+
+
+class FrameStatsOptions(StageOptions):
+    downscale: int = Field(4, ge=1, le=64)  # read every Nth pixel in each direction
+
+
+@register_stage
+class FrameStats(ComputeStage):
+    """Annotation: `luma` (mean, 0..1) and `motion` (mean absolute luma change since the last frame, 0..1)."""
+
+    type_name = "frame_stats"
+    Options = FrameStatsOptions
+
+    def setup(self, ctx: StageContext) -> None:
+        super().setup(ctx)
+        self._weights = torch.tensor(BT601_LUMA, dtype=torch.float32, device=ctx.device) / 255.0
+        self._previous: torch.Tensor | None = None  # last frame's luma; the stage is stateful
+
+    def compute(self, frame: Frame) -> dict[str, float]:
+        assert self.ctx is not None
+        step = self.options.downscale
+        small = frame.image[::step, ::step]
+        h, w = small.shape[:2]
+        scratch = self.ctx.scratch
+        with scratch.lease((h, w, 3)) as rgb, scratch.lease((h, w)) as luma:
+            rgb.copy_(small)
+            torch.matmul(rgb, self._weights, out=luma)
+            brightness = float(luma.mean())
+            if self._previous is None or self._previous.shape != luma.shape:
+                self._previous = luma.clone()
+                motion = 0.0
+            else:
+                with scratch.lease((h, w)) as change:
+                    torch.sub(luma, self._previous, out=change).abs_()
+                    motion = float(change.mean())
+                self._previous.copy_(luma)
+        return {"luma": round(brightness, 4), "motion": round(motion, 4)}

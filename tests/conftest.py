@@ -1,0 +1,98 @@
+"""Test helpers: a source that stamps each frame's index into its pixels, and a sink that records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.frames import AudioChunk, Frame
+from pipeline.io.base import Sink, Source, StreamInfo
+from pipeline.ringbuffer import RingBuffer
+
+AUDIO_RATE = 16000  # Hz
+
+
+class IndexSource(Source):
+    """`count` frames; pixel [0, 0, 0] holds index % 256, and each frame carries a short audio chunk."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        width: int = 32,
+        height: int = 24,
+        live: bool = False,
+        fps: float | None = None,
+        fail_at: int | None = None,
+    ):
+        self.count = count
+        self.live = live
+        self.fps = fps  # pace frames at this rate when set
+        self.fail_at = fail_at  # raise after yielding this many frames
+        self._info = StreamInfo(width, height, Fraction(30), Fraction(1, 30), AUDIO_RATE, 1)
+        self.closed = False
+
+    @property
+    def info(self) -> StreamInfo:
+        return self._info
+
+    async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        samples_per_frame = AUDIO_RATE // 30
+        start = time.monotonic()
+        for index in range(self.count):
+            if self.fail_at is not None and index == self.fail_at:
+                raise OSError("device unplugged")
+            if self.fps:
+                delay = start + index / self.fps - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            lease = await ring.acquire()
+            lease.tensor[0, 0, 0] = index % 256
+            audio = AudioChunk(torch.full((1, samples_per_frame), 0.25), AUDIO_RATE, index * samples_per_frame)
+            yield Frame(index, index, Fraction(1, 30), time.monotonic_ns(), lease, audio)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingSink(Sink):
+    """Keeps, per frame written: index, the stamp read back from its pixels, annotations, dropped."""
+
+    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None):
+        self.delay_s = delay_s
+        self.fail_at = fail_at
+        self.records: list[dict[str, Any]] = []
+        self.opened = False
+        self.closed = 0
+
+    async def open(self, info: StreamInfo) -> None:
+        self.opened = True
+
+    async def write(self, frame: Frame) -> None:
+        if self.fail_at is not None and frame.index == self.fail_at:
+            raise OSError("disk full")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        stamp = None if frame.dropped else int(frame.image[0, 0, 0])
+        self.records.append(
+            {"index": frame.index, "stamp": stamp, "dropped": frame.dropped, "annotations": dict(frame.annotations)}
+        )
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    @property
+    def indices(self) -> list[int]:
+        return [r["index"] for r in self.records]
+
+
+@pytest.fixture
+def run():
+    """Run a coroutine to completion in a fresh event loop."""
+    return asyncio.run

@@ -1,0 +1,121 @@
+"""The device layer: run-time device choice, zero-copy views, and lanes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.device import (
+    Lane,
+    array_module,
+    cupy_module,
+    resolve_device,
+    to_array,
+    to_cupy,
+    to_numpy,
+    to_torch,
+)
+from pipeline.errors import DeviceError
+
+HAS_CUDA = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device; the CPU path is tested beside it")
+
+
+def test_cpu_and_auto_resolve_on_any_machine():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA device")
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    with pytest.raises(DeviceError, match=r"--device cuda:0: no CUDA device is available \(torch "):
+        resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "metal", "cuda:x"])
+def test_unknown_device_is_a_clear_error(spec):
+    with pytest.raises(DeviceError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device(spec)
+
+
+def test_torch_to_numpy_and_back_share_memory():
+    tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    array = to_numpy(tensor)
+    assert array.ctypes.data == tensor.data_ptr()
+    back = to_torch(array)
+    assert back.data_ptr() == tensor.data_ptr()
+    array[1, 2] = -1.0
+    assert tensor[1, 2] == -1.0  # one buffer, three names
+
+
+def test_a_ring_slot_view_shares_memory_with_numpy():
+    storage = torch.zeros(2, 4, 6, 3, dtype=torch.uint8)
+    slot = storage[1]
+    assert to_numpy(slot).ctypes.data == slot.data_ptr() == storage.data_ptr() + 4 * 6 * 3
+
+
+def test_dlpack_producers_convert_without_copy():
+    array = np.ones((5, 7), dtype=np.float32)
+    tensor = to_torch(array)
+    assert tensor.data_ptr() == array.ctypes.data
+    assert to_torch(tensor) is tensor
+
+
+def test_cpu_tensors_use_numpy_as_their_array_module():
+    tensor = torch.zeros(3)
+    assert array_module(tensor) is np
+    assert to_array(tensor).ctypes.data == tensor.data_ptr()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA device")
+def test_cupy_falls_back_to_numpy_without_a_gpu():
+    assert cupy_module() is None
+    with pytest.raises(DeviceError, match="CuPy cannot run"):
+        to_cupy(torch.zeros(2))
+
+
+@needs_gpu
+def test_cuda_tensor_and_cupy_share_memory():
+    if cupy_module() is None:
+        pytest.skip("CuPy cannot run with this driver")
+    tensor = torch.arange(10, device="cuda", dtype=torch.float32)
+    array = to_cupy(tensor)
+    assert array.data.ptr == tensor.data_ptr()
+    assert to_torch(array).data_ptr() == tensor.data_ptr()
+    with pytest.raises(DeviceError, match=r"copy it with \.cpu"):
+        to_numpy(tensor)
+
+
+@needs_gpu
+def test_cuda_lane_orders_work_after_the_producer_event():
+    async def scenario():
+        lane = Lane("consumer", torch.device("cuda"), stream_priority=-1)
+        data = torch.zeros(1 << 20, device="cuda")
+        producer = torch.cuda.Stream()
+        with torch.cuda.stream(producer):
+            data.add_(1)
+            ready = torch.cuda.Event()
+            ready.record(producer)
+        total, done = await lane.run_ordered(lambda: data.sum(), (), [ready])
+        done.synchronize()
+        lane.close()
+        return float(total)
+
+    assert asyncio.run(scenario()) == float(1 << 20)
+
+
+def test_cpu_lane_runs_work_on_its_own_thread():
+    async def scenario():
+        lane = Lane("worker", torch.device("cpu"))
+        name = await lane.run(lambda: threading.current_thread().name)
+        result, event = await lane.run_ordered(lambda x: x + 1, (41,), [])
+        lane.close()
+        return name, result, event
+
+    name, result, event = asyncio.run(scenario())
+    assert name.startswith("stage-worker") and name != threading.main_thread().name
+    assert result == 42 and event is None

@@ -1,0 +1,155 @@
+"""The graph: joins carry the right annotations to the right frame, order holds, failures stay put."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import IndexSource, RecordingSink
+from stage_kit import graph_of
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.executor import Pipeline
+from pipeline.graph import build_graph
+
+
+def run_graph(run, stages, count=200, **config):
+    sink = RecordingSink()
+    pipeline = Pipeline(graph_of(stages, **config), IndexSource(count), sink)
+    report = run(pipeline.run())
+    assert pipeline.ring.in_use == 0
+    return sink, report
+
+
+def test_fan_out_and_fan_in_join_each_frame_with_its_own_annotations(run):
+    stages = [
+        {"name": "left", "type": "stamp"},
+        {"name": "slow", "type": "jitter", "options": {"max_ms": 1.0}, "workers": 4},
+        {"name": "right", "type": "stamp", "after": ["slow"]},
+        {"name": "both", "type": "join", "after": ["left", "right"]},
+    ]
+    sink, _ = run_graph(run, stages)
+    assert sink.indices == list(range(200))
+    for record in sink.records:
+        joined = record["annotations"]["both"]
+        assert joined["left"]["index"] == joined["right"]["index"] == record["index"]
+        assert joined["left"]["stamp"] == record["index"] % 256
+
+
+def test_sink_gets_frames_in_source_order_whatever_order_stages_finish(run):
+    stages = [{"name": "shuffle", "type": "jitter", "options": {"max_ms": 3.0}, "workers": 6}]
+    sink, report = run_graph(run, stages, count=150)
+    assert sink.indices == list(range(150))
+    assert all(r["annotations"]["shuffle"]["index"] == r["index"] for r in sink.records)
+    assert report["queues"]["shuffle"]["max_depth"] >= 1
+
+
+def test_failing_stage_is_isolated_and_frame_continues_marked_missing(run):
+    stages = [
+        {"name": "flaky", "type": "flaky", "options": {"fail_indices": [3, 7]}},
+        {"name": "after_flaky", "type": "stamp", "after": ["flaky"]},
+    ]
+    sink, report = run_graph(run, stages, count=20)
+    assert sink.indices == list(range(20))
+    for record in sink.records:
+        annotation = record["annotations"]["flaky"]
+        if record["index"] in (3, 7):
+            assert annotation["missing"] is True and "cannot handle frame" in annotation["reason"]
+        else:
+            assert annotation == {"ok": record["index"]}
+        assert record["annotations"]["after_flaky"]["index"] == record["index"]
+    assert report["stages"]["flaky"]["errors"] == 2
+    assert report["stages"]["flaky"]["disabled"] is None
+
+
+def test_stage_is_disabled_after_consecutive_failures_with_one_log_line(run, caplog):
+    stages = [{"name": "broken", "type": "boom"}, {"name": "fine", "type": "stamp"}]
+    with caplog.at_level(logging.WARNING):
+        sink, report = run_graph(run, stages, count=30, max_consecutive_failures=4)
+    assert report["stages"]["broken"]["errors"] == 4
+    assert "4 consecutive failures" in report["stages"]["broken"]["disabled"]
+    assert all(r["annotations"]["broken"]["missing"] for r in sink.records)
+    assert sink.records[-1]["annotations"]["broken"]["reason"] == "disabled"
+    assert all(r["annotations"]["fine"]["index"] == r["index"] for r in sink.records)
+    disabled_lines = [r for r in caplog.records if "disabled" in r.getMessage()]
+    assert len(disabled_lines) == 1
+
+
+def test_stage_whose_setup_fails_is_disabled_not_fatal(run):
+    sink, report = run_graph(run, [{"name": "model", "type": "bad_setup"}, {"name": "ok", "type": "stamp"}], count=5)
+    assert "setup failed" in report["stages"]["model"]["disabled"]
+    assert sink.indices == list(range(5))
+
+
+def test_empty_graph_passes_frames_straight_to_the_sink(run):
+    sink, report = run_graph(run, [], count=12)
+    assert sink.indices == list(range(12)) and report["frames"]["out"] == 12
+
+
+def test_shipped_configs_build():
+    for name in ("default", "passthrough"):
+        build_graph(load_config(name))
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"name": "a", "type": "nope"}], "stage 'a': key 'type': unknown stage type 'nope'"),
+        ([{"name": "a", "type": "stamp", "after": ["ghost"]}], "stage 'a': key 'after': 'ghost' is not a stage"),
+        ([{"name": "a", "type": "stamp", "after": ["a"]}], "stage 'a': key 'after': a stage cannot run after itself"),
+        (
+            [
+                {"name": "a", "type": "stamp", "after": ["c"]},
+                {"name": "b", "type": "stamp", "after": ["a"]},
+                {"name": "c", "type": "stamp", "after": ["b"]},
+            ],
+            "cycle in graph: ",
+        ),
+        ([{"name": "a", "type": "stamp"}, {"name": "a", "type": "stamp"}], "stage 'a': key 'name': used by more"),
+        ([{"name": "a", "type": "frame_stats", "options": {"downscale": "big"}}], "stage 'a': option 'downscale': "),
+        (
+            [{"name": "a", "type": "frame_stats", "options": {"colour": 1}}],
+            "stage 'a': option 'colour': unknown option",
+        ),
+        ([{"name": "m", "type": "meter_overlay"}], "stage 'm': input 'frame_stats': no upstream stage of type"),
+        ([{"name": "a", "type": "stamp", "workers": 0}], "stage 'a', key 'workers': Input should be greater than"),
+        ([{"name": "a", "type": "stamp", "colour": 1}], "stage 'a', key 'colour': unknown key"),
+        ([{"type": "stamp"}], "stages[0], key 'name': missing key"),
+    ],
+)
+def test_config_errors_name_the_node_and_the_key(stages, message):
+    with pytest.raises(ConfigError) as caught:
+        graph_of(stages)
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_cycle_message_shows_the_loop():
+    with pytest.raises(ConfigError, match=r"cycle in graph: (a -> b -> a|b -> a -> b)"):
+        graph_of([{"name": "a", "type": "stamp", "after": ["b"]}, {"name": "b", "type": "stamp", "after": ["a"]}])
+
+
+def test_ambiguous_input_port_is_an_error():
+    stages = [
+        {"name": "s1", "type": "frame_stats"},
+        {"name": "s2", "type": "frame_stats"},
+        {"name": "lvl", "type": "audio_level"},
+        {"name": "m", "type": "meter_overlay", "after": ["s1", "s2", "lvl"]},
+    ]
+    with pytest.raises(ConfigError, match="stage 'm': input 'frame_stats': several upstream stages"):
+        graph_of(stages)
+
+
+def test_config_file_errors(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("stages: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+"):
+        load_config(bad_yaml)
+    unknown_top = tmp_path / "top.yaml"
+    unknown_top.write_text("stagez: []\n")
+    with pytest.raises(ConfigError, match="key 'stagez': unknown key"):
+        load_config(unknown_top)
+    with pytest.raises(ConfigError, match="config 'no-such-graph' not found"):
+        load_config("no-such-graph")

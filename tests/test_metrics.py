@@ -1,0 +1,53 @@
+"""Metrics: percentiles close to exact ones, in bounded memory, and a report file that is whole."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from pipeline.metrics import LatencyHistogram, RunMetrics, write_report
+
+
+def test_percentiles_are_within_two_percent_of_exact():
+    rng = random.Random(7)
+    values = sorted(int(rng.lognormvariate(14, 1.2)) for _ in range(50_000))
+    histogram = LatencyHistogram()
+    for value in values:
+        histogram.record(value)
+    for q in (0.5, 0.95, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        assert abs(histogram.percentile_ns(q) - exact) / exact < 0.02
+    summary = histogram.summary_ms()
+    assert summary["count"] == 50_000
+    assert summary["min"] == round(values[0] * 1e-6, 4) and summary["max"] == round(values[-1] * 1e-6, 4)
+
+
+def test_memory_does_not_grow_with_samples():
+    histogram = LatencyHistogram()
+    size = len(histogram.counts)
+    for value in range(0, 10**9, 997):
+        histogram.record(value)
+    assert len(histogram.counts) == size
+
+
+def test_small_and_zero_values_are_exact():
+    histogram = LatencyHistogram()
+    for value in (0, 1, 2, 3):
+        histogram.record(value)
+    assert histogram.percentile_ns(0.25) == 0 and histogram.percentile_ns(1.0) == 3
+
+
+def test_report_is_json_and_written_atomically(tmp_path):
+    metrics = RunMetrics()
+    for i in range(10):
+        metrics.frame_in(1_000_000 * i)
+        metrics.frame_out(1_000_000 * i, 1_000_000 * i + 5_000_000)
+    metrics.frame_dropped("ring_full")
+    metrics.finish()
+    path = tmp_path / "nested" / "report.json"
+    write_report(metrics.report(device="cpu"), path)
+    report = json.loads(path.read_text())
+    assert report["frames"] == {"in": 10, "out": 10, "dropped": {"ring_full": 1}}
+    assert report["fps"]["in"] == 1000.0
+    assert 4.8 < report["latency_ms"]["end_to_end"]["p50"] < 5.2
+    assert not list(path.parent.glob("*.tmp"))

@@ -1,0 +1,177 @@
+"""Sinks: FileSink writes files that decode back to what went in; NullSink counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.errors import SinkError
+from pipeline.io.base import Sink, StreamInfo
+from pipeline.io.sinks import FileSink, NullSink
+from pipeline.io.synthetic import SyntheticSource
+from pipeline.ringbuffer import RingBuffer
+
+WIDTH, HEIGHT, FPS, RATE = 160, 96, 30, 48000  # px, px, frames/s, Hz
+
+
+async def write_clip(sink: Sink, frames: int, drop: frozenset[int] = frozenset()) -> dict[int, np.ndarray]:
+    """Run `frames` synthetic frames through `sink` (closing it); returns the pixels written, by index."""
+    source = SyntheticSource(width=WIDTH, height=HEIGHT, fps=FPS, frames=frames, audio_rate=RATE)
+    ring = RingBuffer(3, source.info.frame_shape)
+    written: dict[int, np.ndarray] = {}
+    await sink.open(source.info)
+    try:
+        async for frame in source.frames(ring):
+            if frame.index in drop:
+                frame.drop("test")
+            else:
+                written[frame.index] = frame.image.numpy().copy()
+            await sink.write(frame)
+            frame.release()  # the sink must have copied what it needs by now
+    finally:
+        await sink.close()
+    return written
+
+
+def decode(path: Path) -> tuple[dict[int, np.ndarray], float]:
+    """Decoded pictures keyed by frame index, and the audio duration in seconds."""
+    with av.open(str(path)) as container:
+        pictures = {round(float(f.time) * FPS): f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+    with av.open(str(path)) as container:
+        audio = list(container.decode(audio=0))
+    return pictures, sum(f.samples for f in audio) / audio[0].sample_rate
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm"])
+def test_file_sink_writes_a_file_that_decodes_to_what_went_in(tmp_path, suffix):
+    path = tmp_path / f"clip{suffix}"
+    sink = FileSink(path, crf=18)
+    written = asyncio.run(write_clip(sink, 30))
+    pictures, audio_s = decode(path)
+    assert sorted(pictures) == list(range(30))
+    assert all(p.shape == (HEIGHT, WIDTH, 3) for p in pictures.values())
+    assert audio_s == pytest.approx(30 / FPS, abs=0.1)
+    for index in (0, 15, 29):
+        error = np.abs(pictures[index].astype(np.int16) - written[index].astype(np.int16)).mean()
+        assert error < 10, f"frame {index}: mean abs error {error:.1f}"
+    assert (sink.frames_written, sink.frames_dropped) == (30, 0)
+
+
+def test_dropped_frames_leave_the_video_but_keep_their_audio(tmp_path):
+    path = tmp_path / "dropped.mp4"
+    sink = FileSink(path)
+    drop = frozenset({3, 10, 11, 20})
+    asyncio.run(write_clip(sink, 30, drop))
+    pictures, audio_s = decode(path)
+    assert sorted(pictures) == sorted(set(range(30)) - drop)
+    assert audio_s == pytest.approx(30 / FPS, abs=0.1)
+    assert (sink.frames_written, sink.frames_dropped) == (26, 4)
+
+
+def test_close_after_a_partial_write_gives_a_playable_file(tmp_path):
+    path = tmp_path / "partial.mp4"
+    sink = FileSink(path)
+
+    async def run() -> None:
+        source = SyntheticSource(width=WIDTH, height=HEIGHT, fps=FPS, frames=None)
+        ring = RingBuffer(2, source.info.frame_shape)
+        await sink.open(source.info)
+        stream = source.frames(ring)
+        for _ in range(10):
+            frame = await anext(stream)
+            await sink.write(frame)
+            frame.release()
+        await stream.aclose()
+        await sink.close()
+        await sink.close()  # twice is fine
+
+    asyncio.run(run())
+    pictures, _ = decode(path)
+    assert len(pictures) == 10
+
+
+def test_unsupported_extension_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SinkError) as caught:
+        FileSink(tmp_path / "clip.avi")
+    message = str(caught.value)
+    assert "\n" not in message and "clip.avi" in message and ".mp4" in message
+
+
+def missing_dir(tmp_path: Path) -> Path:
+    return tmp_path / "missing"
+
+
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a-file"
+    path.touch()
+    return path
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "locked"
+    directory.mkdir(mode=0o500)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(missing_dir, id="missing"),
+        pytest.param(a_file, id="parent-is-a-file"),
+        pytest.param(
+            unwritable_dir,
+            id="not-writable",
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere"),
+        ),
+    ],
+)
+def test_unusable_directory_is_refused_in_one_line(tmp_path, where):
+    path = where(tmp_path) / "clip.mp4"
+    sink = FileSink(path)
+    info = StreamInfo(
+        width=WIDTH, height=HEIGHT, fps=FPS, time_base=Fraction(1, FPS), audio_rate=RATE, audio_channels=1
+    )
+
+    async def run() -> None:
+        try:
+            await sink.open(info)
+        finally:
+            await sink.close()  # after a failed open, close does nothing
+
+    with pytest.raises(SinkError) as caught:
+        asyncio.run(run())
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    assert not path.exists()
+
+
+def test_odd_picture_size_is_refused(tmp_path):
+    info = StreamInfo(width=161, height=96, fps=FPS, time_base=Fraction(1, FPS))
+    with pytest.raises(SinkError, match="even"):
+        asyncio.run(FileSink(tmp_path / "odd.mp4").open(info))
+
+
+def test_null_sink_counts_frames_drops_and_audio():
+    sink = NullSink()
+    asyncio.run(write_clip(sink, 20, frozenset({1, 2, 3, 4, 5})))
+    assert (sink.frames, sink.dropped) == (15, 5)
+    assert sink.audio_samples == 20 * RATE // FPS
+
+
+def test_bad_encoder_settings_fail_at_open_not_at_the_first_frame(tmp_path):
+    path = tmp_path / "clip.mp4"
+    info = StreamInfo(width=WIDTH, height=HEIGHT, fps=FPS, time_base=Fraction(1, FPS))
+    with pytest.raises(SinkError) as caught:
+        asyncio.run(FileSink(path, preset="no-such-preset").open(info))
+    assert "\n" not in str(caught.value)
+    assert not path.exists()  # nothing half-made is left behind
+
+
+def test_unknown_codec_is_refused_when_the_sink_is_made(tmp_path):
+    with pytest.raises(SinkError, match="no-such-codec"):
+        FileSink(tmp_path / "clip.mp4", video_codec="no-such-codec")
