@@ -1,7 +1,8 @@
 """The command line: parse, build the graph from config, run it, report.
 
-Exit codes: 0 done; 1 the run failed (a sink that cannot write, an internal error);
-2 bad usage or config; 130 stopped by Ctrl-C or SIGTERM (the output is still finalized).
+Exit codes: 0 done; 1 the run failed (the output could not be opened or written, an internal
+error); 2 bad usage, source, device or config; 130 stopped by Ctrl-C or SIGTERM (the output
+is still finalized up to the last frame written).
 """
 
 from __future__ import annotations
@@ -144,9 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DeviceError, SourceError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    except SinkError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED if "write" in str(exc) or "failed" in str(exc) else EXIT_USAGE
-    except PipelineError as exc:
+    except PipelineError as exc:  # SinkError included: the output could not be written
         log.error("%s", exc)
         return EXIT_FAILED

@@ -13,7 +13,6 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,30 +29,16 @@ from pipeline.scratch import ScratchPool
 from pipeline.stage import ComputeStage, StageContext, StageRunner
 
 log = logging.getLogger(__name__)
+SAMPLE_PERIOD_S = 0.010  # queue depths and ages are read, and latency samples folded, this often
 
 
 class StageQueue(asyncio.Queue):
-    """A FIFO of frames that stamps each item, so queue depth and the age of the oldest are known."""
+    """A FIFO of frames whose head can be read: how old (since capture) is the oldest frame waiting."""
 
-    def __init__(self, maxsize: int, stats: QueueStats):
-        self.stats = stats
-        super().__init__(maxsize)
-
-    def _init(self, maxsize: int) -> None:
-        self._queue: deque[tuple[int, Frame]] = deque()
-
-    def _put(self, item: Frame) -> None:
-        self._queue.append((time.perf_counter_ns(), item))
-        self.stats.on_put(len(self._queue))
-
-    def _get(self) -> Frame:
-        stamped, item = self._queue.popleft()
-        self.stats.wait.record(time.perf_counter_ns() - stamped)
-        return item
-
-    def oldest_age_ns(self) -> int:
-        """How long the item at the head has waited; 0 when empty."""
-        return time.perf_counter_ns() - self._queue[0][0] if self._queue else 0
+    def oldest_age_ns(self, now_ns: int) -> int:
+        """Age since capture of the frame at the head; 0 when empty."""
+        queue = self._queue  # the deque asyncio.Queue keeps its items in (set up by its _init hook)
+        return now_ns - queue[0].capture_ns if queue else 0
 
 
 @dataclass(eq=False)
@@ -63,6 +48,7 @@ class _Running:
     node: Node
     runner: StageRunner
     queue: StageQueue
+    queue_stats: QueueStats
     lane: Lane
     scratch: ScratchPool
     children: list[_Running] = field(default_factory=list)
@@ -97,6 +83,7 @@ class Pipeline:
         self._running: dict[str, _Running] = {}
         self._roots: list[_Running] = []
         self._leaves: set[str] = {node.name for node in graph.leaves}
+        self._many_leaves = len(self._leaves) > 1
         self._sink_waiting: dict[int, int] = {}
         self._reorder: list[tuple[int, Frame]] = []
         self._next_index = 0
@@ -142,6 +129,7 @@ class Pipeline:
         try:
             self._start_stages()
             self._tasks.append(asyncio.create_task(self._produce(), name="source"))
+            self._tasks.append(asyncio.create_task(self._sample(), name="sampler"))
             for running in self._running.values():
                 for worker in range(running.node.spec.workers):
                     task = asyncio.create_task(self._work(running), name=f"{running.node.name}#{worker}")
@@ -186,8 +174,8 @@ class Pipeline:
             scratch = ScratchPool(self.device)
             stage = node.instantiate()
             runner = StageRunner(stage, self.metrics.stage(node.name), self.graph.config.max_consecutive_failures)
-            queue = StageQueue(self.queue_size, self.metrics.queue(node.name))
-            running = _Running(node=node, runner=runner, queue=queue, lane=lane, scratch=scratch)
+            queue = StageQueue(self.queue_size)
+            running = _Running(node, runner, queue, self.metrics.queue(node.name), lane, scratch)
             self._running[node.name] = running
             ctx = StageContext(
                 name=node.name, device=self.device, lane=lane, scratch=scratch, parents=node.parents, inputs=node.inputs
@@ -221,6 +209,16 @@ class Pipeline:
             self.metrics.finish()
         if self.ring.in_use:
             log.error("ring: %d slot(s) still leased after the run", self.ring.in_use)
+
+    async def _sample(self) -> None:
+        """Off the hot path, on a timer: read queue depths and ages, fold latency samples."""
+        queues = [(r.queue, r.queue_stats) for r in self._running.values()]
+        while True:
+            now = time.monotonic_ns()
+            for queue, stats in queues:
+                stats.sample(queue.qsize(), queue.oldest_age_ns(now))
+            self.metrics.fold()
+            await asyncio.sleep(SAMPLE_PERIOD_S)
 
     def _task_ended(self, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -271,26 +269,36 @@ class Pipeline:
             self._check_done()
 
     async def _work(self, running: _Running) -> None:
-        queue, runner = running.queue, running.runner
+        # The hot loop: one iteration per frame per stage. A stage with one child that waits on
+        # nothing else (a chain) passes frames straight on; the general case handles fan-in.
+        get, run = running.queue.get, running.runner.run
+        children = running.children
+        if not children:
+            while True:
+                frame = await get()
+                await run(frame)
+                await self._arrive_at_sink(frame)
+        if len(children) == 1 and len(children[0].node.parents) == 1:
+            put = children[0].queue.put
+            while True:
+                frame = await get()
+                await run(frame)
+                await put(frame)
+        edges = [(len(child.node.parents), child.waiting, child.queue.put) for child in children]
         while True:
-            frame = await queue.get()
-            await runner.run(frame)
-            await self._forward(running, frame)
-
-    async def _forward(self, running: _Running, frame: Frame) -> None:
-        for child in running.children:
-            if len(child.node.parents) > 1:
-                left = child.waiting.get(frame.index, len(child.node.parents)) - 1
-                if left:
-                    child.waiting[frame.index] = left
-                    continue
-                child.waiting.pop(frame.index, None)
-            await child.queue.put(frame)
-        if not running.children:
-            await self._arrive_at_sink(frame)
+            frame = await get()
+            await run(frame)
+            for parents, waiting, put in edges:
+                if parents > 1:  # fan-in: only the last parent to finish passes the frame on
+                    left = waiting.get(frame.index, parents) - 1
+                    if left:
+                        waiting[frame.index] = left
+                        continue
+                    waiting.pop(frame.index, None)
+                await put(frame)
 
     async def _arrive_at_sink(self, frame: Frame) -> None:
-        if len(self._leaves) > 1:
+        if self._many_leaves:  # fan-in at the sink: wait for every leaf
             left = self._sink_waiting.get(frame.index, len(self._leaves)) - 1
             if left:
                 self._sink_waiting[frame.index] = left
@@ -301,27 +309,27 @@ class Pipeline:
             return  # the task already delivering will reach this frame in order
         self._delivering = True
         try:
-            await self._deliver_in_order()
+            reorder = self._reorder
+            while reorder and reorder[0][0] == self._next_index and not self._aborted:
+                frame = heapq.heappop(reorder)[1]
+                self._next_index += 1
+                try:
+                    await self.sink.write(frame)
+                except Exception as exc:
+                    error = (
+                        exc if isinstance(exc, SinkError) else SinkError(f"sink failed: {type(exc).__name__}: {exc}")
+                    )
+                    log.error("%s", error)
+                    self._abort(error)
+                    return
+                if frame.drop_reason is None and not (frame.lease is not None and frame.lease.revoked):
+                    self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
+                else:
+                    self.metrics.frame_dropped(frame.why_dropped or "dropped")
+                frame.release()
+                del self._in_flight[frame.index]
+                self._delivered += 1
         finally:
             self._delivering = False
-
-    async def _deliver_in_order(self) -> None:
-        reorder = self._reorder
-        while reorder and reorder[0][0] == self._next_index and not self._aborted:
-            _, frame = heapq.heappop(reorder)
-            self._next_index += 1
-            try:
-                await self.sink.write(frame)
-            except Exception as exc:
-                error = exc if isinstance(exc, SinkError) else SinkError(f"sink failed: {type(exc).__name__}: {exc}")
-                log.error("%s", error)
-                self._abort(error)
-                return
-            if frame.dropped:
-                self.metrics.frame_dropped(frame.why_dropped or "dropped")
-            else:
-                self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
-            frame.release()
-            del self._in_flight[frame.index]
-            self._delivered += 1
-        self._check_done()
+        if self._source_done and self._delivered == self._accepted:
+            self._done.set()

@@ -23,6 +23,7 @@ from pipeline.scratch import ScratchPool
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+_clock_ns = time.perf_counter_ns
 
 
 class StageOptions(BaseModel):
@@ -106,7 +107,7 @@ class ComputeStage(Stage):
 class StageRunner:
     """Calls one stage for each frame: times it, isolates its failures, disables it if it keeps failing."""
 
-    __slots__ = ("consecutive_failures", "max_consecutive_failures", "name", "stage", "stats")
+    __slots__ = ("_process", "_record", "consecutive_failures", "max_consecutive_failures", "name", "stage", "stats")
 
     def __init__(
         self, stage: Stage, stats: StageStats, max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
@@ -116,6 +117,8 @@ class StageRunner:
         self.stats = stats
         self.max_consecutive_failures = max_consecutive_failures
         self.consecutive_failures = 0
+        self._process = stage.process  # bound once: run() is on the hot path
+        self._record = stats.latency.record
 
     def disable(self, reason: str) -> None:
         if self.stats.disabled is None:
@@ -123,25 +126,26 @@ class StageRunner:
             log.warning("%s: disabled (%s)", self.name, reason)
 
     async def run(self, frame: Frame) -> None:
-        if frame.dropped:
-            self.stats.skipped += 1
+        """One call of the stage on one frame, timed and isolated."""
+        stats = self.stats
+        lease = frame.lease
+        if frame.drop_reason is not None or (lease is not None and lease.revoked):
+            stats.skipped += 1  # dropped, or reclaimed by the ring while it waited in the queue
             return
-        if self.stats.disabled is not None:
-            self.stats.missing += 1
+        if stats.disabled is not None:
+            stats.missing += 1
             frame.annotations[self.name] = missing("disabled")
             return
-        lease = frame.lease
-        if lease is not None and not lease.mark_started():
-            self.stats.skipped += 1  # reclaimed by the ring while it waited in the queue
-            return
-        start = time.perf_counter_ns()
+        if lease is not None:
+            lease.started = True  # from here on the ring may not reclaim it
+        start = _clock_ns()
         try:
-            annotation = await self.stage.process(frame)
+            annotation = await self._process(frame)
         except Exception as exc:  # isolation is the point: any stage bug stays in the stage
-            self.stats.latency.record(time.perf_counter_ns() - start)
+            self._record(_clock_ns() - start)
             self._failed(frame, exc)
             return
-        self.stats.latency.record(time.perf_counter_ns() - start)
+        self._record(_clock_ns() - start)
         self.consecutive_failures = 0
         if annotation is not None:
             frame.annotations[self.name] = annotation

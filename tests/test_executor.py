@@ -93,7 +93,7 @@ def test_report_holds_latency_fps_stages_and_queues(run):
     assert report["fps"]["out"] > 0 and report["fps"]["in"] > 0
     assert set(report["stages"]) == {"a", "b"} and report["stages"]["a"]["latency_ms"]["count"] == 300
     assert set(report["queues"]) == {"a", "b"}
-    assert report["queues"]["b"]["oldest_item_age_ms"]["count"] == 300
+    assert report["queues"]["b"]["samples"] >= 1
     assert report["leaked_slots"] == 0 and report["device"] == "cpu"
 
 

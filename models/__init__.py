@@ -1,0 +1,1 @@
+"""torch.nn.Modules the stages run, with their weight loading."""

@@ -1,0 +1,117 @@
+"""The command line: a real run of the sample, clear one-line errors, and Ctrl-C that keeps the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from pipeline.cli import EXIT_FAILED, EXIT_USAGE, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_sample_run_writes_a_playable_video_and_a_report(tmp_path):
+    video, report_path = tmp_path / "deep" / "out.mp4", tmp_path / "report.json"
+    proc = cli("--source", "sample", "--frames", "45", "--output", str(video), "--report", str(report_path))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "done: 45 frame(s)" in err
+    report = json.loads(report_path.read_text())
+    assert report["frames"] == {"in": 45, "out": 45, "dropped": {}}
+    assert report["leaked_slots"] == 0 and report["graph"] == "default"
+    assert set(report["stages"]) == {"frame_stats", "audio_level", "meters"}
+    with av.open(str(video)) as container:
+        frames = list(container.decode(video=0))
+        assert len(frames) == 45 and (frames[0].width, frames[0].height) == (640, 360)
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_help_explains_every_option():
+    proc = cli("--help")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    for option in ("--source", "--output", "--config", "--device", "--frames", "--report", "--log-level"):
+        assert option in out
+    assert "sample" in out and "testsrc" in out
+
+
+def test_ctrl_c_on_a_live_source_finalizes_a_playable_file(tmp_path):
+    video = tmp_path / "live.mkv"
+    proc = cli("--source", "testsrc", "--output", str(video), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (video.exists() and video.stat().st_size > 2000):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    with av.open(str(video)) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "nope.mp4"], "--source 'nope.mp4': not a source this build can open"),
+        (["--config", "missing-graph"], "config 'missing-graph' not found"),
+        (["--device", "tpu"], "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
+        (["--frames", "0"], "--frames 0: must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_code_2(args, message, caplog):
+    assert main(args) == EXIT_USAGE
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+
+
+def test_output_that_cannot_be_written_exits_1(caplog):
+    assert main(["--output", "out.avi", "--frames", "1"]) == EXIT_FAILED
+    assert any("unsupported output extension" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_config_file_names_the_node_and_key(tmp_path, caplog):
+    config = tmp_path / "graph.yaml"
+    config.write_text("stages:\n  - {name: a, type: frame_stats, options: {downscale: 0}}\n")
+    assert main(["--config", str(config), "--frames", "1"]) == EXIT_USAGE
+    assert any("stage 'a': option 'downscale'" in r.getMessage() for r in caplog.records)
+
+
+def test_error_reaches_the_terminal_as_exactly_one_line():
+    proc = cli("--source", "/no/such/file.mp4")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_USAGE
+    assert err.strip().splitlines() == [
+        "ERROR --source '/no/such/file.mp4': not a source this build can open (built-in sources: sample, testsrc)"
+    ]
+
+
+def test_overhead_bench_runs_and_ends_with_its_json_line():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "overhead.py"), "--frames", "300", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"us_per_hop", "bare_us_per_hop", "ratio"} <= set(figures)
+    assert figures["us_per_hop"] > 0 and figures["bare_us_per_hop"] > 0
