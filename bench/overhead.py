@@ -59,6 +59,8 @@ async def run_ours(frames: int, stages: int) -> tuple[float, dict]:
         {
             "name": "overhead",
             "queue_size": BARE_QUEUE_SIZE,
+            # As many frames in flight as the bare chain can hold, so neither waits on the other's limit.
+            "ring": {"slots": BARE_QUEUE_SIZE * (stages + 1)},
             "stages": [
                 {"name": f"s{i}", "type": "passthrough", **({"after": [f"s{i - 1}"]} if i else {})}
                 for i in range(stages)

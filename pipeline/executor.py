@@ -124,8 +124,11 @@ class Pipeline:
 
     async def run(self) -> dict[str, Any]:
         """Run to the end of the source (or a stop) and return the run report."""
-        info = self.source.info
-        await self.sink.open(info)
+        try:
+            await self.sink.open(self.source.info)
+        except BaseException:
+            self.source.close()
+            raise
         try:
             self._start_stages()
             self._tasks.append(asyncio.create_task(self._produce(), name="source"))
@@ -304,32 +307,37 @@ class Pipeline:
                 self._sink_waiting[frame.index] = left
                 return
             self._sink_waiting.pop(frame.index, None)
-        heapq.heappush(self._reorder, (frame.index, frame))
-        if self._delivering:
-            return  # the task already delivering will reach this frame in order
+        if self._delivering or frame.index != self._next_index:
+            # Early, or another task is writing: the task delivering frame `_next_index` takes it in turn.
+            heapq.heappush(self._reorder, (frame.index, frame))
+            return
         self._delivering = True
         try:
             reorder = self._reorder
-            while reorder and reorder[0][0] == self._next_index and not self._aborted:
-                frame = heapq.heappop(reorder)[1]
+            while not self._aborted:
                 self._next_index += 1
-                try:
-                    await self.sink.write(frame)
-                except Exception as exc:
-                    error = (
-                        exc if isinstance(exc, SinkError) else SinkError(f"sink failed: {type(exc).__name__}: {exc}")
-                    )
-                    log.error("%s", error)
-                    self._abort(error)
-                    return
-                if frame.drop_reason is None and not (frame.lease is not None and frame.lease.revoked):
-                    self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
-                else:
-                    self.metrics.frame_dropped(frame.why_dropped or "dropped")
-                frame.release()
-                del self._in_flight[frame.index]
-                self._delivered += 1
+                await self._deliver(frame)
+                if not reorder or reorder[0][0] != self._next_index:
+                    break
+                frame = heapq.heappop(reorder)[1]
         finally:
             self._delivering = False
-        if self._source_done and self._delivered == self._accepted:
-            self._done.set()
+        self._check_done()
+
+    async def _deliver(self, frame: Frame) -> None:
+        """Write one frame, in order, then give its slot back."""
+        try:
+            await self.sink.write(frame)
+        except Exception as exc:
+            error = exc if isinstance(exc, SinkError) else SinkError(f"sink failed: {type(exc).__name__}: {exc}")
+            log.error("%s", error)
+            self._abort(error)
+            return
+        lease = frame.lease
+        if frame.drop_reason is None and not (lease is not None and lease.revoked):
+            self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
+        else:
+            self.metrics.frame_dropped(frame.why_dropped or "dropped")
+        frame.release()
+        del self._in_flight[frame.index]
+        self._delivered += 1
