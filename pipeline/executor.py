@@ -333,11 +333,10 @@ class Pipeline:
             log.error("%s", error)
             self._abort(error)
             return
-        lease = frame.lease
-        if frame.drop_reason is None and not (lease is not None and lease.revoked):
-            self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
-        else:
+        if frame.dropped:
             self.metrics.frame_dropped(frame.why_dropped or "dropped")
+        else:
+            self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
         frame.release()
         del self._in_flight[frame.index]
         self._delivered += 1

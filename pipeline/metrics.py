@@ -56,6 +56,11 @@ class LatencyHistogram:
         self._pending: list[int] = []
         self.record = self._pending.append  # record(duration_ns)
 
+    @property
+    def unfolded(self) -> int:
+        """Samples recorded but not yet folded into the buckets."""
+        return len(self._pending)
+
     def fold(self) -> None:
         """Move recorded samples into the buckets."""
         if not self._pending:
@@ -172,6 +177,8 @@ class RunMetrics:
         self.end_to_end.fold()
         for stats in self.stages.values():
             stats.latency.fold()
+        for queue in self.queues.values():
+            queue.oldest_age.fold()
 
     def frame_in(self, now_ns: int) -> None:
         if self.frames_in == 0:

@@ -97,6 +97,22 @@ def test_report_holds_latency_fps_stages_and_queues(run):
     assert report["leaked_slots"] == 0 and report["device"] == "cpu"
 
 
+def test_queue_in_front_of_a_slow_stage_shows_its_depth_and_the_age_of_its_oldest_frame(run):
+    graph = graph_of(
+        [
+            {"name": "fast", "type": "stamp"},
+            {"name": "slow", "type": "jitter", "after": ["fast"], "options": {"max_ms": 4.0}},
+        ],
+        queue_size=3,
+    )
+    report = run(Pipeline(graph, IndexSource(150), RecordingSink()).run())
+    slow = report["queues"]["slow"]
+    assert slow["samples"] >= 5
+    assert 1 <= slow["max_depth"] <= 3 and slow["mean_depth"] > 0.5
+    age = slow["oldest_frame_age_ms"]
+    assert age["count"] >= 1 and 0 < age["p50"] <= age["max"] < 1000
+
+
 def test_two_cpu_heavy_stages_overlap(run):
     """Two matmul stages on their own threads: the run takes clearly less than their summed time."""
     threads = torch.get_num_threads()

@@ -22,12 +22,17 @@ def test_percentiles_are_within_two_percent_of_exact():
     assert summary["min"] == round(values[0] * 1e-6, 4) and summary["max"] == round(values[-1] * 1e-6, 4)
 
 
-def test_memory_does_not_grow_with_samples():
-    histogram = LatencyHistogram()
-    size = len(histogram.counts)
-    for value in range(0, 10**9, 997):
-        histogram.record(value)
-    assert len(histogram.counts) == size
+def test_folding_bounds_memory_of_every_histogram():
+    metrics = RunMetrics()
+    histograms = [metrics.end_to_end, metrics.stage("s").latency, metrics.queue("q").oldest_age]
+    for histogram in histograms:
+        for value in range(0, 10**8, 997):
+            histogram.record(value)
+        assert histogram.unfolded > 100_000
+    size = len(metrics.end_to_end.counts)
+    metrics.fold()
+    assert [h.unfolded for h in histograms] == [0, 0, 0]
+    assert all(h.count > 100_000 and len(h.counts) == size for h in histograms)
 
 
 def test_small_and_zero_values_are_exact():
