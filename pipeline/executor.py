@@ -181,7 +181,13 @@ class Pipeline:
             running = _Running(node, runner, queue, self.metrics.queue(node.name), lane, scratch)
             self._running[node.name] = running
             ctx = StageContext(
-                name=node.name, device=self.device, lane=lane, scratch=scratch, parents=node.parents, inputs=node.inputs
+                name=node.name,
+                device=self.device,
+                lane=lane,
+                scratch=scratch,
+                parents=node.parents,
+                inputs=node.inputs,
+                stream=self.source.info,
             )
             try:
                 stage.setup(ctx)

@@ -50,7 +50,7 @@ class Frame:
 
     @property
     def image(self) -> torch.Tensor:
-        """The leased pixels (H×W×3 uint8 unless the ring was built otherwise)."""
+        """The leased pixels, laid out as the stream's pixel format says (packed I420 by default)."""
         if self.lease is None:
             raise RuntimeError(f"frame {self.index} holds no image")
         return self.lease.tensor
@@ -58,6 +58,12 @@ class Frame:
     @property
     def time_s(self) -> float:
         return float(self.pts * self.time_base)
+
+    @property
+    def has_image(self) -> bool:
+        """Whether there are pixels to look at: False for dropped frames and audio-only streams."""
+        lease = self.lease
+        return lease is not None and not lease.revoked and self.drop_reason is None
 
     @property
     def dropped(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +19,9 @@ from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.metrics import StageStats
 from pipeline.scratch import ScratchPool
+
+if TYPE_CHECKING:
+    from pipeline.io.base import StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class StageContext:
     scratch: ScratchPool
     parents: tuple[str, ...] = ()  # the nodes this stage runs after
     inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → node name
+    stream: StreamInfo | None = None  # the source's picture size, pixel format, colour and audio
 
 
 def missing(reason: str) -> dict[str, Any]:

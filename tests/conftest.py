@@ -13,6 +13,7 @@ import torch
 
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, Source, StreamInfo
+from pipeline.pixels import PixelFormat
 from pipeline.ringbuffer import RingBuffer
 
 AUDIO_RATE = 16000  # Hz
@@ -35,7 +36,9 @@ class IndexSource(Source):
         self.live = live
         self.fps = fps  # pace frames at this rate when set
         self.fail_at = fail_at  # raise after yielding this many frames
-        self._info = StreamInfo(width, height, Fraction(30), Fraction(1, 30), AUDIO_RATE, 1)
+        self._info = StreamInfo(
+            width, height, Fraction(30), Fraction(1, 30), AUDIO_RATE, 1, pixel_format=PixelFormat.RGB24
+        )
         self.closed = False
 
     @property

@@ -13,16 +13,20 @@ import pytest
 
 from pipeline.errors import SinkError
 from pipeline.io.base import Sink, StreamInfo
-from pipeline.io.sinks import FileSink, NullSink
+from pipeline.io.sinks import EncoderSettings, FileSink, NullSink
 from pipeline.io.synthetic import SyntheticSource
 from pipeline.ringbuffer import RingBuffer
 
 WIDTH, HEIGHT, FPS, RATE = 160, 96, 30, 48000  # px, px, frames/s, Hz
 
 
-async def write_clip(sink: Sink, frames: int, drop: frozenset[int] = frozenset()) -> dict[int, np.ndarray]:
+async def write_clip(
+    sink: Sink, frames: int, drop: frozenset[int] = frozenset(), pixel_format: str = "yuv420p"
+) -> dict[int, np.ndarray]:
     """Run `frames` synthetic frames through `sink` (closing it); returns the pixels written, by index."""
-    source = SyntheticSource(width=WIDTH, height=HEIGHT, fps=FPS, frames=frames, audio_rate=RATE)
+    source = SyntheticSource(
+        width=WIDTH, height=HEIGHT, fps=FPS, frames=frames, audio_rate=RATE, pixel_format=pixel_format
+    )
     ring = RingBuffer(3, source.info.frame_shape)
     written: dict[int, np.ndarray] = {}
     await sink.open(source.info)
@@ -39,23 +43,26 @@ async def write_clip(sink: Sink, frames: int, drop: frozenset[int] = frozenset()
     return written
 
 
-def decode(path: Path) -> tuple[dict[int, np.ndarray], float]:
+def decode(path: Path, pixel_format: str = "yuv420p") -> tuple[dict[int, np.ndarray], float]:
     """Decoded pictures keyed by frame index, and the audio duration in seconds."""
     with av.open(str(path)) as container:
-        pictures = {round(float(f.time) * FPS): f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+        pictures = {round(float(f.time) * FPS): f.to_ndarray(format=pixel_format) for f in container.decode(video=0)}
     with av.open(str(path)) as container:
         audio = list(container.decode(audio=0))
     return pictures, sum(f.samples for f in audio) / audio[0].sample_rate
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm"])
-def test_file_sink_writes_a_file_that_decodes_to_what_went_in(tmp_path, suffix):
+@pytest.mark.parametrize(
+    ("suffix", "pixel_format"),
+    [(".mp4", "yuv420p"), (".mov", "yuv420p"), (".mkv", "yuv420p"), (".webm", "yuv420p"), (".mp4", "rgb24")],
+)
+def test_file_sink_writes_a_file_that_decodes_to_what_went_in(tmp_path, suffix, pixel_format):
     path = tmp_path / f"clip{suffix}"
-    sink = FileSink(path, crf=18)
-    written = asyncio.run(write_clip(sink, 30))
-    pictures, audio_s = decode(path)
+    sink = FileSink(path, settings=EncoderSettings(crf=18))
+    written = asyncio.run(write_clip(sink, 30, pixel_format=pixel_format))
+    pictures, audio_s = decode(path, pixel_format)
     assert sorted(pictures) == list(range(30))
-    assert all(p.shape == (HEIGHT, WIDTH, 3) for p in pictures.values())
+    assert all(p.shape == written[0].shape for p in pictures.values())
     assert audio_s == pytest.approx(30 / FPS, abs=0.1)
     for index in (0, 15, 29):
         error = np.abs(pictures[index].astype(np.int16) - written[index].astype(np.int16)).mean()
@@ -167,11 +174,11 @@ def test_bad_encoder_settings_fail_at_open_not_at_the_first_frame(tmp_path):
     path = tmp_path / "clip.mp4"
     info = StreamInfo(width=WIDTH, height=HEIGHT, fps=FPS, time_base=Fraction(1, FPS))
     with pytest.raises(SinkError) as caught:
-        asyncio.run(FileSink(path, preset="no-such-preset").open(info))
+        asyncio.run(FileSink(path, settings=EncoderSettings(preset="no-such-preset")).open(info))
     assert "\n" not in str(caught.value)
     assert not path.exists()  # nothing half-made is left behind
 
 
 def test_unknown_codec_is_refused_when_the_sink_is_made(tmp_path):
     with pytest.raises(SinkError, match="no-such-codec"):
-        FileSink(tmp_path / "clip.mp4", video_codec="no-such-codec")
+        FileSink(tmp_path / "clip.mp4", settings=EncoderSettings(video_codec="no-such-codec"))

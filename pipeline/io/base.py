@@ -4,27 +4,40 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from pipeline.frames import Frame
+from pipeline.pixels import Colour, PixelFormat, slot_shape
 from pipeline.ringbuffer import RingBuffer
 
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
-    """What a sink needs to know before the first frame."""
+    """What stages and sinks need to know before the first frame."""
 
-    width: int
+    width: int  # px; 0 when the source has no video
     height: int
-    fps: Fraction  # frames per second
+    fps: Fraction  # frames per second (the average one for variable-rate video)
     time_base: Fraction  # unit of Frame.pts
     audio_rate: int | None = None  # Hz; None when the source has no audio
     audio_channels: int = 0
+    pixel_format: PixelFormat = PixelFormat.YUV420P  # layout of the pixels in each ring slot
+    colour: Colour = field(default_factory=Colour)
+    rotation: int = 0  # degrees counter-clockwise a player turns the picture for display
+    frame_count: int | None = None  # frames expected, when known (for progress); None: unknown or endless
+    description: str = ""  # one line for logs and the report: decoder, codec, container
 
     @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
+    def has_video(self) -> bool:
+        return self.width > 0 and self.height > 0
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """The shape of one ring slot; (0,) when there is no video."""
+        if not self.has_video:
+            return (0,)
+        return slot_shape(self.pixel_format, self.width, self.height)
 
 
 class Source(ABC):

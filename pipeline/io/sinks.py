@@ -1,4 +1,4 @@
-"""Where frames end: a file encoded with PyAV, or nowhere at all (for benchmarks and tests).
+"""Where frames end: a file or stream encoded with PyAV, or nowhere at all (for benchmarks and tests).
 
 Encoding is the heaviest thing a sink does, so `FileSink` runs it on one worker thread of its
 own: the event loop keeps scheduling stages meanwhile, and one thread keeps frames in order.
@@ -7,19 +7,24 @@ own: the event loop keeps scheduling stages meanwhile, and one thread keeps fram
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+import torch
 
 from pipeline.device import to_numpy
 from pipeline.errors import SinkError
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, StreamInfo
+
+log = logging.getLogger(__name__)
 
 # Output extension → (video codec, audio codec). The muxer itself is chosen from the extension.
 CONTAINER_CODECS = {
@@ -29,6 +34,12 @@ CONTAINER_CODECS = {
     ".webm": ("libvpx-vp9", "libopus"),
 }
 PIXEL_FORMAT = "yuv420p"  # what every player decodes; needs even width and height
+NVENC_FOR = {"libx264": "h264_nvenc", "libx265": "hevc_nvenc"}  # on a GPU, the hardware encoder
+SOFTWARE_FOR = {"h264_nvenc": "libx264", "hevc_nvenc": "libx265"}  # when the GPU refuses it
+DEFAULT_CRF = 23  # x264's own default quality
+DEFAULT_PRESET = "veryfast"  # x264: near real time for 1080p on a few cores, at a modest size cost
+NVENC_PRESET = "p4"  # NVENC's balanced preset
+LIVE_KEYFRAME_INTERVAL_S = 2.0  # s; a viewer joining a live stream waits at most this for a picture
 AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 
 
@@ -56,55 +67,83 @@ class NullSink(Sink):
         pass
 
 
-class FileSink(Sink):
-    """Encodes frames into a video file: H.264 + AAC in .mp4/.mov/.mkv, VP9 + Opus in .webm.
+@dataclass(frozen=True, slots=True)
+class EncoderSettings:
+    """What `--video-codec`, `--crf`, `--bitrate` and `--preset` pass through to the encoder."""
 
-    Dropped frames leave a gap in the video (players hold the previous picture) while their
-    audio is still written, so sound never skips.
+    video_codec: str | None = None  # None: the container's default (NVENC on a GPU)
+    crf: int | None = None  # constant quality; None: the encoder's default (23 for x264)
+    bitrate: int | None = None  # bits/s; a target bitrate instead of constant quality
+    preset: str | None = None  # speed preset in the encoder's own words (x264: ultrafast … veryslow)
+
+
+class FileSink(Sink):
+    """Encodes frames with PyAV into a file (or any target FFmpeg can mux to, see `NetworkSink`).
+
+    H.264 + AAC in .mp4/.mov/.mkv, VP9 + Opus in .webm. Frames go to the encoder in the layout
+    they sit in the ring (I420), so a plain transcode converts no colour. Timestamps are the
+    source's (variable frame rate survives), and so are its colour tags and rotation. Dropped
+    frames leave a gap in the video (players hold the previous picture) while their audio is
+    still written, so sound never skips.
     """
+
+    container_format: str | None = None  # None: from the file extension
+    low_latency = False  # encoder settings for live viewers rather than for file size
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        video_codec: str | None = None,
-        crf: int = 23,
-        preset: str = "veryfast",
+        settings: EncoderSettings | None = None,
+        device: torch.device | str = "cpu",
     ):
+        self.target = str(path)
         self.path = Path(path)
-        codecs = CONTAINER_CODECS.get(self.path.suffix.lower())
-        if codecs is None:
-            supported = ", ".join(CONTAINER_CODECS)
-            raise SinkError(f"{self.path}: unsupported output extension; use one of {supported}")
-        self.video_codec = video_codec or codecs[0]
-        self.audio_codec = codecs[1]
+        self.settings = settings or EncoderSettings()
+        self.device = torch.device(device)
+        video_default, self.audio_codec = self._default_codecs()
+        self.video_codec = self.settings.video_codec or video_default
         for name in (self.video_codec, self.audio_codec):
             try:
                 av.Codec(name, "w")
             except av.codec.codec.UnknownCodecError:
-                raise SinkError(f"{self.path}: this FFmpeg build has no {name!r} encoder") from None
-        self.crf = crf  # constant rate factor: lower is better quality and bigger files
-        self.preset = preset  # x264/x265 speed preset
+                raise SinkError(f"{self.target}: this FFmpeg build has no {name!r} encoder") from None
         self.frames_written = 0
         self.frames_dropped = 0
+        self.description = ""  # "libx264 + aac", once open
         self._container: Any = None  # av OutputContainer while open
         self._video: Any = None
         self._audio: Any = None
         self._audio_layout = "mono"
+        self._last_pts: int | None = None
+        self._pts_fixed = 0
         self._pool: ThreadPoolExecutor | None = None
 
-    async def open(self, info: StreamInfo) -> None:
+    def _default_codecs(self) -> tuple[str, str]:
+        codecs = CONTAINER_CODECS.get(self.path.suffix.lower())
+        if codecs is None:
+            supported = ", ".join(CONTAINER_CODECS)
+            raise SinkError(f"{self.target}: unsupported output extension; use one of {supported}")
+        video = codecs[0]
+        if self.device.type == "cuda" and video in NVENC_FOR:
+            video = NVENC_FOR[video]  # falls back to the software encoder at open if the GPU refuses it
+        return video, codecs[1]
+
+    def _check_target(self) -> None:
         parent = self.path.parent
         if not parent.is_dir():
-            raise SinkError(f"{self.path}: directory {parent} does not exist")
+            raise SinkError(f"{self.target}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise SinkError(f"{self.path}: directory {parent} is not writable")
-        if info.width % 2 or info.height % 2:
+            raise SinkError(f"{self.target}: directory {parent} is not writable")
+
+    async def open(self, info: StreamInfo) -> None:
+        self._check_target()
+        if info.has_video and (info.width % 2 or info.height % 2):
             raise SinkError(
-                f"{self.path}: {info.width}x{info.height} cannot be encoded as {PIXEL_FORMAT}; "
+                f"{self.target}: {info.width}x{info.height} cannot be encoded as {PIXEL_FORMAT}; "
                 "width and height must be even"
             )
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-file")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-encode")
         try:
             await asyncio.get_running_loop().run_in_executor(pool, self._open, info)
         except BaseException:
@@ -113,10 +152,10 @@ class FileSink(Sink):
         self._pool = pool
 
     async def write(self, frame: Frame) -> None:
-        """Encode one frame; the pixels are copied into the encoder's frame before this returns."""
+        """Encode one frame; the pixels are copied into the encoder before this returns."""
         if self._container is None or self._pool is None:
-            raise SinkError(f"{self.path}: write before open (or after close)")
-        image = None if frame.dropped else frame.image
+            raise SinkError(f"{self.target}: write before open (or after close)")
+        image = frame.image if frame.has_image and self._video is not None else None
         events = [] if image is None else [e for e in frame.events.values() if e is not None]
         await asyncio.get_running_loop().run_in_executor(
             self._pool, self._encode, frame.index, image, events, frame.pts, frame.time_base, frame.audio
@@ -139,18 +178,26 @@ class FileSink(Sink):
     # The methods below run on the worker thread.
 
     def _open(self, info: StreamInfo) -> None:
+        try:
+            self._open_with(info, self.video_codec)
+        except SinkError as exc:
+            fallback = SOFTWARE_FOR.get(self.video_codec)
+            if fallback is None or self.settings.video_codec is not None:
+                raise
+            log.warning("%s: %s; encoding with %s instead", self.target, exc, fallback)
+            self.video_codec = fallback
+            self._open_with(info, fallback)
+        if self._pts_fixed:
+            log.warning("%s: %d frame timestamp(s) were not increasing and were moved on", self.target, self._pts_fixed)
+
+    def _open_with(self, info: StreamInfo, video_codec: str) -> None:
         existed = self.path.exists()
         try:
-            container = av.open(str(self.path), mode="w")
+            container = av.open(self.target, mode="w", format=self.container_format)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"{self.path}: cannot open for writing ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: cannot open for writing ({_one_line(exc)})") from exc
         try:
-            video = container.add_stream(self.video_codec, rate=info.fps)
-            video.width = info.width
-            video.height = info.height
-            video.pix_fmt = PIXEL_FORMAT
-            video.codec_context.time_base = info.time_base
-            video.options = _video_options(self.video_codec, self.crf, self.preset)
+            video = self._add_video(container, info, video_codec) if info.has_video else None
             audio = None
             if info.audio_rate:
                 audio = container.add_stream(self.audio_codec, rate=_audio_rate(self.audio_codec, info.audio_rate))
@@ -165,9 +212,33 @@ class FileSink(Sink):
             if not existed:
                 self.path.unlink(missing_ok=True)
             raise SinkError(
-                f"{self.path}: cannot set up {self.video_codec}/{self.audio_codec} ({_one_line(exc)})"
+                f"{self.target}: cannot set up {video_codec}/{self.audio_codec} ({_one_line(exc)})"
             ) from exc
         self._container, self._video, self._audio = container, video, audio
+        parts = ([video_codec] if video is not None else []) + ([self.audio_codec] if audio is not None else [])
+        self.description = " + ".join(parts)
+
+    def _add_video(self, container: Any, info: StreamInfo, video_codec: str) -> Any:
+        video = container.add_stream(video_codec, rate=info.fps)
+        video.width = info.width
+        video.height = info.height
+        video.pix_fmt = PIXEL_FORMAT
+        context = video.codec_context
+        context.time_base = info.time_base  # the source's own: variable frame rate survives
+        # Frame threads, as the ffmpeg command line uses: PyAV's default (slice threads) makes
+        # x264 markedly slower.
+        context.thread_type = "AUTO"
+        colour = info.colour
+        context.colorspace = colour.matrix
+        context.color_primaries = colour.primaries
+        context.color_trc = colour.transfer
+        context.color_range = colour.range
+        if info.rotation:
+            video.set_display_rotation(info.rotation)
+        video.options = _video_options(video_codec, self.settings, self.low_latency, info.fps)
+        if self.settings.bitrate:
+            context.bit_rate = self.settings.bitrate
+        return video
 
     def _encode(
         self,
@@ -181,7 +252,11 @@ class FileSink(Sink):
         try:
             packets = []
             if image is not None:
-                picture = av.VideoFrame.from_ndarray(_host_pixels(image, events), format="rgb24")
+                picture = _picture(_host_pixels(image, events))
+                if self._last_pts is not None and pts <= self._last_pts:
+                    pts = self._last_pts + 1  # encoders refuse repeated or backward timestamps
+                    self._pts_fixed += 1
+                self._last_pts = pts
                 picture.pts = pts
                 picture.time_base = time_base  # PyAV rescales to the encoder's time base
                 packets += self._video.encode(picture)
@@ -189,7 +264,7 @@ class FileSink(Sink):
                 packets += self._audio.encode(self._audio_frame(audio))
             self._container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.path}: encoding frame {index} failed ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: encoding frame {index} failed ({_one_line(exc)})") from exc
 
     def _audio_frame(self, chunk: AudioChunk) -> av.AudioFrame:
         # Chunks follow the video frame rate, not the codec's frame size (1024 samples for AAC,
@@ -206,21 +281,29 @@ class FileSink(Sink):
         if container is None:
             return
         try:
-            packets = self._video.encode(None)
+            packets = self._video.encode(None) if self._video is not None else []
             if self._audio is not None:
                 packets += self._audio.encode(None)
             container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.path}: flushing the encoders failed ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: flushing the encoders failed ({_one_line(exc)})") from exc
         finally:
             try:
                 container.close()
             except (av.FFmpegError, OSError) as exc:
-                raise SinkError(f"{self.path}: closing the file failed ({_one_line(exc)})") from exc
+                raise SinkError(f"{self.target}: closing the output failed ({_one_line(exc)})") from exc
+
+
+def _picture(pixels: np.ndarray) -> av.VideoFrame:
+    """An encoder frame over the slot's pixels: I420 is wrapped as it is, RGB converted by the encoder."""
+    if pixels.ndim == 2:
+        # Wrapped, not copied: FFmpeg copies a frame it does not own when the encoder takes it.
+        return av.VideoFrame.from_numpy_buffer(pixels, format=PIXEL_FORMAT)
+    return av.VideoFrame.from_ndarray(pixels, format="rgb24")
 
 
 def _host_pixels(image: Any, events: list[Any]) -> np.ndarray:
-    """H×W×3 uint8 pixels in host memory: a zero-copy view on CPU, one device-to-host copy on CUDA."""
+    """The slot's pixels in host memory: a zero-copy view on CPU, one device-to-host copy on CUDA."""
     if image.device.type == "cpu":
         pixels = to_numpy(image)
     else:
@@ -230,14 +313,32 @@ def _host_pixels(image: Any, events: list[Any]) -> np.ndarray:
     return pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
 
 
-def _video_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+def _video_options(codec: str, settings: EncoderSettings, low_latency: bool, fps: Fraction) -> dict[str, str]:
     """Quality and speed settings, in the encoder's own option names."""
+    crf = settings.crf if settings.crf is not None else DEFAULT_CRF
+    options: dict[str, str] = {}
     if codec in ("libx264", "libx265"):
-        return {"crf": str(crf), "preset": preset}
-    if codec == "libvpx-vp9":
+        options["preset"] = settings.preset or DEFAULT_PRESET
+        if not settings.bitrate:
+            options["crf"] = str(crf)
+        if low_latency:  # no lookahead or B-frames: each frame leaves the encoder as it goes in
+            options["tune"] = "zerolatency"
+    elif codec in ("libvpx-vp9", "libvpx"):
         # "good" (the default deadline) encodes far below real time; bitrate 0 makes crf the target.
-        return {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
-    return {}
+        options |= {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+        if not settings.bitrate:
+            options |= {"crf": str(crf), "b": "0"}
+    elif codec.endswith("_nvenc"):
+        options["preset"] = settings.preset or NVENC_PRESET
+        if not settings.bitrate:
+            options |= {"rc": "vbr", "cq": str(crf)}
+        if low_latency:
+            options |= {"tune": "ll", "zerolatency": "1", "delay": "0"}
+    elif settings.preset:
+        options["preset"] = settings.preset
+    if low_latency:
+        options["g"] = str(max(1, round(float(fps) * LIVE_KEYFRAME_INTERVAL_S)))
+    return options
 
 
 def _audio_rate(codec: str, rate: int) -> int:

@@ -2,7 +2,8 @@
 
 It needs no file, camera or network, so the demo, the tests and the benchmarks all run on any
 machine. Each frame costs one slot-sized copy and a small fill, so a synthetic run measures the
-pipeline rather than the source.
+pipeline rather than the source. Frames are I420 like decoded video (or RGB when asked), so
+stages meet the same layout here as with a real file.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import torch
 
+from kernels.colour import i420_planes, rgb_to_i420
 from pipeline.errors import SourceError
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Source, StreamInfo
+from pipeline.pixels import MATRIX_SMPTE170M, RANGE_LIMITED, Colour, PixelFormat
 from pipeline.ringbuffer import RingBuffer
 
 TONE_HZ = 440  # a whole number of cycles per second, so one cached second of audio loops seamlessly
@@ -27,6 +30,9 @@ BEEP_ON_S = 0.5  # each second: this long on, the rest off; a level meter visibl
 BEEP_FADE_S = 0.005  # 5 ms ramps at both ends of a beep, so it does not click
 SCROLL_PERIOD_S = 4  # the bars scroll one full picture width in this time
 SQUARE_SPEED = (0.5, 0.4)  # square speed in picture widths / heights per second (x, y)
+WHITE_RGB = 255
+WHITE_YUV = (235, 128, 128)  # limited-range white: Y, U, V
+CARD_COLOUR = Colour(matrix=MATRIX_SMPTE170M, primaries=6, transfer=6, range=RANGE_LIMITED)  # BT.601 TV range
 
 # Seven bars, as on a test card: white, yellow, cyan, green, magenta, red, blue (RGB).
 BAR_COLOURS = (
@@ -53,6 +59,7 @@ class SyntheticSource(Source):
         audio_rate: int = 48000,
         live: bool = False,
         device: torch.device | str = "cpu",
+        pixel_format: PixelFormat | str = PixelFormat.YUV420P,
     ):
         _check_even_size("width", width)
         _check_even_size("height", height)
@@ -70,7 +77,11 @@ class SyntheticSource(Source):
         self.audio_rate = audio_rate  # Hz
         self.live = live
         self.device = torch.device(device)
-        self._wide = _test_card(height, width, self.device)  # H×2W×3: two periods of the card
+        self.pixel_format = PixelFormat(pixel_format)
+        wide = _test_card(height, width)  # H×2W×3: two periods of the card
+        if self.pixel_format is PixelFormat.YUV420P:
+            wide = rgb_to_i420(wide, matrix="bt601", full_range=False)
+        self._wide = wide.to(self.device)
         self._audio_second = _beep_second(audio_rate)  # one second of the audio, which repeats
 
     @property
@@ -82,11 +93,15 @@ class SyntheticSource(Source):
             time_base=1 / self.fps,  # so pts == index
             audio_rate=self.audio_rate,
             audio_channels=1,
+            pixel_format=self.pixel_format,
+            colour=CARD_COLOUR,
+            frame_count=self.frame_count,
+            description=f"synthetic test card {self.width}x{self.height} {self.pixel_format}",
         )
 
     async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
         """Yield frames 0, 1, 2, … with pixels drawn into leased slots; paced at fps when live."""
-        expected = (self.height, self.width, 3)
+        expected = self.info.frame_shape
         if ring.shape != expected or ring.storage.dtype != torch.uint8:
             raise SourceError(
                 f"synthetic source: ring slots are {ring.shape} {ring.storage.dtype}, need {expected} uint8"
@@ -125,15 +140,25 @@ class SyntheticSource(Source):
             index += 1
 
     def _draw(self, slot: torch.Tensor, wide: torch.Tensor, index: int) -> None:
-        """Draw frame `index` into `slot` in place: the scrolled card, then the square."""
+        """Draw frame `index` into `slot` in place: the scrolled card, then the square.
+
+        Offsets, sizes and positions are even, so in I420 every 2×2 chroma block is whole.
+        """
         w, h = self.width, self.height
-        offset = int(index * w / (SCROLL_PERIOD_S * self.fps)) % w  # px
-        slot.copy_(wide[:, offset : offset + w])
-        side = max(2, min(w, h) // 8)  # px
+        offset = int(index * w / (SCROLL_PERIOD_S * self.fps)) % w & ~1  # px
+        side = max(2, min(w, h) // 8) & ~1  # px
         t_s = index / self.fps
-        x = _bounce(int(t_s * SQUARE_SPEED[0] * w), w - side)
-        y = _bounce(int(t_s * SQUARE_SPEED[1] * h), h - side)
-        slot[y : y + side, x : x + side].fill_(255)
+        x = _bounce(int(t_s * SQUARE_SPEED[0] * w), w - side) & ~1
+        y = _bounce(int(t_s * SQUARE_SPEED[1] * h), h - side) & ~1
+        if self.pixel_format is PixelFormat.RGB24:
+            slot.copy_(wide[:, offset : offset + w])
+            slot[y : y + side, x : x + side].fill_(WHITE_RGB)
+            return
+        # `wide` is the I420 image of the double-width card: planes H×2W and (H/2)×W.
+        for plane, source, value, scale in zip(i420_planes(slot), i420_planes(wide), WHITE_YUV, (1, 2, 2), strict=True):
+            plane_w = w // scale
+            plane.copy_(source[:, offset // scale : offset // scale + plane_w])
+            plane[y // scale : (y + side) // scale, x // scale : (x + side) // scale].fill_(value)
 
     def _audio_chunk(self, index: int) -> AudioChunk:
         """The samples belonging to frame `index`: sample boundaries are round(i · rate / fps).
@@ -182,7 +207,7 @@ def _bounce(distance: int, span: int) -> int:
     return p if p <= span else 2 * span - p
 
 
-def _test_card(height: int, width: int, device: torch.device) -> torch.Tensor:
+def _test_card(height: int, width: int) -> torch.Tensor:
     """Colour bars above a grey ramp, twice side by side (H×2W×3 uint8), so any W-wide window wraps."""
     card = torch.empty((height, width, 3), dtype=torch.uint8)
     colours = torch.tensor(BAR_COLOURS, dtype=torch.uint8)
@@ -191,7 +216,7 @@ def _test_card(height: int, width: int, device: torch.device) -> torch.Tensor:
     card[:bars_h] = colours[bar_of_column]
     ramp = (torch.arange(width) * 255 // max(1, width - 1)).to(torch.uint8)
     card[bars_h:] = ramp[:, None]
-    return torch.cat([card, card], dim=1).to(device).contiguous()
+    return torch.cat([card, card], dim=1).contiguous()
 
 
 def _beep_second(rate: int) -> torch.Tensor:

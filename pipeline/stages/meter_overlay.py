@@ -6,12 +6,16 @@ each frame's own measurements to it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 
+from kernels.colour import i420_planes, rgb_to_i420
 from pipeline.frames import Frame
+from pipeline.pixels import PixelFormat
 from pipeline.registry import register_stage
-from pipeline.stage import ComputeStage, StageContext, StageOptions
+from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
 LEVEL_FLOOR_DBFS = -60.0  # an empty level bar
 MOTION_FULL_SCALE = 0.1  # mean luma change that fills the motion bar
@@ -36,31 +40,57 @@ class MeterOverlay(ComputeStage):
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
-        self._colours = {
-            name: torch.tensor(rgb, dtype=torch.uint8, device=ctx.device)
-            for name, rgb in (("backdrop", BACKDROP_RGB), ("level", LEVEL_RGB), ("motion", MOTION_RGB))
-        }
+        stream = ctx.stream
+        self._format = stream.pixel_format if stream is not None else PixelFormat.YUV420P
+        matrix = stream.colour.matrix_name(stream.height) if stream is not None else "bt601"
+        full_range = stream.colour.full_range if stream is not None else False
+        self._colours: dict[str, Any] = {}
+        for name, rgb in (("backdrop", BACKDROP_RGB), ("level", LEVEL_RGB), ("motion", MOTION_RGB)):
+            if self._format is PixelFormat.RGB24:
+                self._colours[name] = torch.tensor(rgb, dtype=torch.uint8, device=ctx.device)
+            else:  # the Y, U, V values of a patch of that colour
+                patch = rgb_to_i420(
+                    torch.tensor(rgb, dtype=torch.uint8).expand(2, 2, 3), matrix=matrix, full_range=full_range
+                )
+                self._colours[name] = tuple(int(plane[0, 0]) for plane in i420_planes(patch))
 
-    def compute(self, frame: Frame) -> dict[str, float]:
+    def compute(self, frame: Frame) -> dict[str, Any]:
+        if frame.lease is None:
+            return missing("no video")
         stats = self.input_annotation(frame, "frame_stats")
         audio = self.input_annotation(frame, "audio_level")
         level_dbfs = audio.get("rms_dbfs") if audio else None
         level = 0.0 if level_dbfs is None else min(1.0, max(0.0, 1.0 - level_dbfs / LEVEL_FLOOR_DBFS))
         motion = 0.0 if stats is None else min(1.0, stats["motion"] / MOTION_FULL_SCALE)
         image = frame.image
-        height, width = image.shape[:2]
+        if self._format is PixelFormat.RGB24:
+            height, width = image.shape[:2]
+        else:
+            height, width = image.shape[0] * 2 // 3, image.shape[1]
         opts = self.options
-        full = max(1, int(width * opts.width_fraction))
-        bar = opts.bar_height_px
-        x0 = min(opts.margin_px, width - 1)
-        x1 = min(width, x0 + full)
+        full = max(2, int(width * opts.width_fraction))
+        bar = max(2, opts.bar_height_px)
+        # Even edges: in I420 each chroma sample covers a 2×2 block, which must be all bar or all not.
+        x0 = min(opts.margin_px, width - 2) & ~1
+        x1 = min(width, x0 + full) & ~1
         for row, (name, fill) in enumerate((("level", level), ("motion", motion))):
-            y1 = height - opts.margin_px - row * (bar + 2)
-            y0 = max(0, y1 - bar)
+            y1 = (height - opts.margin_px - row * (bar + 2)) & ~1
+            y0 = max(0, y1 - bar) & ~1
             if y1 <= 0:
                 continue
-            image[y0:y1, x0:x1] = self._colours["backdrop"]
-            filled = int((x1 - x0) * fill)
+            self._fill(image, (y0, y1, x0, x1), self._colours["backdrop"])
+            filled = int((x1 - x0) * fill) & ~1
             if filled:
-                image[y0:y1, x0 : x0 + filled] = self._colours[name]
+                self._fill(image, (y0, y1, x0, x0 + filled), self._colours[name])
         return {"level": round(level, 3), "motion": round(motion, 3)}
+
+    def _fill(self, image: torch.Tensor, box: tuple[int, int, int, int], colour: Any) -> None:
+        """Paint the rectangle (y0, y1, x0, x1), with even edges, in one colour."""
+        y0, y1, x0, x1 = box
+        if self._format is PixelFormat.RGB24:
+            image[y0:y1, x0:x1] = colour
+            return
+        y, u, v = i420_planes(image)
+        y[y0:y1, x0:x1] = colour[0]
+        u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[1]
+        v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[2]

@@ -1,0 +1,71 @@
+"""How a frame's pixels sit in its ring slot: the pixel format and the colour it means.
+
+Frames stay in the layout the decoder gives (I420, "yuv420p") from decode to encode, so a
+plain transcode never converts colour at all; a stage that wants RGB converts only what it
+needs, at the size it needs. `rgb24` slots exist for sources that draw in RGB and for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+from kernels.colour import i420_planes
+
+# Colour code points of ITU-T H.273 (the numbers FFmpeg, containers and codecs all use).
+MATRIX_BT709, MATRIX_UNSPECIFIED, MATRIX_BT470BG, MATRIX_SMPTE170M = 1, 2, 5, 6
+RANGE_UNSPECIFIED, RANGE_LIMITED, RANGE_FULL = 0, 1, 2
+HD_MIN_HEIGHT = 720  # px; untagged video this tall or taller is taken as BT.709, shorter as BT.601
+
+
+class PixelFormat(StrEnum):
+    YUV420P = "yuv420p"  # packed I420: (H·3/2)×W uint8
+    RGB24 = "rgb24"  # H×W×3 uint8
+
+
+@dataclass(frozen=True, slots=True)
+class Colour:
+    """Colour metadata carried from the input to the output, as H.273 code points (2 = unspecified)."""
+
+    matrix: int = MATRIX_UNSPECIFIED
+    primaries: int = 2
+    transfer: int = 2
+    range: int = RANGE_UNSPECIFIED
+
+    def matrix_name(self, height: int) -> str:
+        """The conversion matrix to use for RGB: the tagged one, else what the size implies."""
+        if self.matrix == MATRIX_BT709:
+            return "bt709"
+        if self.matrix in (MATRIX_BT470BG, MATRIX_SMPTE170M):
+            return "bt601"
+        return "bt709" if height >= HD_MIN_HEIGHT else "bt601"
+
+    @property
+    def full_range(self) -> bool:
+        return self.range == RANGE_FULL
+
+
+def slot_shape(pixel_format: PixelFormat | str, width: int, height: int) -> tuple[int, ...]:
+    """The shape of one ring slot holding a width×height picture in `pixel_format`."""
+    fmt = PixelFormat(pixel_format)
+    if fmt is PixelFormat.YUV420P:
+        if width % 2 or height % 2:
+            raise ValueError(f"yuv420p needs an even width and height, got {width}x{height}")
+        return (height * 3 // 2, width)
+    return (height, width, 3)
+
+
+def luma_plane(image: torch.Tensor, pixel_format: PixelFormat | str) -> torch.Tensor | None:
+    """The H×W luma (Y) plane as a view, or None when the format has none (RGB)."""
+    if PixelFormat(pixel_format) is PixelFormat.YUV420P:
+        return i420_planes(image)[0]
+    return None
+
+
+def picture_size(image: torch.Tensor, pixel_format: PixelFormat | str) -> tuple[int, int]:
+    """(width, height) of the picture a slot holds."""
+    if PixelFormat(pixel_format) is PixelFormat.YUV420P:
+        return image.shape[1], image.shape[0] * 2 // 3
+    return image.shape[1], image.shape[0]
