@@ -1,8 +1,9 @@
-"""The command line: parse, build the graph from config, run it, report.
+"""The command line: parse, build the graph from config, run it on one input or a folder, report.
 
-Exit codes: 0 done; 1 the run failed (the output could not be opened or written, an internal
-error); 2 bad usage, source, device or config; 130 stopped by Ctrl-C or SIGTERM (the output
-is still finalized up to the last frame written).
+Exit codes: 0 done (every file, for a folder); 1 a run failed or its input was damaged (the
+output could not be written, a file in a folder failed, an input ended early); 2 bad usage,
+source, device or config; 130 stopped by Ctrl-C or SIGTERM (the output is still finalized up
+to the last frame written).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -19,20 +21,16 @@ from pipeline.config import load_config
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
-from pipeline.graph import build_graph
-from pipeline.io.base import Sink, Source
-from pipeline.io.sinks import FileSink, NullSink
-from pipeline.io.synthetic import sample_source, test_source
+from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest
+from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings
+from pipeline.job import JobOptions, JobResult, is_folder_job, plan_folder, run_folder, run_job
 from pipeline.metrics import write_report
+from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
 
-BUILT_IN_SOURCES = {
-    "sample": "a 10 s built-in clip (moving test card and a beeping tone), processed as fast as it can go",
-    "testsrc": "an endless live test signal paced at 30 fps, for benchmarks; stop it with --frames or Ctrl-C",
-}
-PROGRESS_EVERY_S = 2.0  # seconds between progress lines
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,19 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py",
         description="Run video and audio through a graph of inference stages and write the result.",
-        epilog="example: python run_pipeline.py --source sample --output out/sample.mp4 --report out/report.json",
+        epilog=(
+            "examples:\n"
+            "  python run_pipeline.py --source sample --output out/sample.mp4 --report out/report.json\n"
+            "  python run_pipeline.py --source talk.mkv --output talk.mp4 --analytics talk.jsonl\n"
+            "  python run_pipeline.py --source videos/ --output processed/\n"
+            "  python run_pipeline.py --source webcam --output udp://127.0.0.1:5000"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--source", default="sample", help=f"where frames come from. {sources}. Default: sample")
+    parser.add_argument(
+        "--source",
+        default="sample",
+        help=f"where frames come from: a media file, a folder of them, an http/rtsp URL, or {sources}. Default: sample",
+    )
     parser.add_argument(
         "--output",
         default="null",
-        help="a video file (.mp4, .mkv, .mov: H.264 + AAC; .webm: VP9 + Opus), or 'null' to discard. Default: null",
+        help=(
+            "a video file (.mp4, .mkv, .mov: H.264 + AAC; .webm: VP9 + Opus), a folder (with a folder --source), "
+            "a stream URL (rtmp://, udp://, srt://), or 'null' to discard. Default: null"
+        ),
     )
     parser.add_argument(
         "--config", default="default", help="graph config: a YAML path or a name in configs/. Default: default"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N. Default: auto (cuda if present)")
     parser.add_argument("--frames", type=int, metavar="N", help="stop after N frames (all of a file by default)")
+    parser.add_argument("--realtime", action="store_true", help="pace a file at its own frame rate, like a live source")
+    parser.add_argument("--size", metavar="WxH", help="picture size to ask a webcam for, e.g. 1280x720")
+    parser.add_argument("--fps", type=float, metavar="N", help="frame rate to ask a webcam for")
+    encoder = parser.add_argument_group("encoder (passed through to the video encoder)")
+    encoder.add_argument("--video-codec", metavar="NAME", help="e.g. libx264, libx265, h264_nvenc, libvpx-vp9")
+    encoder.add_argument("--crf", type=int, metavar="N", help="constant quality: lower is better and bigger (x264: 23)")
+    encoder.add_argument("--bitrate", metavar="RATE", help="target bitrate instead of --crf, e.g. 4M or 800k")
+    encoder.add_argument(
+        "--preset", metavar="NAME", help="speed preset, e.g. ultrafast … veryslow (x264), p1 … p7 (NVENC)"
+    )
+    parser.add_argument(
+        "--analytics", metavar="PATH", help="write one JSON line per frame (a folder of .jsonl files for a folder run)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="folder runs: redo outputs that already exist")
     parser.add_argument("--report", metavar="PATH", help="write the run report (JSON): latency, fps, drops, stages")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Default: info"
@@ -60,81 +86,142 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_source(spec: str, frames: int | None, device: Any) -> Source:
-    if frames is not None and frames < 1:
-        raise SourceError(f"--frames {frames}: must be at least 1")
-    overrides: dict[str, Any] = {"device": device}
-    if frames is not None:
-        overrides["frames"] = frames
-    if spec == "sample":
-        return sample_source(**overrides)
-    if spec == "testsrc":
-        return test_source(**overrides)
-    known = ", ".join(BUILT_IN_SOURCES)
-    raise SourceError(f"--source {spec!r}: not a source this build can open (built-in sources: {known})")
-
-
-def make_sink(spec: str) -> Sink:
-    if spec == "null":
-        return NullSink()
-    path = Path(spec)
-    sink = FileSink(path)  # checks the extension before anything is created
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SinkError(f"{path}: cannot create directory {path.parent} ({exc.strerror})") from None
-    return sink
-
-
-def summary_line(report: dict[str, Any], output: str) -> str:
-    frames, fps = report["frames"], report["fps"]
-    e2e = report["latency_ms"]["end_to_end"]
-    dropped = sum(frames["dropped"].values())
-    where = "" if output == "null" else f" -> {output}"
-    return (
-        f"done: {frames['out']} frame(s) in {report['wall_s']:.2f} s ({fps['out']:.1f} fps), "
-        f"end-to-end p50 {e2e['p50']:.1f} ms p95 {e2e['p95']:.1f} ms p99 {e2e['p99']:.1f} ms, "
-        f"dropped {dropped}{where}"
+def job_options(args: argparse.Namespace) -> JobOptions:
+    device = resolve_device(args.device)
+    config = load_config(args.config)
+    size = None
+    if args.size:
+        match = SIZE.match(args.size)
+        if not match:
+            raise SourceError(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720")
+        size = (int(match.group(1)), int(match.group(2)))
+    if args.fps is not None and args.fps <= 0:
+        raise SourceError(f"--fps {args.fps}: must be > 0")
+    settings = EncoderSettings(
+        video_codec=args.video_codec, crf=args.crf, bitrate=_bitrate(args.bitrate), preset=args.preset
+    )
+    return JobOptions(
+        config=config,
+        device=device,
+        frames=args.frames,
+        realtime=args.realtime,
+        capture=CaptureRequest(size=size, fps=args.fps),
+        settings=settings,
+        analytics=Path(args.analytics) if args.analytics else None,
     )
 
 
-async def _progress(pipeline: Pipeline) -> None:
-    while True:
-        await asyncio.sleep(PROGRESS_EVERY_S)
-        metrics = pipeline.metrics
-        e2e = metrics.end_to_end
-        log.info(
-            "progress: %d frame(s) out, end-to-end p95 %.1f ms, dropped %d",
-            metrics.frames_out,
-            e2e.percentile_ns(0.95) / 1e6,
-            sum(metrics.drops.values()),
-        )
+def _bitrate(text: str | None) -> int | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", text.strip())
+    if not match:
+        raise SinkError(f"--bitrate {text}: expected bits per second, e.g. 4M, 800k or 2500000")
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+class _Stopper:
+    """Ctrl-C / SIGTERM: the first asks the running pipeline to drain, the second aborts it."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.requested = False
+
+    def attach(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        if self.requested:
+            pipeline.request_stop()
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self.pipeline is not None:
+            self.pipeline.request_stop()
 
 
 async def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    graph = build_graph(load_config(args.config))
-    source = make_source(args.source, args.frames, device)
-    sink = make_sink(args.output)
-    pipeline = Pipeline(graph, source, sink, device=device)
+    options = job_options(args)
+    stopper = _Stopper()
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     for sig in stop_signals:
-        loop.add_signal_handler(sig, pipeline.request_stop)
-    log.info("running graph %r on %s: %s -> %s", graph.config.name, device, args.source, args.output)
-    progress = asyncio.create_task(_progress(pipeline))
+        loop.add_signal_handler(sig, stopper)
     try:
-        report = await pipeline.run()
+        if is_folder_job(args.source):
+            return await _run_folder(args, options, stopper)
+        return await _run_single(args, options, stopper)
     finally:
-        progress.cancel()
         for sig in stop_signals:
             loop.remove_signal_handler(sig)
+
+
+async def _run_single(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
+    progress = Progress()
+    try:
+        result = await run_job(args.source, args.output, options, progress=progress, on_start=stopper.attach)
+    finally:
+        progress.close()
+    if result.report is not None and args.report:
+        write_report(result.report, args.report)
+    if result.status == "failed":
+        log.error("%s", result.reason)
+        return EXIT_FAILED
+    log.info("%s", result.summary())
+    if result.status == "partial":
+        log.warning("%s: input damaged: %s", args.source, result.reason)
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
+async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
+    output_dir = Path(args.output)
+    extension = output_dir.suffix.lower() if output_dir.suffix.lower() in CONTAINER_CODECS else ".mp4"
+    if output_dir.suffix and extension == output_dir.suffix.lower():
+        raise SinkError(f"--output {args.output}: a folder --source needs a folder --output, not a file")
+    analytics_dir = options.analytics
+    items = plan_folder(Path(args.source), output_dir, extension=extension, analytics_dir=analytics_dir)
+    log.info("%d video(s) in %s -> %s", len(items), args.source, output_dir)
+    progress = Progress(files=len(items))
+    try:
+        results = await run_folder(
+            items,
+            options,
+            overwrite=args.overwrite,
+            progress=progress,
+            on_start=stopper.attach,
+            stopped=lambda: stopper.requested,
+        )
+    finally:
+        progress.close()
     if args.report:
-        write_report(report, args.report)
-    log.info("%s", summary_line(report, args.output))
-    if report["source_error"]:
-        log.warning("source ended early: %s", report["source_error"])
-    return EXIT_INTERRUPTED if pipeline.interrupted else EXIT_OK
+        write_report(_folder_report(results), args.report)
+    return _folder_exit(results, len(items), stopper.requested)
+
+
+def _folder_report(results: list[JobResult]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return {
+        "files": [
+            {"source": r.source, "output": r.output, "status": r.status, "reason": r.reason, "report": r.report}
+            for r in results
+        ],
+        "counts": counts,
+        "frames_out": sum(r.frames_out for r in results),
+    }
+
+
+def _folder_exit(results: list[JobResult], planned: int, interrupted: bool) -> int:
+    failures = [r for r in results if not r.succeeded and r.status != "interrupted"]
+    done = sum(1 for r in results if r.status == "ok")
+    skipped = sum(1 for r in results if r.status == "skipped")
+    log.info("folder: %d of %d done, %d skipped, %d failed", done, planned, skipped, len(failures))
+    for result in failures:
+        log.error("failed: %s: %s", result.source, result.reason)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 from pipeline.frames import Frame
 from pipeline.pixels import Colour, PixelFormat, slot_shape
@@ -55,6 +56,10 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 — most sources hold nothing
         """Free whatever the source holds (devices, files)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the run report (skipped packets, stale frames, …)."""
+        return {}
 
 
 class Sink(ABC):

@@ -41,6 +41,7 @@ DEFAULT_PRESET = "veryfast"  # x264: near real time for 1080p on a few cores, at
 NVENC_PRESET = "p4"  # NVENC's balanced preset
 LIVE_KEYFRAME_INTERVAL_S = 2.0  # s; a viewer joining a live stream waits at most this for a picture
 AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
+AUDIO_BLOCK = 1024  # samples per encoded audio frame when the codec takes any size
 
 
 class NullSink(Sink):
@@ -89,6 +90,7 @@ class FileSink(Sink):
 
     container_format: str | None = None  # None: from the file extension
     low_latency = False  # encoder settings for live viewers rather than for file size
+    writes_file = True  # False for network targets: nothing on disk to check or clean up
 
     def __init__(
         self,
@@ -191,7 +193,7 @@ class FileSink(Sink):
             log.warning("%s: %d frame timestamp(s) were not increasing and were moved on", self.target, self._pts_fixed)
 
     def _open_with(self, info: StreamInfo, video_codec: str) -> None:
-        existed = self.path.exists()
+        existed = self.writes_file and self.path.exists()
         try:
             container = av.open(self.target, mode="w", format=self.container_format)
         except (av.FFmpegError, OSError) as exc:
@@ -209,12 +211,14 @@ class FileSink(Sink):
             container.start_encoding()
         except (av.FFmpegError, ValueError, TypeError, OSError) as exc:
             container.close()
-            if not existed:
+            if self.writes_file and not existed:
                 self.path.unlink(missing_ok=True)
             raise SinkError(
                 f"{self.target}: cannot set up {video_codec}/{self.audio_codec} ({_one_line(exc)})"
             ) from exc
         self._container, self._video, self._audio = container, video, audio
+        self._fifo = av.AudioFifo()
+        self._audio_block = (audio.codec_context.frame_size or AUDIO_BLOCK) if audio is not None else AUDIO_BLOCK
         parts = ([video_codec] if video is not None else []) + ([self.audio_codec] if audio is not None else [])
         self.description = " + ".join(parts)
 
@@ -261,19 +265,23 @@ class FileSink(Sink):
                 picture.time_base = time_base  # PyAV rescales to the encoder's time base
                 packets += self._video.encode(picture)
             if audio is not None and self._audio is not None:
-                packets += self._audio.encode(self._audio_frame(audio))
+                self._fifo.write(self._audio_frame(audio))
+                for block in self._fifo.read_many(self._audio_block):
+                    packets += self._audio.encode(block)
             self._container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: encoding frame {index} failed ({_one_line(exc)})") from exc
 
     def _audio_frame(self, chunk: AudioChunk) -> av.AudioFrame:
         # Chunks follow the video frame rate, not the codec's frame size (1024 samples for AAC,
-        # 960 for Opus); the encoder's own resampler re-chunks them, so no AudioFifo is needed.
+        # 960 for Opus); the FIFO re-blocks them. Only the first chunk's pts is set: the FIFO
+        # counts on from it, so the stream stays continuous and keeps its offset to the video.
         samples = np.ascontiguousarray(to_numpy(chunk.samples.detach().cpu()), dtype=np.float32)
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=self._audio_layout)
         frame.sample_rate = chunk.sample_rate
-        frame.pts = chunk.pts
-        frame.time_base = Fraction(1, chunk.sample_rate)
+        if self._fifo.samples_written == 0:
+            frame.pts = chunk.pts
+            frame.time_base = Fraction(1, chunk.sample_rate)
         return frame
 
     def _finish(self) -> None:
@@ -283,6 +291,9 @@ class FileSink(Sink):
         try:
             packets = self._video.encode(None) if self._video is not None else []
             if self._audio is not None:
+                rest = self._fifo.read()  # the last, short block
+                if rest is not None:
+                    packets += self._audio.encode(rest)
                 packets += self._audio.encode(None)
             container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:

@@ -1,0 +1,65 @@
+"""The analytics sidecar: one JSON line per frame beside whatever sink writes the media.
+
+`{"frame": index, "time_s": presentation time, "<stage>": that stage's annotation, …}`, in
+frame order, flushed line by line so a reader tailing the file (or a run cut short) always
+sees whole records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.errors import SinkError
+from pipeline.frames import Frame
+from pipeline.io.base import Sink, StreamInfo
+
+
+class AnalyticsSink(Sink):
+    """Wraps a sink: writes each frame's record to a JSONL file, then hands the frame on."""
+
+    def __init__(self, inner: Sink, path: str | os.PathLike[str]):
+        self.inner = inner
+        self.path = Path(path)
+        self.records = 0
+        self._file: IO[str] | None = None
+
+    @property
+    def description(self) -> str:
+        return getattr(self.inner, "description", "")
+
+    async def open(self, info: StreamInfo) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8", buffering=1)  # line-buffered
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot write the analytics file ({exc.strerror})") from None
+        try:
+            await self.inner.open(info)
+        except BaseException:
+            self._file.close()
+            self._file = None
+            raise
+
+    async def write(self, frame: Frame) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(frame.to_json(), separators=(",", ":"), default=_plain) + "\n")
+            self.records += 1
+        await self.inner.write(frame)
+
+    async def close(self) -> None:
+        try:
+            await self.inner.close()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what annotations may hold beyond plain types: tensors and NumPy scalars/arrays."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

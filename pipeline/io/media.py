@@ -1,0 +1,496 @@
+"""Sources PyAV opens: files (mp4, mkv, webm, mov, ts, …), http/rtsp URLs and capture devices.
+
+Decoding runs on a reader thread of its own, so it overlaps the stages and the encoder; the
+event loop only copies each picture into its ring slot and hands the frame on. The reader
+cuts the audio into one chunk per video frame (see `audio_align`). Bad packets are skipped
+and counted; an input that ends early still yields everything decoded before the damage,
+and then a `SourceError` that the run reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+from pipeline.errors import SourceError
+from pipeline.frames import AudioChunk, Frame
+from pipeline.io.audio_align import LAYOUTS, AudioAligner
+from pipeline.io.base import Source, StreamInfo
+from pipeline.io.picture import PictureWriter, even_size
+from pipeline.pixels import RANGE_FULL, Colour
+from pipeline.ringbuffer import RingBuffer, SlotLease
+
+log = logging.getLogger(__name__)
+
+PREFETCH_FRAMES = 4  # decoded frames the reader may hold ahead of the pipeline (files)
+MAX_AUDIO_WAIT_FRAMES = 60  # video frames held back waiting for audio before sending them without
+AUDIO_ONLY_CHUNK_RATE = 50  # chunks per second for a file with no video: 20 ms each
+DEFAULT_FPS = Fraction(30)  # for a stream that states no rate
+OPEN_TIMEOUT_S = 10.0  # s; a URL that sends nothing for this long is given up
+JOIN_TIMEOUT_S = 2.0  # s; how long closing waits for the reader thread to notice
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """One frame's worth from the reader: a picture (or None without video) and its audio."""
+
+    picture: av.VideoFrame | None
+    pts: int
+    audio: AudioChunk | None
+    capture_ns: int  # when the reader got it; used as capture time by capture devices
+    lease: SlotLease | None = None  # the slot the picture was written into
+
+
+_END = object()  # the reader is done
+_STOP = object()  # token telling the reader to stop
+
+
+def _take(tokens: queue.SimpleQueue[Any], stop: threading.Event) -> Any:
+    """The next token, waiting for it, or _STOP."""
+    while not stop.is_set():
+        try:
+            return tokens.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _STOP
+
+
+class MediaSource(Source):
+    """Frames from anything PyAV can open, decoded on a thread and copied into ring slots."""
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        container_format: str | None = None,
+        options: dict[str, str] | None = None,
+        capture: bool = False,
+        realtime: bool = False,
+        device: torch.device | str = "cpu",
+        frames: int | None = None,
+        label: str | None = None,
+    ):
+        self.url = os.fspath(url)
+        self.label = label or self.url  # how logs and errors name it
+        self.capture = capture  # a camera: frames come at its pace and stale ones are dropped
+        self.realtime = realtime  # a file paced at its own frame rate
+        self.live = capture or realtime
+        self.device = torch.device(device)
+        self.frame_limit = frames
+        self.corrupt_packets = 0  # packets the decoder refused; skipped
+        self.stale_dropped = 0  # camera frames dropped because a newer one was waiting
+        self.input_error: str | None = None  # why reading stopped early, if it did
+        self._container = self._open(container_format, options)
+        try:
+            self._setup_streams()
+        except BaseException:
+            self._container.close()
+            raise
+
+    # Opening and probing, on the caller's thread.
+
+    def _open(self, container_format: str | None, options: dict[str, str] | None) -> Any:
+        hwaccel, why = _hwaccel_for(self.device)
+        self._decoder_note = why
+        kwargs: dict[str, Any] = {"format": container_format, "options": options or {}, "timeout": OPEN_TIMEOUT_S}
+        if hwaccel is not None:
+            kwargs["hwaccel"] = hwaccel
+        try:
+            return av.open(self.url, mode="r", **kwargs)
+        except FileNotFoundError:
+            raise SourceError(f"{self.label}: no such file") from None
+        except IsADirectoryError:
+            raise SourceError(f"{self.label}: is a directory") from None
+        except PermissionError:
+            raise SourceError(f"{self.label}: permission denied") from None
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.label}: cannot be read as media ({_explain(exc)})") from None
+
+    def _setup_streams(self) -> None:
+        container = self._container
+        video = next((s for s in container.streams.video if s.codec_context is not None), None)
+        audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
+        if video is None and audio is None:
+            raise SourceError(f"{self.label}: holds no video or audio stream")
+        for stream, kind in ((video, "video"), (audio, "audio")):
+            if stream is not None and not _has_decoder(stream):
+                codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+                raise SourceError(
+                    f"{self.label}: unsupported {kind} codec {codec!r} (this FFmpeg build cannot decode it)"
+                )
+        if video is not None:
+            video.thread_type = "AUTO"  # frame threads: decode several frames at once
+        self._video, self._audio = video, audio
+        self._audio_rate = audio.codec_context.sample_rate if audio is not None else None
+        self._audio_channels = min(2, audio.codec_context.channels or 1) if audio is not None else 0
+        self._events = self._decode_events()
+        self._lookahead: deque[tuple[str, Any]] = deque()
+        first = self._probe_first_picture() if video is not None else None
+        if video is not None and first is None:
+            reason = f": {self.input_error}" if self.input_error else ""
+            raise SourceError(f"{self.label}: no video frame could be decoded{reason}")
+        self._info = self._stream_info(first)
+        self._writer = PictureWriter(self._info.width, self._info.height, self.device) if first is not None else None
+        log.info("%s: %s", self.label, self._info.description)
+
+    def _probe_first_picture(self) -> av.VideoFrame | None:
+        """Decode up to the first picture, keeping what came before it, to learn the real size and layout."""
+        for event in self._events:
+            self._lookahead.append(event)
+            if event[0] == "video":
+                return event[1]
+        return None
+
+    def _stream_info(self, first: av.VideoFrame | None) -> StreamInfo:
+        video, audio = self._video, self._audio
+        parts = []
+        if video is not None and first is not None:
+            fps = video.average_rate or video.guessed_rate or video.base_rate or DEFAULT_FPS
+            fps = Fraction(fps)
+            time_base = Fraction(video.time_base) if video.time_base else 1 / fps
+            width, height = even_size(first.width, first.height)
+            if (width, height) != (first.width, first.height):
+                log.warning(
+                    "%s: %dx%d is cropped to %dx%d (4:2:0 video needs an even width and height)",
+                    self.label,
+                    first.width,
+                    first.height,
+                    width,
+                    height,
+                )
+            colour = Colour(
+                matrix=int(first.colorspace),
+                primaries=int(first.color_primaries),
+                transfer=int(first.color_trc),
+                range=RANGE_FULL if first.format.name.startswith("yuvj") else int(first.color_range),
+            )
+            rotation = round(first.rotation or 0) % 360
+            frame_count = video.frames or _estimated_frames(video, fps)
+            hw = " on NVDEC" if video.codec_context.is_hwaccel else ""
+            parts.append(
+                f"video {video.codec_context.name}{hw} {first.width}x{first.height} {first.format.name} "
+                f"{float(fps):.3g} fps{f', rotated {rotation}°' if rotation else ''} ({self._decoder_note})"
+            )
+        else:
+            fps = Fraction(AUDIO_ONLY_CHUNK_RATE)
+            time_base = 1 / fps
+            width = height = 0
+            colour, rotation = Colour(), 0
+            frame_count = None
+            if audio is not None and audio.duration and audio.time_base:
+                frame_count = int(audio.duration * audio.time_base * AUDIO_ONLY_CHUNK_RATE) + 1
+        if audio is not None:
+            parts.append(f"audio {audio.codec_context.name} {self._audio_rate} Hz {self._audio_channels} ch")
+        if self.frame_limit is not None:
+            frame_count = self.frame_limit if frame_count is None else min(frame_count, self.frame_limit)
+        return StreamInfo(
+            width=width,
+            height=height,
+            fps=fps,
+            time_base=time_base,
+            audio_rate=self._audio_rate,
+            audio_channels=self._audio_channels,
+            colour=colour,
+            rotation=rotation,
+            frame_count=frame_count,
+            description=", ".join(parts) or "empty",
+        )
+
+    @property
+    def info(self) -> StreamInfo:
+        return self._info
+
+    # Reading, on the reader thread.
+
+    def _decode_events(self) -> Iterator[tuple[str, Any]]:
+        """("video", picture) and ("audio", (samples, first sample index)) in decode order."""
+        streams = [s for s in (self._video, self._audio) if s is not None]
+        resampler = None
+        if self._audio is not None:
+            resampler = av.AudioResampler(format="fltp", layout=LAYOUTS[self._audio_channels], rate=self._audio_rate)
+        packets = self._container.demux(*streams)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError) as exc:
+                self.input_error = f"input ends early ({_explain(exc)})"
+                break
+            try:
+                decoded = packet.decode()
+            except (av.FFmpegError, ValueError) as exc:
+                self.corrupt_packets += 1
+                if self.corrupt_packets == 1:
+                    log.warning("%s: skipping a corrupt packet (%s)", self.label, _explain(exc))
+                continue
+            for item in decoded:
+                if packet.stream is self._video:
+                    yield "video", item
+                elif resampler is not None:
+                    yield from _audio_events(resampler, item)
+        if self.input_error is not None:  # flush what the decoders still hold
+            for stream in streams:
+                with contextlib.suppress(av.FFmpegError, ValueError):
+                    for item in stream.decode(None):
+                        if stream is self._video:
+                            yield "video", item
+                        elif resampler is not None:
+                            yield from _audio_events(resampler, item)
+
+    def _decoded(self) -> Iterator[_Decoded]:
+        """Pictures with their audio, in presentation order of the reader's output."""
+        events = _chain(self._lookahead, self._events)
+        if self._video is None:
+            yield from self._audio_only(events)
+            return
+        aligner = AudioAligner(self._audio_rate, self._audio_channels) if self._audio is not None else None
+        pending: deque[av.VideoFrame] = deque()
+        period = 1 / self._info.fps
+        for kind, item in events:
+            if kind == "video":
+                pending.append(item)
+            elif aligner is not None:
+                aligner.push(*item)
+            while pending and (
+                aligner is None
+                or aligner.ready(self._audio_end(pending[0], period))
+                or len(pending) > MAX_AUDIO_WAIT_FRAMES
+            ):
+                picture = pending.popleft()
+                audio = aligner.take(self._audio_end(picture, period)) if aligner is not None else None
+                yield _Decoded(picture, picture.pts, audio, time.monotonic_ns())
+        if aligner is not None:
+            aligner.finished = True
+        while pending:
+            picture = pending.popleft()
+            until = None if not pending else self._audio_end(picture, period)  # the last frame takes the rest
+            audio = aligner.take(until) if aligner is not None else None
+            yield _Decoded(picture, picture.pts, audio, time.monotonic_ns())
+
+    def _audio_end(self, picture: av.VideoFrame, period: Fraction) -> int:
+        """The sample index where this picture's audio ends: at the picture's own end time.
+
+        Integer arithmetic, rounded half up: exact, and cheap enough to run for every frame.
+        """
+        time_base = picture.time_base or self._info.time_base
+        num, den = time_base.numerator * self._audio_rate, time_base.denominator
+        if picture.duration:
+            return ((picture.pts or 0) + picture.duration) * num * 2 // den + 1 >> 1
+        start = (picture.pts or 0) * num * 2 // den + 1 >> 1
+        return start + round(period * self._audio_rate)
+
+    def _audio_only(self, events: Iterator[tuple[str, Any]]) -> Iterator[_Decoded]:
+        aligner = AudioAligner(self._audio_rate, self._audio_channels)
+        index = 0
+        origin: int | None = None
+
+        def chunk_end(i: int) -> int:
+            return origin + (i + 1) * self._audio_rate // AUDIO_ONLY_CHUNK_RATE
+
+        for _, item in events:
+            aligner.push(*item)
+            if origin is None:
+                origin = aligner.end - item[0].shape[-1]
+            while aligner.ready(chunk_end(index)) and aligner.end > chunk_end(index):
+                yield _Decoded(None, index, aligner.take(chunk_end(index)), time.monotonic_ns())
+                index += 1
+        aligner.finished = True
+        while (chunk := aligner.take(None if origin is None else chunk_end(index))) is not None:
+            yield _Decoded(None, index, chunk, time.monotonic_ns())
+            index += 1
+
+    def _reader(self, post: Any, stop: threading.Event, tokens: queue.SimpleQueue[Any]) -> None:
+        """Decode, write each picture into a slot the loop handed over, and post the frame back.
+
+        Each frame needs a token: a pinned ring lease (or None when there is no video). A file
+        waits for one, which is what keeps the reader from running ahead; a camera never waits,
+        and a picture that finds no free slot is dropped as stale.
+        """
+        try:
+            for count, item in enumerate(self._decoded()):
+                if self.frame_limit is not None and count >= self.frame_limit:
+                    break
+                if self.capture:
+                    try:
+                        token = tokens.get_nowait()
+                    except queue.Empty:
+                        self.stale_dropped += 1
+                        continue
+                else:
+                    token = _take(tokens, stop)
+                if stop.is_set() or token is _STOP:
+                    return
+                if token is not None and item.picture is not None and self._writer is not None:
+                    try:
+                        self._writer.write(item.picture, token.tensor)
+                    except BaseException:
+                        post(token)  # the loop releases it
+                        raise
+                    item.lease = token
+                item.picture = None  # the decoder's buffer goes back to it now
+                post(item)
+            post(_END)
+        except BaseException as exc:  # handed to the event loop, which raises it from frames()
+            post(exc)
+
+    # The event loop's side.
+
+    async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def post(item: Any) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        reader = threading.Thread(target=self._reader, args=(post, stop, tokens), name="source-decode", daemon=True)
+        reader.start()
+        has_video = self._writer is not None
+        # A live source keeps one slot ready; a file a few, so decoding runs ahead of the stages.
+        ahead = 1 if self.live else PREFETCH_FRAMES
+        handed: list[Any] = []  # leases the reader holds, oldest first
+        time_base = self._info.time_base
+        pace_anchor: tuple[float, float] | None = None  # (monotonic s, media s) of the first frame
+        index = 0
+        try:
+            while True:
+                while len(handed) < ahead:  # top the reader up with slots
+                    if not has_video:
+                        lease = None
+                    elif handed:
+                        lease = ring.try_acquire() if ring.policy.value == "block" else None
+                        if lease is None:
+                            break
+                    else:
+                        lease = await ring.acquire()
+                    if lease is not None:
+                        lease.started = True  # pinned: the ring may not reclaim a slot being written
+                    handed.append(lease)
+                    tokens.put(lease)
+                item = await inbox.get()
+                if isinstance(item, _Decoded) and item.lease is not None:
+                    handed.remove(item.lease)
+                    item.lease.started = False
+                elif isinstance(item, _Decoded) and not has_video:
+                    handed.pop()
+                elif not isinstance(item, _Decoded) and item is not _END and not isinstance(item, BaseException):
+                    handed.remove(item)  # a slot the reader gave back after failing to fill it
+                    item.release()
+                    continue
+                if self.capture and isinstance(item, _Decoded) and not inbox.empty():
+                    self.stale_dropped += 1  # behind a camera: skip to the newest picture
+                    if item.lease is not None:
+                        item.lease.release()
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if self.realtime:
+                    media_s = float(item.pts * time_base)
+                    if pace_anchor is None:
+                        pace_anchor = (time.monotonic(), media_s)
+                    delay = pace_anchor[0] + (media_s - pace_anchor[1]) - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                capture_ns = item.capture_ns if self.capture else time.monotonic_ns()
+                yield Frame(index, item.pts, time_base, capture_ns, item.lease, item.audio)
+                index += 1
+        finally:
+            stop.set()
+            tokens.put(_STOP)
+            await loop.run_in_executor(None, reader.join, JOIN_TIMEOUT_S)
+            while not inbox.empty():  # frames decoded but never taken
+                left = inbox.get_nowait()
+                lease = left.lease if isinstance(left, _Decoded) else left
+                if lease is not None and lease in handed:
+                    handed.remove(lease)
+                    lease.release()
+            for lease in handed:  # slots the reader never filled
+                if lease is not None:
+                    lease.release()
+        if self.input_error is not None:
+            raise SourceError(f"{self.label}: {self.input_error}; kept the {index} frame(s) decoded before it")
+        if self.corrupt_packets:
+            log.warning("%s: %d corrupt packet(s) skipped", self.label, self.corrupt_packets)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def stats(self) -> dict[str, Any]:
+        converted = self._writer.converted if self._writer is not None else 0
+        return {
+            "corrupt_packets": self.corrupt_packets,
+            "stale_dropped": self.stale_dropped,
+            "converted_pictures": converted,
+            "input_error": self.input_error,
+        }
+
+
+def _audio_events(resampler: av.AudioResampler, frame: av.AudioFrame) -> Iterator[tuple[str, Any]]:
+    """("audio", (samples, first sample index)) for one decoded frame, converted only if it must be."""
+    same = frame.format.name == "fltp" and frame.layout.name == resampler.layout.name
+    for out in [frame] if same and frame.sample_rate == resampler.rate else resampler.resample(frame):
+        start = None
+        if out.pts is not None and out.time_base:
+            tb = out.time_base
+            start = out.pts * tb.numerator * out.sample_rate * 2 // tb.denominator + 1 >> 1
+        yield "audio", (out.to_ndarray().astype(np.float32, copy=False), start)
+
+
+def _chain(first: deque[tuple[str, Any]], rest: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    while first:
+        yield first.popleft()
+    yield from rest
+
+
+def _has_decoder(stream: Any) -> bool:
+    name = stream.codec_context.name if stream.codec_context is not None else None
+    if not name or name == "none":
+        return False
+    try:
+        av.Codec(name, "r")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return False
+    return True
+
+
+def _estimated_frames(video: Any, fps: Fraction) -> int | None:
+    if video.duration and video.time_base:
+        return max(1, round(video.duration * video.time_base * fps))
+    container = video.container
+    if container.duration:
+        return max(1, round(Fraction(container.duration, av.time_base) * fps))
+    return None
+
+
+def _hwaccel_for(device: torch.device) -> tuple[Any, str]:
+    """NVDEC settings when the run is on a CUDA device and FFmpeg has CUDA, and why (not)."""
+    if device.type != "cuda":
+        return None, "software decoder: the run is on the CPU"
+    if "cuda" not in av.codec.hwaccel.hwdevices_available():
+        return None, "software decoder: this FFmpeg build has no CUDA support"
+    accel = av.codec.hwaccel.HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=True)
+    return accel, f"NVDEC on {device}, software if the codec has no NVDEC profile"
+
+
+def _explain(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return text.split(": '", 1)[0]

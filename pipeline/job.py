@@ -1,0 +1,249 @@
+"""One run of the pipeline from a source to an output, and a folder of them.
+
+A file output is written under a temporary name (`name.partial.mp4`) and renamed when the
+run ends well, so a file under its final name is always complete: a crash or kill leaves
+only a `.partial` file behind, and a folder run skips outputs that already exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import GraphConfig
+from pipeline.errors import PipelineError, SinkError, SourceError
+from pipeline.executor import Pipeline
+from pipeline.graph import build_graph
+from pipeline.io.analytics import AnalyticsSink
+from pipeline.io.factory import VIDEO_EXTENSIONS, CaptureRequest, is_url, open_sink, open_source
+from pipeline.io.network import is_stream_url
+from pipeline.io.sinks import EncoderSettings
+from pipeline.progress import Progress
+
+log = logging.getLogger("pipeline")
+
+PARTIAL = ".partial"  # inserted before the extension of an output being written
+PROGRESS_EVERY_S = 0.25  # s between progress updates
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Everything about a run except what goes in and where it goes."""
+
+    config: GraphConfig
+    device: torch.device
+    frames: int | None = None
+    realtime: bool = False
+    capture: CaptureRequest = field(default_factory=CaptureRequest)
+    settings: EncoderSettings = field(default_factory=EncoderSettings)
+    analytics: Path | None = None  # JSONL sidecar
+
+
+@dataclass
+class JobResult:
+    source: str
+    output: str
+    status: str  # ok | partial (input damaged, output holds what decoded) | failed | interrupted | skipped
+    reason: str | None = None
+    report: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in ("ok", "skipped")
+
+    @property
+    def frames_out(self) -> int:
+        return self.report["frames"]["out"] if self.report else 0
+
+    def summary(self) -> str:
+        if self.report is None:
+            return f"{self.status}: {self.source}" + (f" ({self.reason})" if self.reason else "")
+        report = self.report
+        e2e = report["latency_ms"]["end_to_end"]
+        dropped = sum(report["frames"]["dropped"].values())
+        where = "" if self.output == "null" else f" -> {self.output}"
+        why = f" ({self.reason})" if self.reason else ""
+        word = "done" if self.status == "ok" else self.status
+        return (
+            f"{word}: {report['frames']['out']} frame(s) in {report['wall_s']:.2f} s "
+            f"({report['fps']['out']:.1f} fps), end-to-end p50 {e2e['p50']:.1f} ms p95 {e2e['p95']:.1f} ms "
+            f"p99 {e2e['p99']:.1f} ms, dropped {dropped}{where}{why}"
+        )
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(final.stem + PARTIAL + final.suffix)
+
+
+async def run_job(
+    source_spec: str,
+    output_spec: str,
+    options: JobOptions,
+    *,
+    progress: Progress | None = None,
+    on_start: Callable[[Pipeline], None] | None = None,
+    keep_partial_when_interrupted: bool = False,
+) -> JobResult:
+    """Run one source to one output. Bad input is a failed result, not an exception.
+
+    `on_start` gets the pipeline before it runs (to wire Ctrl-C to it). An interrupted run's
+    output is finalized and renamed to the final name, unless `keep_partial_when_interrupted`
+    (folder runs, where a final name means "complete, skip it next time").
+    """
+    source = open_source(
+        source_spec, device=options.device, frames=options.frames, realtime=options.realtime, capture=options.capture
+    )
+    is_file = output_spec != "null" and not is_stream_url(output_spec)
+    final = Path(output_spec) if is_file else None
+    writing = partial_path(final) if final is not None else None
+    try:
+        sink = open_sink(output_spec, settings=options.settings, device=options.device, path=writing)
+        if options.analytics is not None:
+            sink = AnalyticsSink(sink, options.analytics)
+        pipeline = Pipeline(build_graph(options.config), source, sink, device=options.device)
+    except BaseException:
+        source.close()
+        raise
+    log.info("running graph %r on %s: %s -> %s", options.config.name, options.device, source_spec, output_spec)
+    if on_start is not None:
+        on_start(pipeline)
+    if progress is not None:
+        progress.start_file(source_spec, source.info.frame_count)
+    ticker = asyncio.create_task(_tick(pipeline, progress)) if progress is not None else None
+    try:
+        report = await pipeline.run()
+    except (SinkError, PipelineError) as exc:
+        if writing is not None:
+            writing.unlink(missing_ok=True)
+        return JobResult(source_spec, output_spec, "failed", str(exc))
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        if progress is not None:
+            progress.update(pipeline.metrics.frames_out)
+            progress.end_file()
+    return _settle(
+        source_spec, output_spec, report, pipeline.interrupted, final, writing, keep_partial_when_interrupted
+    )
+
+
+def _settle(
+    source_spec: str,
+    output_spec: str,
+    report: dict[str, Any],
+    interrupted: bool,
+    final: Path | None,
+    writing: Path | None,
+    keep_partial: bool,
+) -> JobResult:
+    """Name the outcome and put the output file where that outcome says."""
+    frames_out = report["frames"]["out"]
+    if frames_out == 0 and not interrupted:
+        status, reason = "failed", report["source_error"] or "no frames could be decoded"
+    elif report["source_error"]:
+        status, reason = "partial", report["source_error"]
+    elif interrupted:
+        status, reason = "interrupted", f"stopped after {frames_out} frame(s)"
+    else:
+        status, reason = "ok", None
+    if final is not None and writing is not None:
+        if status == "failed":
+            writing.unlink(missing_ok=True)
+        elif status == "interrupted" and keep_partial:
+            output_spec = str(writing)
+        else:
+            writing.replace(final)
+    return JobResult(source_spec, output_spec, status, reason, report)
+
+
+async def _tick(pipeline: Pipeline, progress: Progress) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        metrics = pipeline.metrics
+        progress.update(metrics.frames_out, f"e2e p95 {metrics.end_to_end.percentile_ns(0.95) / 1e6:.0f} ms")
+
+
+# ------------------------------------------------------------------------- folders
+
+
+@dataclass(frozen=True)
+class FolderItem:
+    source: Path
+    output: Path
+    analytics: Path | None
+
+
+def plan_folder(source_dir: Path, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
+    """Every video in `source_dir` (not recursive), each to `output_dir/<same name><extension>`."""
+    if not source_dir.is_dir():
+        raise SourceError(f"--source {source_dir}: not a directory")
+    if output_dir.resolve() == source_dir.resolve():
+        raise SourceError(f"--output {output_dir}: must differ from the source folder (outputs would be re-read)")
+    videos = sorted(
+        p
+        for p in source_dir.iterdir()
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and PARTIAL not in p.suffixes
+    )
+    if not videos:
+        raise SourceError(f"--source {source_dir}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    return [
+        FolderItem(
+            source=video,
+            output=output_dir / (video.stem + extension),
+            analytics=analytics_dir / (video.stem + ".jsonl") if analytics_dir is not None else None,
+        )
+        for video in videos
+    ]
+
+
+async def run_folder(
+    items: list[FolderItem],
+    options: JobOptions,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    on_start: Callable[[Pipeline], None] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
+) -> list[JobResult]:
+    """Process each item in turn; one bad file does not stop the rest. `stopped()` ends the folder early."""
+    results: list[JobResult] = []
+    for item in items:
+        if stopped():
+            break
+        if item.output.exists() and not overwrite:
+            results.append(
+                JobResult(str(item.source), str(item.output), "skipped", "output exists (--overwrite redoes it)")
+            )
+            if progress is not None:
+                progress.end_file()
+            continue
+        item_options = JobOptions(**{**options.__dict__, "analytics": item.analytics})
+        try:
+            result = await run_job(
+                str(item.source),
+                str(item.output),
+                item_options,
+                progress=progress,
+                on_start=on_start,
+                keep_partial_when_interrupted=True,
+            )
+        except SourceError as exc:
+            result = JobResult(str(item.source), str(item.output), "failed", str(exc))
+            if progress is not None:
+                progress.end_file()
+        results.append(result)
+        log.info("%s: %s", item.source.name, result.summary())
+    return results
+
+
+def is_folder_job(source_spec: str) -> bool:
+    return not is_url(source_spec) and Path(source_spec).is_dir()
