@@ -94,6 +94,7 @@ class MediaSource(Source):
         self.corrupt_packets = 0  # packets the decoder refused; skipped
         self.stale_dropped = 0  # camera frames dropped because a newer one was waiting
         self.input_error: str | None = None  # why reading stopped early, if it did
+        self._last_video_s: float | None = None  # presentation time of the latest decoded picture
         self._container = self._open(container_format, options)
         try:
             self._setup_streams()
@@ -118,17 +119,20 @@ class MediaSource(Source):
         except PermissionError:
             raise SourceError(f"{self.label}: permission denied") from None
         except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.label}: cannot be read as media ({_explain(exc)})") from None
+            hint = ""
+            if os.path.splitext(self.url)[1].lower() in (".mp4", ".mov", ".m4v", ".m4a"):
+                hint = "; an mp4 cut short before its index (moov atom) was written cannot be read"
+            raise SourceError(f"{self.label}: cannot be read as media ({_explain(exc)}){hint}") from None
 
     def _setup_streams(self) -> None:
         container = self._container
-        video = next((s for s in container.streams.video if s.codec_context is not None), None)
-        audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
+        video = next(iter(container.streams.video), None)
+        audio = next(iter(container.streams.audio), None)
         if video is None and audio is None:
             raise SourceError(f"{self.label}: holds no video or audio stream")
         for stream, kind in ((video, "video"), (audio, "audio")):
             if stream is not None and not _has_decoder(stream):
-                codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+                codec = stream.codec_context.name if stream.codec_context is not None else _codec_tag(stream)
                 raise SourceError(
                     f"{self.label}: unsupported {kind} codec {codec!r} (this FFmpeg build cannot decode it)"
                 )
@@ -240,9 +244,13 @@ class MediaSource(Source):
                 continue
             for item in decoded:
                 if packet.stream is self._video:
+                    if item.pts is not None and item.time_base:
+                        self._last_video_s = float(item.pts * item.time_base)
                     yield "video", item
                 elif resampler is not None:
                     yield from _audio_events(resampler, item)
+        if self.input_error is None:
+            self.input_error = self._short_of_declared()
         if self.input_error is not None:  # flush what the decoders still hold
             for stream in streams:
                 with contextlib.suppress(av.FFmpegError, ValueError):
@@ -251,6 +259,22 @@ class MediaSource(Source):
                             yield "video", item
                         elif resampler is not None:
                             yield from _audio_events(resampler, item)
+
+    def _short_of_declared(self) -> str | None:
+        """Why the input looks cut short: demuxing ended well before the video's declared duration."""
+        video = self._video
+        if video is None or self._last_video_s is None:
+            return None
+        declared = None
+        if video.duration and video.time_base:
+            declared = float(video.duration * video.time_base)
+        else:
+            declared = _duration_tag(video.metadata.get("DURATION"))
+        if declared is None:
+            return None
+        if self._last_video_s < declared * 0.9 - 0.1:
+            return f"input ends early: video stops at {self._last_video_s:.2f} s of a declared {declared:.2f} s"
+        return None
 
     def _decoded(self) -> Iterator[_Decoded]:
         """Pictures with their audio, in presentation order of the reader's output."""
@@ -261,8 +285,13 @@ class MediaSource(Source):
         aligner = AudioAligner(self._audio_rate, self._audio_channels) if self._audio is not None else None
         pending: deque[av.VideoFrame] = deque()
         period = 1 / self._info.fps
+        step = max(1, round(period / self._info.time_base))  # one frame, in time-base units
+        last_pts: int | None = None
         for kind, item in events:
             if kind == "video":
+                if item.pts is None:  # damaged or raw streams: carry on from the last picture
+                    item.pts = 0 if last_pts is None else last_pts + step
+                last_pts = item.pts
                 pending.append(item)
             elif aligner is not None:
                 aligner.push(*item)
@@ -416,6 +445,7 @@ class MediaSource(Source):
             stop.set()
             tokens.put(_STOP)
             await loop.run_in_executor(None, reader.join, JOIN_TIMEOUT_S)
+            await asyncio.sleep(0)  # let the reader's last posts land in the inbox
             while not inbox.empty():  # frames decoded but never taken
                 left = inbox.get_nowait()
                 lease = left.lease if isinstance(left, _Decoded) else left
@@ -454,10 +484,27 @@ def _audio_events(resampler: av.AudioResampler, frame: av.AudioFrame) -> Iterato
         yield "audio", (out.to_ndarray().astype(np.float32, copy=False), start)
 
 
+def _duration_tag(text: str | None) -> float | None:
+    """Seconds from a Matroska DURATION tag ("00:00:01.000000000"), or None."""
+    if not text:
+        return None
+    try:
+        hours, minutes, seconds = text.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
 def _chain(first: deque[tuple[str, Any]], rest: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
     while first:
         yield first.popleft()
     yield from rest
+
+
+def _codec_tag(stream: Any) -> str:
+    """What the container calls a codec FFmpeg does not know (its fourcc, or its id)."""
+    tag = getattr(stream, "codec_tag", None)
+    return str(tag) if tag else "unknown"
 
 
 def _has_decoder(stream: Any) -> bool:

@@ -218,6 +218,7 @@ class FileSink(Sink):
             ) from exc
         self._container, self._video, self._audio = container, video, audio
         self._fifo = av.AudioFifo()
+        self._audio_pts: int | None = None
         self._audio_block = (audio.codec_context.frame_size or AUDIO_BLOCK) if audio is not None else AUDIO_BLOCK
         parts = ([video_codec] if video is not None else []) + ([self.audio_codec] if audio is not None else [])
         self.description = " + ".join(parts)
@@ -257,32 +258,39 @@ class FileSink(Sink):
             packets = []
             if image is not None:
                 picture = _picture(_host_pixels(image, events))
-                if self._last_pts is not None and pts <= self._last_pts:
+                if pts is None:
+                    pts = 0 if self._last_pts is None else self._last_pts + 1
+                elif self._last_pts is not None and pts <= self._last_pts:
                     pts = self._last_pts + 1  # encoders refuse repeated or backward timestamps
                     self._pts_fixed += 1
                 self._last_pts = pts
                 picture.pts = pts
                 picture.time_base = time_base  # PyAV rescales to the encoder's time base
                 packets += self._video.encode(picture)
-            if audio is not None and self._audio is not None:
+            if audio is not None and self._audio is not None and audio.samples.shape[-1]:
+                if self._audio_pts is None:
+                    self._audio_pts = audio.pts  # the first chunk's place sets the offset to the video
                 self._fifo.write(self._audio_frame(audio))
                 for block in self._fifo.read_many(self._audio_block):
-                    packets += self._audio.encode(block)
+                    packets += self._audio.encode(self._stamped(block))
             self._container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: encoding frame {index} failed ({_one_line(exc)})") from exc
 
     def _audio_frame(self, chunk: AudioChunk) -> av.AudioFrame:
         # Chunks follow the video frame rate, not the codec's frame size (1024 samples for AAC,
-        # 960 for Opus); the FIFO re-blocks them. Only the first chunk's pts is set: the FIFO
-        # counts on from it, so the stream stays continuous and keeps its offset to the video.
+        # 960 for Opus); the FIFO re-blocks them, and `_stamped` numbers the blocks.
         samples = np.ascontiguousarray(to_numpy(chunk.samples.detach().cpu()), dtype=np.float32)
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=self._audio_layout)
         frame.sample_rate = chunk.sample_rate
-        if self._fifo.samples_written == 0:
-            frame.pts = chunk.pts
-            frame.time_base = Fraction(1, chunk.sample_rate)
         return frame
+
+    def _stamped(self, block: av.AudioFrame) -> av.AudioFrame:
+        """Number blocks by sample count from the first chunk's pts: continuous, so the encoder never balks."""
+        block.pts = self._audio_pts
+        block.time_base = Fraction(1, block.sample_rate)
+        self._audio_pts += block.samples
+        return block
 
     def _finish(self) -> None:
         container, self._container = self._container, None
@@ -293,7 +301,7 @@ class FileSink(Sink):
             if self._audio is not None:
                 rest = self._fifo.read()  # the last, short block
                 if rest is not None:
-                    packets += self._audio.encode(rest)
+                    packets += self._audio.encode(self._stamped(rest))
                 packets += self._audio.encode(None)
             container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:

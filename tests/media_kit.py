@@ -1,0 +1,88 @@
+"""Test media made on the spot with PyAV: clips of any size, codec, layout, rotation or damage."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+RATE = 48000  # Hz
+
+
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 30,
+    size: tuple[int, int] = (160, 96),
+    fps: int = 30,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    audio: bool = True,
+    video: bool = True,
+    rotation: int = 0,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """A clip whose frame i is red level 8·i with a green bar 3·i px wide, and a 440 Hz tone."""
+    with av.open(str(path), "w", options=options or {}) as out:
+        vs = None
+        if video:
+            vs = out.add_stream(codec, rate=fps)
+            vs.width, vs.height = size
+            vs.pix_fmt = pix_fmt
+            if rotation:
+                vs.set_display_rotation(rotation)
+        aus = out.add_stream("aac", rate=RATE) if audio else None
+        if aus is not None:
+            aus.layout = "mono"
+        per_frame = RATE // fps
+        for i in range(frames):
+            if vs is not None:
+                picture = np.zeros((size[1], size[0], 3), np.uint8)
+                picture[..., 0] = (i * 8) % 256
+                picture[:, : (i * 3) % size[0], 1] = 200
+                frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pix_fmt)
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(vs.encode(frame))
+            if aus is not None:
+                t = (np.arange(per_frame) + i * per_frame) / RATE
+                tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+                chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = RATE, i * per_frame
+                out.mux(aus.encode(chunk))
+        if vs is not None:
+            out.mux(vs.encode(None))
+        if aus is not None:
+            out.mux(aus.encode(None))
+    return path
+
+
+def cut(path: Path, fraction: float, to: Path) -> Path:
+    """The first `fraction` of a file's bytes, as if the copy or the recording stopped there."""
+    data = path.read_bytes()
+    to.write_bytes(data[: int(len(data) * fraction)])
+    return to
+
+
+def probe(path: Path) -> dict:
+    """Frame count, size, audio duration, rotation and colour tags of a file."""
+    with av.open(str(path)) as container:
+        info: dict = {"video_frames": 0, "audio_s": 0.0}
+        if container.streams.video:
+            stream = container.streams.video[0]
+            pictures = list(container.decode(stream))
+            info |= {
+                "video_frames": len(pictures),
+                "size": (pictures[0].width, pictures[0].height) if pictures else None,
+                "rotation": pictures[0].rotation if pictures else 0,
+                "colorspace": stream.codec_context.colorspace,
+                "pts": [p.pts for p in pictures],
+                "time_base": stream.time_base,
+                "first": pictures[0].to_ndarray(format="rgb24") if pictures else None,
+            }
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            samples = sum(f.samples for f in container.decode(audio=0))
+            info["audio_s"] = samples / container.streams.audio[0].codec_context.sample_rate
+    return info

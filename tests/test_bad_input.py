@@ -1,0 +1,133 @@
+"""Bad input, each case with a file made here: a clear one-line error or correct handling, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from media_kit import cut, make_clip, probe
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+
+
+def run_cli(caplog, *args: str) -> tuple[int, list[str]]:
+    caplog.clear()
+    code = main(["--config", "passthrough", *args])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    for message in errors:
+        assert "\n" not in message and "Traceback" not in message
+    return code, errors
+
+
+def test_missing_path(tmp_path, caplog):
+    code, errors = run_cli(caplog, "--source", str(tmp_path / "nope.mp4"), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "no such file" in errors[0]
+
+
+def test_text_file_named_mp4(tmp_path, caplog):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("hello, this is not a video\n")
+    code, errors = run_cli(caplog, "--source", str(fake), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "cannot be read as media" in errors[0]
+    assert not list(tmp_path.glob("o*.mp4"))
+
+
+def test_zero_byte_file(tmp_path, caplog):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    code, errors = run_cli(caplog, "--source", str(empty), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "empty" in errors[0]
+
+
+def test_mp4_cut_before_its_index_was_written(tmp_path, caplog):
+    clip = cut(make_clip(tmp_path / "in.mp4", frames=60), 0.5, tmp_path / "cut.mp4")
+    code, errors = run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "moov" in errors[0]
+    assert not list(tmp_path.glob("o*.mp4"))
+
+
+@pytest.mark.parametrize(("suffix", "options"), [(".mp4", {"movflags": "faststart"}), (".mkv", None), (".ts", None)])
+def test_file_cut_mid_stream_transcodes_the_decodable_part(tmp_path, caplog, suffix, options):
+    clip = cut(make_clip(tmp_path / f"in{suffix}", frames=60, options=options), 0.55, tmp_path / f"cut{suffix}")
+    out = tmp_path / "o.mp4"
+    report = tmp_path / "r.json"
+    code, _ = run_cli(caplog, "--source", str(clip), "--output", str(out), "--report", str(report))
+    frames = probe(out)["video_frames"]
+    assert 10 <= frames < 60  # what was there, and nothing invented
+    assert json.loads(report.read_text())["frames"]["out"] == frames
+    if suffix != ".ts":  # a transport stream declares no length, so its end looks like any other end
+        assert code == EXIT_FAILED
+        assert any("ends early" in r.getMessage() for r in caplog.records)
+
+
+def test_corrupt_packets_are_skipped_and_counted(tmp_path, caplog):
+    clip = make_clip(tmp_path / "in.ts", frames=60)
+    data = bytearray(clip.read_bytes())
+    for offset in range(len(data) // 3, 2 * len(data) // 3, 997):  # scribble over the middle third
+        data[offset] ^= 0x5A
+    damaged = tmp_path / "damaged.ts"
+    damaged.write_bytes(bytes(data))
+    report = tmp_path / "r.json"
+    code, _ = run_cli(caplog, "--source", str(damaged), "--output", str(tmp_path / "o.mp4"), "--report", str(report))
+    assert code == EXIT_OK
+    stats = json.loads(report.read_text())["source_stats"]
+    assert stats["corrupt_packets"] > 0
+    assert probe(tmp_path / "o.mp4")["video_frames"] >= 30
+
+
+def test_unsupported_codec(tmp_path, caplog):
+    clip = make_clip(tmp_path / "in.mp4")
+    strange = tmp_path / "strange.mp4"
+    strange.write_bytes(clip.read_bytes().replace(b"avc1", b"zzzz"))  # a codec tag no decoder claims
+    code, errors = run_cli(caplog, "--source", str(strange), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "unsupported video codec" in errors[0]
+
+
+def test_odd_size_is_cropped_to_even(tmp_path, caplog):
+    clip = make_clip(tmp_path / "odd.mkv", size=(641, 479), codec="ffv1")
+    code, _ = run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_OK
+    assert probe(tmp_path / "o.mp4")["size"] == (640, 478)
+    assert any("cropped to 640x478" in r.getMessage() for r in caplog.records)
+
+
+def test_ten_bit_input_is_converted(tmp_path, caplog):
+    clip = make_clip(tmp_path / "ten.mkv", codec="ffv1", pix_fmt="yuv420p10le", audio=False)
+    code, _ = run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_OK
+    got, want = probe(tmp_path / "o.mp4"), probe(clip)
+    assert got["video_frames"] == 30
+    assert abs(int(got["first"][..., 0].mean()) - int(want["first"][..., 0].mean())) <= 3
+
+
+def test_rotation_metadata_is_kept(tmp_path, caplog):
+    clip = make_clip(tmp_path / "rot.mp4", rotation=270)
+    assert run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / "o.mkv"))[0] == EXIT_OK
+    assert probe(tmp_path / "o.mkv")["rotation"] % 360 == 270  # -90 and 270 are the same turn
+
+
+def test_audio_only_and_video_only(tmp_path, caplog):
+    for name, kwargs in (("a.mp4", {"video": False}), ("v.mp4", {"audio": False})):
+        clip = make_clip(tmp_path / name, **kwargs)
+        assert run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / f"out_{name}"))[0] == EXIT_OK
+    assert probe(tmp_path / "out_a.mp4")["audio_s"] == pytest.approx(1.0, abs=0.05)
+    assert probe(tmp_path / "out_v.mp4")["video_frames"] == 30
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_output_that_is_not_writable(tmp_path, caplog):
+    clip = make_clip(tmp_path / "in.mp4")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    code, errors = run_cli(caplog, "--source", str(clip), "--output", str(locked / "o.mp4"))
+    assert code == EXIT_FAILED and "not writable" in errors[0]
+
+
+def test_output_into_a_file_instead_of_a_directory(tmp_path, caplog):
+    clip = make_clip(tmp_path / "in.mp4")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, errors = run_cli(caplog, "--source", str(clip), "--output", str(blocker / "o.mp4"))
+    assert code == EXIT_FAILED and str(blocker) in errors[0]

@@ -1,0 +1,66 @@
+"""Folder runs: every video, names kept, finished outputs skipped, bad files listed, not fatal."""
+
+from __future__ import annotations
+
+import json
+
+from media_kit import make_clip, probe
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+
+
+def folder(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    make_clip(source / "a.mp4", frames=20)
+    make_clip(source / "b.mkv", frames=25)
+    (source / "notes.txt").write_text("not a video, not picked up")
+    return source
+
+
+def test_folder_run_processes_every_video_and_keeps_names(tmp_path, caplog):
+    source, out = folder(tmp_path), tmp_path / "out"
+    report = tmp_path / "report.json"
+    assert main(["--source", str(source), "--output", str(out), "--report", str(report)]) == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4"]
+    assert probe(out / "a.mp4")["video_frames"] == 20 and probe(out / "b.mp4")["video_frames"] == 25
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"ok": 2} and data["frames_out"] == 45
+
+
+def test_finished_outputs_are_skipped_unless_overwrite(tmp_path, caplog):
+    source, out = folder(tmp_path), tmp_path / "out"
+    assert main(["--source", str(source), "--output", str(out)]) == EXIT_OK
+    stamp = (out / "a.mp4").stat().st_mtime_ns
+    report = tmp_path / "report.json"
+    assert main(["--source", str(source), "--output", str(out), "--report", str(report)]) == EXIT_OK
+    assert json.loads(report.read_text())["counts"] == {"skipped": 2}
+    assert (out / "a.mp4").stat().st_mtime_ns == stamp
+    assert main(["--source", str(source), "--output", str(out), "--overwrite", "--report", str(report)]) == EXIT_OK
+    assert json.loads(report.read_text())["counts"] == {"ok": 2}
+
+
+def test_a_bad_file_is_listed_and_the_rest_still_run(tmp_path, caplog):
+    source, out = folder(tmp_path), tmp_path / "out"
+    (source / "broken.mp4").write_text("this is text")
+    report = tmp_path / "report.json"
+    assert main(["--source", str(source), "--output", str(out), "--report", str(report)]) == EXIT_FAILED
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"ok": 2, "failed": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4"]  # no half-made broken.mp4
+    assert any("failed: " in r.getMessage() and "broken.mp4" in r.getMessage() for r in caplog.records)
+
+
+def test_folder_with_no_videos(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("nothing here")
+    assert main(["--source", str(empty), "--output", str(tmp_path / "out")]) == EXIT_USAGE
+    assert any("no video files" in r.getMessage() for r in caplog.records)
+
+
+def test_analytics_for_a_folder_go_one_file_per_video(tmp_path, caplog):
+    source, out, analytics = folder(tmp_path), tmp_path / "out", tmp_path / "analytics"
+    assert main(["--source", str(source), "--output", str(out), "--analytics", str(analytics)]) == EXIT_OK
+    lines = (analytics / "b.jsonl").read_text().splitlines()
+    assert len(lines) == 25 and json.loads(lines[0])["frame"] == 0

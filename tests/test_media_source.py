@@ -1,0 +1,147 @@
+"""Files through the whole pipeline: what comes out matches what went in, in every container."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from media_kit import make_clip, probe
+
+from pipeline.config import load_config
+from pipeline.executor import Pipeline
+from pipeline.frames import AudioChunk
+from pipeline.graph import build_graph
+from pipeline.io.analytics import AnalyticsSink
+from pipeline.io.audio_align import AudioAligner, ChunkResampler
+from pipeline.io.media import MediaSource
+from pipeline.io.sinks import EncoderSettings, FileSink, NullSink
+
+
+def transcode(source: Path, output: Path, config: str = "passthrough", **source_args) -> dict:
+    pipeline = Pipeline(
+        build_graph(load_config(config)),
+        MediaSource(source, **source_args),
+        FileSink(output, settings=EncoderSettings(crf=18, preset="ultrafast")),
+    )
+    return asyncio.run(pipeline.run())
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov", ".ts", ".webm"])
+def test_every_container_transcodes_frame_for_frame_with_its_audio(tmp_path, suffix):
+    codec = "libvpx-vp9" if suffix == ".webm" else "libx264"
+    clip = make_clip(tmp_path / f"in{suffix}", frames=30, codec=codec, audio=suffix != ".webm")
+    report = transcode(clip, tmp_path / "out.mp4")
+    assert report["frames"]["out"] == 30 and report["leaked_slots"] == 0
+    got, want = probe(tmp_path / "out.mp4"), probe(clip)
+    assert got["video_frames"] == 30 and got["size"] == (160, 96)
+    assert got["audio_s"] == pytest.approx(want["audio_s"], abs=0.05)
+    error = (torch.from_numpy(got["first"]).float() - torch.from_numpy(want["first"]).float()).abs().mean()
+    assert float(error) < 6
+
+
+def test_timestamps_survive_including_variable_frame_rate(tmp_path):
+    # Pictures at irregular times: the output must keep each one's time, not renumber them.
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    clip = tmp_path / "vfr.mkv"
+    times_ms = [0, 33, 66, 150, 170, 400, 433, 900]
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for t in times_ms:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), t % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    transcode(clip, tmp_path / "out.mkv")
+    got = probe(tmp_path / "out.mkv")
+    seconds = [round(float(p * got["time_base"]) * 1000) for p in got["pts"]]
+    assert seconds == times_ms
+
+
+def test_rotation_and_colour_tags_are_kept(tmp_path):
+    clip = make_clip(tmp_path / "rot.mp4", rotation=90)
+    transcode(clip, tmp_path / "out.mp4")
+    got = probe(tmp_path / "out.mp4")
+    assert got["rotation"] == 90
+    assert got["size"] == (160, 96)  # the pixels are not turned; players turn them
+
+
+def test_audio_chunks_tile_the_track_without_gaps_and_follow_the_video(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", frames=45)
+    source = MediaSource(clip)
+    sink = NullSink()
+    chunks: list[AudioChunk] = []
+    original = sink.write
+
+    async def keep(frame):
+        chunks.append(frame.audio)
+        await original(frame)
+
+    sink.write = keep
+    asyncio.run(Pipeline(build_graph(load_config("passthrough")), source, sink).run())
+    assert len(chunks) == 45
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        assert after.pts == before.pts + before.samples.shape[-1]  # contiguous
+    per_frame = 48000 / 30
+    inner = [c.samples.shape[-1] for c in chunks[1:-1]]
+    assert all(abs(n - per_frame) <= 1024 for n in inner)  # about one frame's worth each
+
+
+def test_analytics_sidecar_has_one_line_per_frame_with_stage_annotations(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", frames=12)
+    jsonl = tmp_path / "frames.jsonl"
+    sink = AnalyticsSink(NullSink(), jsonl)
+    asyncio.run(Pipeline(build_graph(load_config("default")), MediaSource(clip), sink).run())
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(12))
+    assert records[3]["time_s"] == pytest.approx(3 / 30, abs=1e-3)
+    assert {"frame_stats", "audio_level", "meters"} <= set(records[0])
+    assert records[5]["audio_level"]["rms_dbfs"] == pytest.approx(-13.5, abs=1.0)  # 0.3 amplitude sine
+
+
+def test_frame_limit_and_realtime_pacing(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", frames=30)
+    report = transcode(clip, tmp_path / "out.mp4", frames=9, realtime=True)
+    assert report["frames"]["out"] == 9
+    assert report["wall_s"] >= 8 / 30 * 0.9  # paced at 30 fps, not as fast as it can go
+
+
+def test_audio_only_and_video_only_files(tmp_path):
+    audio_only = make_clip(tmp_path / "a.mp4", video=False)
+    video_only = make_clip(tmp_path / "v.mp4", audio=False)
+    transcode(audio_only, tmp_path / "a_out.mp4", config="default")
+    transcode(video_only, tmp_path / "v_out.mp4", config="default")
+    a, v = probe(tmp_path / "a_out.mp4"), probe(tmp_path / "v_out.mp4")
+    assert a["video_frames"] == 0 and a["audio_s"] == pytest.approx(1.0, abs=0.05)
+    assert v["video_frames"] == 30 and v["audio_s"] == 0
+
+
+def test_aligner_cuts_at_requested_sample_boundaries():
+    aligner = AudioAligner(1000, 1)
+    aligner.push(torch.arange(300, dtype=torch.float32).numpy()[None], 100)
+    assert not aligner.ready(450) and aligner.ready(400)
+    first = aligner.take(250)
+    assert (first.pts, first.samples.shape[-1], float(first.samples[0, 0])) == (100, 150, 0.0)
+    aligner.push(torch.zeros((1, 50)).numpy(), None)
+    rest = aligner.take(None)
+    assert (rest.pts, rest.samples.shape[-1]) == (250, 200)
+    assert aligner.take(None) is None
+
+
+def test_chunk_resampler_gives_16k_mono_of_the_right_length():
+    resampler = ChunkResampler(16000, 1)
+    total = 0
+    for i in range(10):
+        stereo = torch.rand((2, 1600)) - 0.5
+        out = resampler(AudioChunk(stereo, 48000, i * 1600))
+        assert out.samples.shape[0] == 1 and out.sample_rate == 16000
+        total += out.samples.shape[-1]
+    assert abs(total - 10 * 1600 // 3) <= 64  # the resampler's filter delay holds back a few samples
