@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_audio_chunks_tile_the_track_without_gaps_and_follow_the_video(tmp_path)
     sink.write = keep
     asyncio.run(Pipeline(build_graph(load_config("passthrough")), source, sink).run())
     assert len(chunks) == 45
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.pts == before.pts + before.samples.shape[-1]  # contiguous
     per_frame = 48000 / 30
     inner = [c.samples.shape[-1] for c in chunks[1:-1]]
