@@ -146,3 +146,18 @@ def test_chunk_resampler_gives_16k_mono_of_the_right_length():
         assert out.samples.shape[0] == 1 and out.sample_rate == 16000
         total += out.samples.shape[-1]
     assert abs(total - 10 * 1600 // 3) <= 64  # the resampler's filter delay holds back a few samples
+
+
+def test_a_failing_sink_leaves_no_slot_leased_and_the_reader_stops(tmp_path):
+    from pipeline.errors import SinkError
+
+    class FailingSink(NullSink):
+        async def write(self, frame):
+            if frame.index == 5:
+                raise OSError("disk full")
+            await super().write(frame)
+
+    pipeline = Pipeline(build_graph(load_config("default")), MediaSource(make_clip(tmp_path / "in.mp4")), FailingSink())
+    with pytest.raises(SinkError, match="disk full"):
+        asyncio.run(pipeline.run())
+    assert pipeline.ring.in_use == 0
