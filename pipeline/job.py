@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,7 +227,7 @@ async def run_folder(
             if progress is not None:
                 progress.end_file()
             continue
-        item_options = JobOptions(**{**options.__dict__, "analytics": item.analytics})
+        item_options = dataclasses.replace(options, analytics=item.analytics)
         try:
             result = await run_job(
                 str(item.source),

@@ -19,7 +19,6 @@ class Progress:
 
     def __init__(self, files: int = 1, *, interactive: bool | None = None):
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self.files = files
         self._overall: Any = None
         self._bar: Any = None
         self._label = ""

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.frames import AudioChunk
 
-LAYOUTS = {1: "mono", 2: "stereo"}
+LAYOUTS = {1: "mono", 2: "stereo"}  # FFmpeg channel layout names by channel count
 
 
 class AudioAligner:

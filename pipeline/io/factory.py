@@ -15,7 +15,7 @@ from pipeline.errors import SinkError, SourceError
 from pipeline.io.base import Sink, Source
 from pipeline.io.media import MediaSource
 from pipeline.io.network import NetworkSink, is_stream_url
-from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings, FileSink, NullSink
+from pipeline.io.sinks import EncoderSettings, FileSink, NullSink
 from pipeline.io.synthetic import sample_source, test_source
 
 BUILT_IN_SOURCES = {
@@ -116,7 +116,3 @@ def open_sink(spec: str, *, settings: EncoderSettings, device: torch.device, pat
     except OSError as exc:
         raise SinkError(f"{spec}: cannot create directory {target.parent} ({exc.strerror})") from None
     return sink
-
-
-def output_extensions() -> tuple[str, ...]:
-    return tuple(CONTAINER_CODECS)

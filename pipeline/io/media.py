@@ -1,8 +1,9 @@
 """Sources PyAV opens: files (mp4, mkv, webm, mov, ts, …), http/rtsp URLs and capture devices.
 
-Decoding runs on a reader thread of its own, so it overlaps the stages and the encoder; the
-event loop only copies each picture into its ring slot and hands the frame on. The reader
-cuts the audio into one chunk per video frame (see `audio_align`). Bad packets are skipped
+Decoding runs on a reader thread of its own, so it overlaps the stages and the encoder: the
+event loop hands the reader pinned ring leases, the reader writes each picture into one and
+posts the frame back. The reader also cuts the audio into one chunk per video frame (see
+`audio_align`). Bad packets are skipped
 and counted; an input that ends early still yields everything decoded before the damage,
 and then a `SourceError` that the run reports.
 """
@@ -32,11 +33,11 @@ from pipeline.io.audio_align import LAYOUTS, AudioAligner
 from pipeline.io.base import Source, StreamInfo
 from pipeline.io.picture import PictureWriter, even_size
 from pipeline.pixels import RANGE_FULL, Colour
-from pipeline.ringbuffer import RingBuffer, SlotLease
+from pipeline.ringbuffer import FullPolicy, RingBuffer, SlotLease
 
 log = logging.getLogger(__name__)
 
-PREFETCH_FRAMES = 4  # decoded frames the reader may hold ahead of the pipeline (files)
+PREFETCH_FRAMES = 4  # ring slots handed to the reader ahead of the pipeline (files)
 MAX_AUDIO_WAIT_FRAMES = 60  # video frames held back waiting for audio before sending them without
 AUDIO_ONLY_CHUNK_RATE = 50  # chunks per second for a file with no video: 20 ms each
 DEFAULT_FPS = Fraction(30)  # for a stream that states no rate
@@ -295,13 +296,15 @@ class MediaSource(Source):
                 pending.append(item)
             elif aligner is not None:
                 aligner.push(*item)
-            while pending and (
-                aligner is None
-                or aligner.ready(self._audio_end(pending[0], period))
-                or len(pending) > MAX_AUDIO_WAIT_FRAMES
-            ):
+            while pending:
+                if aligner is None:
+                    audio = None
+                else:
+                    until = self._audio_end(pending[0], period)
+                    if not aligner.ready(until) and len(pending) <= MAX_AUDIO_WAIT_FRAMES:
+                        break
+                    audio = aligner.take(until)
                 picture = pending.popleft()
-                audio = aligner.take(self._audio_end(picture, period)) if aligner is not None else None
                 yield _Decoded(picture, picture.pts, audio, time.monotonic_ns())
         if aligner is not None:
             aligner.finished = True
@@ -403,7 +406,7 @@ class MediaSource(Source):
                     if not has_video:
                         lease = None
                     elif handed:
-                        lease = ring.try_acquire() if ring.policy.value == "block" else None
+                        lease = ring.try_acquire() if ring.policy is FullPolicy.BLOCK else None
                         if lease is None:
                             break
                     else:

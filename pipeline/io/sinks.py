@@ -22,6 +22,7 @@ import torch
 from pipeline.device import to_numpy
 from pipeline.errors import SinkError
 from pipeline.frames import AudioChunk, Frame
+from pipeline.io.audio_align import LAYOUTS
 from pipeline.io.base import Sink, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ DEFAULT_CRF = 23  # x264's own default quality
 DEFAULT_PRESET = "veryfast"  # x264: near real time for 1080p on a few cores, at a modest size cost
 NVENC_PRESET = "p4"  # NVENC's balanced preset
 LIVE_KEYFRAME_INTERVAL_S = 2.0  # s; a viewer joining a live stream waits at most this for a picture
-AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 AUDIO_BLOCK = 1024  # samples per encoded audio frame when the codec takes any size
 
 
@@ -204,7 +204,7 @@ class FileSink(Sink):
             if info.audio_rate:
                 audio = container.add_stream(self.audio_codec, rate=_audio_rate(self.audio_codec, info.audio_rate))
                 channels = max(1, info.audio_channels)
-                self._audio_layout = AUDIO_LAYOUTS.get(channels, f"{channels}c")
+                self._audio_layout = LAYOUTS.get(channels, f"{channels}c")
                 audio.layout = self._audio_layout
             # Open the encoders and write the header now, so a bad option or codec fails here
             # rather than at the first frame (or, with no frames, at close).

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from kernels.colour import i420_planes, rgb_to_i420
 from pipeline.frames import Frame
-from pipeline.pixels import PixelFormat
+from pipeline.pixels import PixelFormat, picture_size
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
@@ -63,10 +63,7 @@ class MeterOverlay(ComputeStage):
         level = 0.0 if level_dbfs is None else min(1.0, max(0.0, 1.0 - level_dbfs / LEVEL_FLOOR_DBFS))
         motion = 0.0 if stats is None else min(1.0, stats["motion"] / MOTION_FULL_SCALE)
         image = frame.image
-        if self._format is PixelFormat.RGB24:
-            height, width = image.shape[:2]
-        else:
-            height, width = image.shape[0] * 2 // 3, image.shape[1]
+        width, height = picture_size(image, self._format)
         opts = self.options
         full = max(2, int(width * opts.width_fraction))
         bar = max(2, opts.bar_height_px)
