@@ -237,7 +237,7 @@ async def run_folder(
                 on_start=on_start,
                 keep_partial_when_interrupted=True,
             )
-        except SourceError as exc:
+        except (SourceError, SinkError) as exc:  # this file's input or output: the rest still run
             result = JobResult(str(item.source), str(item.output), "failed", str(exc))
             if progress is not None:
                 progress.end_file()

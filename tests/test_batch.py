@@ -64,3 +64,15 @@ def test_analytics_for_a_folder_go_one_file_per_video(tmp_path, caplog):
     assert main(["--source", str(source), "--output", str(out), "--analytics", str(analytics)]) == EXIT_OK
     lines = (analytics / "b.jsonl").read_text().splitlines()
     assert len(lines) == 25 and json.loads(lines[0])["frame"] == 0
+
+
+def test_an_output_that_cannot_be_made_fails_each_file_and_the_report_still_lists_them(tmp_path, caplog):
+    source = folder(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder's parent should be")
+    report = tmp_path / "report.json"
+    code = main(["--source", str(source), "--output", str(blocker / "out"), "--report", str(report)])
+    assert code == EXIT_FAILED
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"failed": 2}
+    assert all("cannot create directory" in f["reason"] for f in data["files"])
