@@ -182,3 +182,24 @@ def test_bad_encoder_settings_fail_at_open_not_at_the_first_frame(tmp_path):
 def test_unknown_codec_is_refused_when_the_sink_is_made(tmp_path):
     with pytest.raises(SinkError, match="no-such-codec"):
         FileSink(tmp_path / "clip.mp4", settings=EncoderSettings(video_codec="no-such-codec"))
+
+
+def test_repeated_timestamps_are_moved_on_and_reported_once(tmp_path, caplog):
+    path = tmp_path / "repeats.mp4"
+    sink = FileSink(path)
+
+    async def run() -> None:
+        source = SyntheticSource(width=WIDTH, height=HEIGHT, fps=FPS, frames=6, audio_rate=RATE)
+        ring = RingBuffer(2, source.info.frame_shape)
+        await sink.open(source.info)
+        async for frame in source.frames(ring):
+            frame.pts = frame.index // 2  # pairs of frames claim the same time
+            await sink.write(frame)
+            frame.release()
+        await sink.close()
+
+    asyncio.run(run())
+    pictures, _ = decode(path)
+    assert len(pictures) == 6
+    # 0,0,1,1,2,2 become 0..5: every frame after the first lands on or before its moved-on predecessor
+    assert any("5 frame timestamp(s) were not increasing" in r.getMessage() for r in caplog.records)

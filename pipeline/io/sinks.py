@@ -189,8 +189,6 @@ class FileSink(Sink):
             log.warning("%s: %s; encoding with %s instead", self.target, exc, fallback)
             self.video_codec = fallback
             self._open_with(info, fallback)
-        if self._pts_fixed:
-            log.warning("%s: %d frame timestamp(s) were not increasing and were moved on", self.target, self._pts_fixed)
 
     def _open_with(self, info: StreamInfo, video_codec: str) -> None:
         existed = self.writes_file and self.path.exists()
@@ -296,6 +294,8 @@ class FileSink(Sink):
         container, self._container = self._container, None
         if container is None:
             return
+        if self._pts_fixed:
+            log.warning("%s: %d frame timestamp(s) were not increasing and were moved on", self.target, self._pts_fixed)
         try:
             packets = self._video.encode(None) if self._video is not None else []
             if self._audio is not None:
