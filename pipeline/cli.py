@@ -21,8 +21,10 @@ from pipeline.config import load_config
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
-from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest
+from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest, default_output
+from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings
+from pipeline.io.window import WINDOW, display_available
 from pipeline.job import JobOptions, JobResult, is_folder_job, plan_folder, run_folder, run_job
 from pipeline.metrics import write_report
 from pipeline.progress import Progress
@@ -54,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output",
-        default="null",
         help=(
             "a video file (.mp4, .mkv, .mov: H.264 + AAC; .webm: VP9 + Opus), a folder (with a folder --source), "
-            "a stream URL (rtmp://, udp://, srt://), or 'null' to discard. Default: null"
+            "a stream URL (rtmp://, udp://, srt://), 'window' to watch and listen (a file plays at its own pace), "
+            "or 'null' to discard. Default: window for a webcam on a desktop, else null"
         ),
     )
     parser.add_argument(
@@ -174,6 +176,8 @@ async def _run_single(args: argparse.Namespace, options: JobOptions, stopper: _S
 
 
 async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
+    if args.output in ("null", WINDOW) or is_stream_url(args.output):
+        raise SinkError(f"--output {args.output}: a folder --source needs a folder --output")
     output_dir = Path(args.output)
     extension = output_dir.suffix.lower() if output_dir.suffix.lower() in CONTAINER_CODECS else ".mp4"
     if output_dir.suffix and extension == output_dir.suffix.lower():
@@ -226,6 +230,8 @@ def _folder_exit(results: list[JobResult], planned: int, interrupted: bool) -> i
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.output is None:
+        args.output = default_output(args.source, display=display_available())
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
         return asyncio.run(run(args))

@@ -23,9 +23,17 @@ from pipeline.errors import PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
 from pipeline.graph import build_graph
 from pipeline.io.analytics import AnalyticsSink
-from pipeline.io.factory import VIDEO_EXTENSIONS, CaptureRequest, is_url, open_sink, open_source
+from pipeline.io.factory import (
+    VIDEO_EXTENSIONS,
+    CaptureRequest,
+    is_url,
+    open_sink,
+    open_source,
+    plays_in_window,
+)
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import EncoderSettings
+from pipeline.io.window import WINDOW, WindowSink
 from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
@@ -99,9 +107,13 @@ async def run_job(
     (folder runs, where a final name means "complete, skip it next time").
     """
     source = open_source(
-        source_spec, device=options.device, frames=options.frames, realtime=options.realtime, capture=options.capture
+        source_spec,
+        device=options.device,
+        frames=options.frames,
+        realtime=options.realtime or plays_in_window(output_spec),
+        capture=options.capture,
     )
-    is_file = output_spec != "null" and not is_stream_url(output_spec)
+    is_file = output_spec not in ("null", WINDOW) and not is_stream_url(output_spec)
     final = Path(output_spec) if is_file else None
     writing = partial_path(final) if final is not None else None
     try:
@@ -109,6 +121,9 @@ async def run_job(
         if options.analytics is not None:
             sink = AnalyticsSink(sink, options.analytics)
         pipeline = Pipeline(build_graph(options.config), source, sink, device=options.device)
+        window = sink.inner if isinstance(sink, AnalyticsSink) else sink
+        if isinstance(window, WindowSink):
+            window.on_close = pipeline.request_stop  # closing the window stops the run, as Ctrl-C does
     except BaseException:
         source.close()
         raise

@@ -161,3 +161,25 @@ def test_a_failing_sink_leaves_no_slot_leased_and_the_reader_stops(tmp_path):
     with pytest.raises(SinkError, match="disk full"):
         asyncio.run(pipeline.run())
     assert pipeline.ring.in_use == 0
+
+
+def test_a_cancel_during_the_source_cleanup_still_gives_every_slot_back(tmp_path):
+    """The pipeline cancels its tasks on shutdown, which can land while the source is closing."""
+    from pipeline.ringbuffer import RingBuffer
+
+    source = MediaSource(make_clip(tmp_path / "in.mp4"))
+    ring = RingBuffer(8, source.info.frame_shape)
+
+    async def run():
+        frames = source.frames(ring)
+        frame = await anext(frames)
+        frame.release()
+        closing = asyncio.create_task(frames.aclose())
+        await asyncio.sleep(0)  # the cleanup starts, and waits for the reader thread
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+
+    asyncio.run(run())
+    source.close()
+    assert ring.in_use == 0

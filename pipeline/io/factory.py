@@ -17,6 +17,7 @@ from pipeline.io.media import MediaSource
 from pipeline.io.network import NetworkSink, is_stream_url
 from pipeline.io.sinks import EncoderSettings, FileSink, NullSink
 from pipeline.io.synthetic import sample_source, test_source
+from pipeline.io.window import WINDOW, WindowSink
 
 BUILT_IN_SOURCES = {
     "sample": "a 10 s built-in clip (moving test card and a beeping tone), processed as fast as it can go",
@@ -55,6 +56,8 @@ def open_source(
     if frames is not None:
         overrides["frames"] = frames
     if spec == "sample":
+        if realtime:
+            overrides["live"] = True
         return sample_source(**overrides)
     if spec == "testsrc":
         return test_source(**overrides)
@@ -103,10 +106,22 @@ def open_webcam(which: str, request: CaptureRequest, *, device: torch.device, fr
         raise SourceError(f"webcam: cannot open {url} ({exc})") from None
 
 
+def default_output(source_spec: str, *, display: bool) -> str:
+    """What `--output` means when it is not given: a window for a webcam on a desktop, else nothing."""
+    return WINDOW if display and WEBCAM.match(source_spec) else "null"
+
+
+def plays_in_window(output_spec: str) -> bool:
+    """A window shows a file at its own pace, as a player would, not as fast as it decodes."""
+    return output_spec == WINDOW
+
+
 def open_sink(spec: str, *, settings: EncoderSettings, device: torch.device, path: Path | None = None) -> Sink:
-    """A sink for `--output`: null, a stream URL, or a file (written at `path` if given, e.g. a temporary name)."""
+    """A sink for `--output`: null, window, a stream URL, or a file (written at `path` if given)."""
     if spec == "null":
         return NullSink()
+    if spec == WINDOW:
+        return WindowSink()
     if is_stream_url(spec):
         return NetworkSink(spec, settings=settings, device=device)
     target = path or Path(spec)

@@ -447,17 +447,15 @@ class MediaSource(Source):
         finally:
             stop.set()
             tokens.put(_STOP)
-            await loop.run_in_executor(None, reader.join, JOIN_TIMEOUT_S)
-            await asyncio.sleep(0)  # let the reader's last posts land in the inbox
-            while not inbox.empty():  # frames decoded but never taken
-                left = inbox.get_nowait()
-                lease = left.lease if isinstance(left, _Decoded) else left
-                if lease is not None and lease in handed:
-                    handed.remove(lease)
-                    lease.release()
-            for lease in handed:  # slots the reader never filled
-                if lease is not None:
-                    lease.release()
+            try:
+                await asyncio.shield(loop.run_in_executor(None, reader.join, JOIN_TIMEOUT_S))
+            finally:
+                # Also when the pipeline cancels this cleanup midway: wait the reader out (it has
+                # been told to stop), so no slot is written after it goes back to the ring.
+                reader.join(JOIN_TIMEOUT_S)
+                for lease in handed:  # slots the reader holds, filled or not, and frames never taken
+                    if lease is not None:
+                        lease.release()
         if self.input_error is not None:
             raise SourceError(f"{self.label}: {self.input_error}; kept the {index} frame(s) decoded before it")
         if self.corrupt_packets:

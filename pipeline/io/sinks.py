@@ -255,7 +255,7 @@ class FileSink(Sink):
         try:
             packets = []
             if image is not None:
-                picture = _picture(_host_pixels(image, events))
+                picture = _picture(host_pixels(image, events))
                 if pts is None:
                     pts = 0 if self._last_pts is None else self._last_pts + 1
                 elif self._last_pts is not None and pts <= self._last_pts:
@@ -321,7 +321,7 @@ def _picture(pixels: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(pixels, format="rgb24")
 
 
-def _host_pixels(image: Any, events: list[Any]) -> np.ndarray:
+def host_pixels(image: Any, events: list[Any]) -> np.ndarray:
     """The slot's pixels in host memory: a zero-copy view on CPU, one device-to-host copy on CUDA."""
     if image.device.type == "cpu":
         pixels = to_numpy(image)
