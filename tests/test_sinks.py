@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,17 +22,29 @@ WIDTH, HEIGHT, FPS, RATE = 160, 96, 30, 48000  # px, px, frames/s, Hz
 
 
 async def write_clip(
-    sink: Sink, frames: int, drop: frozenset[int] = frozenset(), pixel_format: str = "yuv420p"
+    sink: Sink,
+    frames: int,
+    drop: frozenset[int] = frozenset(),
+    pixel_format: str = "yuv420p",
+    *,
+    slots: int = 3,
+    flat: bool = False,
 ) -> dict[int, np.ndarray]:
-    """Run `frames` synthetic frames through `sink` (closing it); returns the pixels written, by index."""
+    """Run `frames` synthetic frames through `sink` (closing it); returns the pixels written, by index.
+
+    `flat`: paint each frame's luma one level that differs from frame to frame, so a frame
+    encoded from the wrong slot cannot pass for the right one.
+    """
     source = SyntheticSource(
         width=WIDTH, height=HEIGHT, fps=FPS, frames=frames, audio_rate=RATE, pixel_format=pixel_format
     )
-    ring = RingBuffer(3, source.info.frame_shape)
+    ring = RingBuffer(slots, source.info.frame_shape)
     written: dict[int, np.ndarray] = {}
     await sink.open(source.info)
     try:
         async for frame in source.frames(ring):
+            if flat:
+                frame.image[:HEIGHT] = 30 + 15 * (frame.index % 12)
             if frame.index in drop:
                 frame.drop("test")
             else:
@@ -68,6 +81,38 @@ def test_file_sink_writes_a_file_that_decodes_to_what_went_in(tmp_path, suffix, 
         error = np.abs(pictures[index].astype(np.int16) - written[index].astype(np.int16)).mean()
         assert error < 10, f"frame {index}: mean abs error {error:.1f}"
     assert (sink.frames_written, sink.frames_dropped) == (30, 0)
+
+
+def test_a_file_sink_holds_each_slot_until_the_encoder_has_read_it(tmp_path):
+    """Frames queue on the encoder thread; their slots must not go back to the ring before they are encoded."""
+
+    class SlowEncoder(FileSink):
+        def _encode_video(self, *args):
+            time.sleep(0.02)  # the encoder falls behind the source
+            super()._encode_video(*args)
+
+    path = tmp_path / "slow.mp4"
+    sink = SlowEncoder(path, settings=EncoderSettings(crf=18))
+    written = asyncio.run(write_clip(sink, 12, slots=2, flat=True))
+    pictures, _ = decode(path)
+    assert sorted(pictures) == list(range(12))
+    for index, picture in pictures.items():
+        luma = np.abs(picture[:HEIGHT].astype(np.int16) - written[index][:HEIGHT].astype(np.int16)).mean()
+        assert luma < 4, f"frame {index} was encoded from another frame's pixels"
+
+
+def test_an_encoding_error_on_a_queued_frame_is_raised_and_the_file_still_finished(tmp_path):
+    class BreaksAtFive(FileSink):
+        def _encode_video(self, index, *args):
+            if index == 5:
+                raise SinkError(f"{self.target}: encoding frame 5 failed (test)")
+            super()._encode_video(index, *args)
+
+    path = tmp_path / "broken.mp4"
+    with pytest.raises(SinkError, match="frame 5"):
+        asyncio.run(write_clip(BreaksAtFive(path), 12))
+    pictures, _ = decode(path)
+    assert len(pictures) >= 5  # everything before the error, flushed and playable
 
 
 def test_dropped_frames_leave_the_video_but_keep_their_audio(tmp_path):

@@ -73,7 +73,8 @@ class Sink(ABC):
         """Write one frame. A dropped frame (`frame.dropped`) has no image but keeps its audio.
 
         The caller releases the frame's slot when this returns, so a sink that encodes later
-        must copy what it needs first.
+        must first copy what it needs, or `retain()` the lease (and mark it started, so the
+        ring cannot reclaim it) and release it, on the event loop, once done.
         """
 
     @abstractmethod

@@ -1,7 +1,8 @@
 """Where frames end: a file or stream encoded with PyAV, or nowhere at all (for benchmarks and tests).
 
-Encoding is the heaviest thing a sink does, so `FileSink` runs it on one worker thread of its
-own: the event loop keeps scheduling stages meanwhile, and one thread keeps frames in order.
+Encoding is the heaviest thing a sink does, so `FileSink` runs it on worker threads of its own,
+one for video and one for audio (FFmpeg encodes without holding the GIL, so the two overlap):
+the event loop keeps scheduling stages meanwhile, and one thread per stream keeps its order.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,6 +44,7 @@ DEFAULT_CRF = 23  # x264's own default quality
 DEFAULT_PRESET = "veryfast"  # x264: near real time for 1080p on a few cores, at a modest size cost
 NVENC_PRESET = "p4"  # NVENC's balanced preset
 LIVE_KEYFRAME_INTERVAL_S = 2.0  # s; a viewer joining a live stream waits at most this for a picture
+ENCODE_AHEAD = 2  # frames a file sink may have queued on its encoder thread beyond the one encoding
 AUDIO_BLOCK = 1024  # samples per encoded audio frame when the codec takes any size
 
 
@@ -119,7 +123,10 @@ class FileSink(Sink):
         self._audio_layout = "mono"
         self._last_pts: int | None = None
         self._pts_fixed = 0
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # the video encoder's thread (also opens and finishes)
+        self._audio_pool: ThreadPoolExecutor | None = None
+        self._queued: deque[list[asyncio.Future[None]]] = deque()  # each frame's encode jobs, oldest first
+        self._mux_lock = threading.Lock()  # the two encoder threads share one muxer
 
     def _default_codecs(self) -> tuple[str, str]:
         codecs = CONTAINER_CODECS.get(self.path.suffix.lower())
@@ -145,39 +152,77 @@ class FileSink(Sink):
                 f"{self.target}: {info.width}x{info.height} cannot be encoded as {PIXEL_FORMAT}; "
                 "width and height must be even"
             )
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-encode")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-video")
         try:
             await asyncio.get_running_loop().run_in_executor(pool, self._open, info)
         except BaseException:
             pool.shutdown(wait=False)
             raise
         self._pool = pool
+        if self._audio is not None:
+            self._audio_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-audio")
 
     async def write(self, frame: Frame) -> None:
-        """Encode one frame; the pixels are copied into the encoder before this returns."""
+        """Hand one frame's picture and sound to the encoder threads.
+
+        A live sink waits for the frame to be encoded, so end-to-end latency includes the
+        encoder. A file sink keeps up to `ENCODE_AHEAD` frames queued on the encoder threads,
+        holding a reference to each frame's slot until it is encoded: the encoder never waits
+        for the event loop between frames, and no pixels are copied to make that safe.
+        """
         if self._container is None or self._pool is None:
             raise SinkError(f"{self.target}: write before open (or after close)")
-        image = frame.image if frame.has_image and self._video is not None else None
-        events = [] if image is None else [e for e in frame.events.values() if e is not None]
-        await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._encode, frame.index, image, events, frame.pts, frame.time_base, frame.audio
-        )
-        if image is None:
-            self.frames_dropped += 1
-        else:
+        loop = asyncio.get_running_loop()
+        lease = frame.lease if frame.has_image and self._video is not None else None
+        jobs: list[asyncio.Future[None]] = []
+        if lease is not None:
+            events = [e for e in frame.events.values() if e is not None]
+            video_job = loop.run_in_executor(
+                self._pool, self._encode_video, frame.index, lease.tensor, events, frame.pts, frame.time_base
+            )
+            jobs.append(video_job)
             self.frames_written += 1
+        else:
+            self.frames_dropped += 1
+        audio = frame.audio
+        if audio is not None and self._audio_pool is not None and audio.samples.shape[-1]:
+            jobs.append(loop.run_in_executor(self._audio_pool, self._encode_audio, frame.index, audio))
+        if self.low_latency:
+            for job in jobs:
+                await job
+            return
+        if lease is not None:
+            lease.retain()
+            lease.started = True  # the ring may not reclaim a slot the encoder is reading
+            video_job.add_done_callback(lambda _: lease.release())
+        self._queued.append(jobs)
+        while len(self._queued) > ENCODE_AHEAD or (self._queued and all(job.done() for job in self._queued[0])):
+            for job in self._queued.popleft():
+                await job  # raises the first encoding error
 
     async def close(self) -> None:
         """Flush both encoders and finish the file. Does nothing when not open; safe to call twice."""
         pool, self._pool = self._pool, None
+        audio_pool, self._audio_pool = self._audio_pool, None
         if pool is None:
             return
+        failure: BaseException | None = None
+        queued, self._queued = self._queued, deque()
+        for job in (job for jobs in queued for job in jobs):  # all queued frames go in before the flush
+            try:
+                await job
+            except Exception as exc:  # raised after the file is finished
+                failure = failure or exc
         try:
             await asyncio.get_running_loop().run_in_executor(pool, self._finish)
         finally:
             pool.shutdown(wait=False)
+            if audio_pool is not None:
+                audio_pool.shutdown(wait=False)
+        if failure is not None:
+            raise failure
 
-    # The methods below run on the worker thread.
+    # The methods below run on the encoder threads: opening, video and finishing on one, audio on the other.
 
     def _open(self, info: StreamInfo) -> None:
         try:
@@ -243,37 +288,37 @@ class FileSink(Sink):
             context.bit_rate = self.settings.bitrate
         return video
 
-    def _encode(
-        self,
-        index: int,
-        image: Any,
-        events: list[Any],
-        pts: int,
-        time_base: Fraction,
-        audio: AudioChunk | None,
-    ) -> None:
+    def _encode_video(self, index: int, image: Any, events: list[Any], pts: int | None, time_base: Fraction) -> None:
         try:
-            packets = []
-            if image is not None:
-                picture = _picture(host_pixels(image, events))
-                if pts is None:
-                    pts = 0 if self._last_pts is None else self._last_pts + 1
-                elif self._last_pts is not None and pts <= self._last_pts:
-                    pts = self._last_pts + 1  # encoders refuse repeated or backward timestamps
-                    self._pts_fixed += 1
-                self._last_pts = pts
-                picture.pts = pts
-                picture.time_base = time_base  # PyAV rescales to the encoder's time base
-                packets += self._video.encode(picture)
-            if audio is not None and self._audio is not None and audio.samples.shape[-1]:
-                if self._audio_pts is None:
-                    self._audio_pts = audio.pts  # the first chunk's place sets the offset to the video
-                self._fifo.write(self._audio_frame(audio))
-                for block in self._fifo.read_many(self._audio_block):
-                    packets += self._audio.encode(self._stamped(block))
-            self._container.mux(packets)
+            picture = _picture(host_pixels(image, events))
+            if pts is None:
+                pts = 0 if self._last_pts is None else self._last_pts + 1
+            elif self._last_pts is not None and pts <= self._last_pts:
+                pts = self._last_pts + 1  # encoders refuse repeated or backward timestamps
+                self._pts_fixed += 1
+            self._last_pts = pts
+            picture.pts = pts
+            picture.time_base = time_base  # PyAV rescales to the encoder's time base
+            self._mux(self._video.encode(picture))
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: encoding frame {index} failed ({_one_line(exc)})") from exc
+
+    def _encode_audio(self, index: int, audio: AudioChunk) -> None:
+        try:
+            if self._audio_pts is None:
+                self._audio_pts = audio.pts  # the first chunk's place sets the offset to the video
+            self._fifo.write(self._audio_frame(audio))
+            packets = []
+            for block in self._fifo.read_many(self._audio_block):
+                packets += self._audio.encode(self._stamped(block))
+            self._mux(packets)
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise SinkError(f"{self.target}: encoding the audio of frame {index} failed ({_one_line(exc)})") from exc
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        if packets:
+            with self._mux_lock:
+                self._container.mux(packets)
 
     def _audio_frame(self, chunk: AudioChunk) -> av.AudioFrame:
         # Chunks follow the video frame rate, not the codec's frame size (1024 samples for AAC,
