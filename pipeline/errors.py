@@ -19,3 +19,14 @@ class SourceError(PipelineError):
 
 class SinkError(PipelineError):
     """A sink cannot be opened or written."""
+
+
+def one_line(exc: BaseException) -> str:
+    """What went wrong, as one short line for an error message.
+
+    FFmpeg and OS errors carry the reason in `strerror`; their `str()` adds an errno and the
+    file name, which the caller's message already names.
+    """
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return text.split(": '", 1)[0]

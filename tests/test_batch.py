@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from media_kit import make_clip, probe
 
@@ -76,3 +77,34 @@ def test_an_output_that_cannot_be_made_fails_each_file_and_the_report_still_list
     data = json.loads(report.read_text())
     assert data["counts"] == {"failed": 2}
     assert all("cannot create directory" in f["reason"] for f in data["files"])
+
+
+def test_a_folder_run_stopped_mid_file_keeps_that_file_as_partial_and_playable(tmp_path):
+    import asyncio
+
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.job import FolderItem, JobOptions, run_folder
+
+    source, out = folder(tmp_path), tmp_path / "out"
+    items = [FolderItem(source / name, out / f"{Path(name).stem}.mp4", None) for name in ("a.mp4", "b.mkv")]
+    # Paced at the files' own rate, so the stop lands a few frames into the first file.
+    options = JobOptions(config=load_config("passthrough"), device=torch.device("cpu"), realtime=True)
+    stopped = []
+
+    def on_start(pipeline):
+        def stop():
+            stopped.append(True)
+            pipeline.request_stop()
+
+        asyncio.get_running_loop().call_later(0.25, stop)
+
+    results = asyncio.run(run_folder(items, options, on_start=on_start, stopped=lambda: bool(stopped)))
+    assert [r.status for r in results] == ["interrupted"]  # b.mkv never started
+    assert not (out / "a.mp4").exists()  # a final name always means complete: the next run redoes it
+    partial = out / "a.partial.mp4"
+    assert results[0].output == str(partial)
+    frames = probe(partial)["video_frames"]
+    assert 0 < frames < 20
+    assert frames == results[0].frames_out

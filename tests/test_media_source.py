@@ -183,3 +183,55 @@ def test_a_cancel_during_the_source_cleanup_still_gives_every_slot_back(tmp_path
     asyncio.run(run())
     source.close()
     assert ring.in_use == 0
+
+
+def test_an_http_url_is_transcoded_like_a_file(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.cli import EXIT_OK, main
+
+    served = tmp_path / "www"
+    served.mkdir()
+    make_clip(served / "talk.mp4", frames=30, options={"movflags": "faststart"})  # index first: streamable
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/talk.mp4"
+        assert main(["--source", url, "--output", str(tmp_path / "out.mp4"), "--config", "passthrough"]) == EXIT_OK
+    finally:
+        server.shutdown()
+        server.server_close()
+    got, want = probe(tmp_path / "out.mp4"), probe(served / "talk.mp4")
+    assert got["video_frames"] == 30 and got["size"] == want["size"]
+    assert got["audio_s"] == pytest.approx(want["audio_s"], abs=0.05)
+
+
+def test_an_http_url_that_is_not_there_is_one_line(tmp_path, caplog):
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.cli import EXIT_USAGE, main
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/missing.mp4"
+        assert main(["--source", url, "--output", str(tmp_path / "out.mp4")]) == EXIT_USAGE
+    finally:
+        server.shutdown()
+        server.server_close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "missing.mp4" in errors[-1] and "404" in errors[-1] and "\n" not in errors[-1]
+    assert not (tmp_path / "out.mp4").exists()

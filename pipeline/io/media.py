@@ -27,7 +27,7 @@ import av
 import numpy as np
 import torch
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import LAYOUTS, AudioAligner
 from pipeline.io.base import Source, StreamInfo
@@ -121,9 +121,10 @@ class MediaSource(Source):
             raise SourceError(f"{self.label}: permission denied") from None
         except (av.FFmpegError, OSError) as exc:
             hint = ""
-            if os.path.splitext(self.url)[1].lower() in (".mp4", ".mov", ".m4v", ".m4a"):
+            mp4 = os.path.splitext(self.url)[1].lower() in (".mp4", ".mov", ".m4v", ".m4a")
+            if mp4 and isinstance(exc, av.error.InvalidDataError):
                 hint = "; an mp4 cut short before its index (moov atom) was written cannot be read"
-            raise SourceError(f"{self.label}: cannot be read as media ({_explain(exc)}){hint}") from None
+            raise SourceError(f"{self.label}: cannot be read as media ({one_line(exc)}){hint}") from None
 
     def _setup_streams(self) -> None:
         container = self._container
@@ -234,14 +235,14 @@ class MediaSource(Source):
             except StopIteration:
                 break
             except (av.FFmpegError, OSError) as exc:
-                self.input_error = f"input ends early ({_explain(exc)})"
+                self.input_error = f"input ends early ({one_line(exc)})"
                 break
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
                 self.corrupt_packets += 1
                 if self.corrupt_packets == 1:
-                    log.warning("%s: skipping a corrupt packet (%s)", self.label, _explain(exc))
+                    log.warning("%s: skipping a corrupt packet (%s)", self.label, one_line(exc))
                 continue
             for item in decoded:
                 if packet.stream is self._video:
@@ -536,9 +537,3 @@ def _hwaccel_for(device: torch.device) -> tuple[Any, str]:
         return None, "software decoder: this FFmpeg build has no CUDA support"
     accel = av.codec.hwaccel.HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=True)
     return accel, f"NVDEC on {device}, software if the codec has no NVDEC profile"
-
-
-def _explain(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return text.split(": '", 1)[0]

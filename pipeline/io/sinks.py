@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.device import to_numpy
-from pipeline.errors import SinkError
+from pipeline.errors import SinkError, one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import LAYOUTS
 from pipeline.io.base import Sink, StreamInfo
@@ -240,7 +240,7 @@ class FileSink(Sink):
         try:
             container = av.open(self.target, mode="w", format=self.container_format)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"{self.target}: cannot open for writing ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: cannot open for writing ({one_line(exc)})") from exc
         try:
             video = self._add_video(container, info, video_codec) if info.has_video else None
             audio = None
@@ -256,15 +256,22 @@ class FileSink(Sink):
             container.close()
             if self.writes_file and not existed:
                 self.path.unlink(missing_ok=True)
-            raise SinkError(
-                f"{self.target}: cannot set up {video_codec}/{self.audio_codec} ({_one_line(exc)})"
-            ) from exc
+            raise SinkError(self._setup_failure(exc, video_codec)) from exc
         self._container, self._video, self._audio = container, video, audio
         self._fifo = av.AudioFifo()
         self._audio_pts: int | None = None
         self._audio_block = (audio.codec_context.frame_size or AUDIO_BLOCK) if audio is not None else AUDIO_BLOCK
         parts = ([video_codec] if video is not None else []) + ([self.audio_codec] if audio is not None else [])
         self.description = " + ".join(parts)
+
+    def _setup_failure(self, exc: BaseException, video_codec: str) -> str:
+        """Name what failed when the output was set up: the protocol, the connection or the encoders."""
+        if isinstance(exc, av.error.ProtocolNotFoundError):
+            scheme = self.target.split(":", 1)[0]
+            return f"{self.target}: this FFmpeg build cannot write {scheme}:// (it has no {scheme} protocol)"
+        if not self.writes_file and isinstance(exc, (ConnectionError, TimeoutError, av.error.HTTPError)):
+            return f"{self.target}: cannot connect ({one_line(exc)})"
+        return f"{self.target}: cannot set up {video_codec}/{self.audio_codec} ({one_line(exc)})"
 
     def _add_video(self, container: Any, info: StreamInfo, video_codec: str) -> Any:
         video = container.add_stream(video_codec, rate=info.fps)
@@ -301,7 +308,7 @@ class FileSink(Sink):
             picture.time_base = time_base  # PyAV rescales to the encoder's time base
             self._mux(self._video.encode(picture))
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.target}: encoding frame {index} failed ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: encoding frame {index} failed ({one_line(exc)})") from exc
 
     def _encode_audio(self, index: int, audio: AudioChunk) -> None:
         try:
@@ -313,7 +320,7 @@ class FileSink(Sink):
                 packets += self._audio.encode(self._stamped(block))
             self._mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.target}: encoding the audio of frame {index} failed ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: encoding the audio of frame {index} failed ({one_line(exc)})") from exc
 
     def _mux(self, packets: list[av.Packet]) -> None:
         if packets:
@@ -350,12 +357,12 @@ class FileSink(Sink):
                 packets += self._audio.encode(None)
             container.mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.target}: flushing the encoders failed ({_one_line(exc)})") from exc
+            raise SinkError(f"{self.target}: flushing the encoders failed ({one_line(exc)})") from exc
         finally:
             try:
                 container.close()
             except (av.FFmpegError, OSError) as exc:
-                raise SinkError(f"{self.target}: closing the output failed ({_one_line(exc)})") from exc
+                raise SinkError(f"{self.target}: closing the output failed ({one_line(exc)})") from exc
 
 
 def _picture(pixels: np.ndarray) -> av.VideoFrame:
@@ -409,8 +416,3 @@ def _audio_rate(codec: str, rate: int) -> int:
     """`rate` if the encoder takes it, else the encoder's highest rate (PyAV resamples to it)."""
     rates = av.Codec(codec, "w").audio_rates
     return rate if not rates or rate in rates else max(rates)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
