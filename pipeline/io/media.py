@@ -134,9 +134,11 @@ class MediaSource(Source):
             raise SourceError(f"{self.label}: holds no video or audio stream")
         for stream, kind in ((video, "video"), (audio, "audio")):
             if stream is not None and not _has_decoder(stream):
-                codec = stream.codec_context.name if stream.codec_context is not None else _codec_tag(stream)
+                if stream.codec_context is None:  # the container names a codec FFmpeg has never heard of
+                    raise SourceError(f"{self.label}: unsupported {kind} codec (one FFmpeg does not recognise)")
                 raise SourceError(
-                    f"{self.label}: unsupported {kind} codec {codec!r} (this FFmpeg build cannot decode it)"
+                    f"{self.label}: unsupported {kind} codec {stream.codec_context.name!r} "
+                    "(this FFmpeg build cannot decode it)"
                 )
         if video is not None:
             video.thread_type = "AUTO"  # frame threads: decode several frames at once
@@ -501,12 +503,6 @@ def _chain(first: deque[tuple[str, Any]], rest: Iterator[tuple[str, Any]]) -> It
     while first:
         yield first.popleft()
     yield from rest
-
-
-def _codec_tag(stream: Any) -> str:
-    """What the container calls a codec FFmpeg does not know (its fourcc, or its id)."""
-    tag = getattr(stream, "codec_tag", None)
-    return str(tag) if tag else "unknown"
 
 
 def _has_decoder(stream: Any) -> bool:
