@@ -235,3 +235,19 @@ def test_an_http_url_that_is_not_there_is_one_line(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors and "missing.mp4" in errors[-1] and "404" in errors[-1] and "\n" not in errors[-1]
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_cuda_run_decodes_in_software_when_nvdec_cannot_start(tmp_path):
+    """Where FFmpeg cannot open a CUDA device (as on any machine without one), decoding goes on in software."""
+    import av
+
+    if "cuda" not in av.codec.hwaccel.hwdevices_available():
+        pytest.skip("this FFmpeg build has no CUDA hwaccel to fail")
+    if torch.cuda.is_available():
+        pytest.skip("NVDEC can start here; tests/test_gpu_media.py covers it")
+    source = MediaSource(make_clip(tmp_path / "in.mp4"), device=torch.device("cuda"))
+    try:
+        assert "software decoder: NVDEC could not start (" in source.info.description
+        assert source.info.width == 160
+    finally:
+        source.close()

@@ -248,3 +248,19 @@ def test_repeated_timestamps_are_moved_on_and_reported_once(tmp_path, caplog):
     assert len(pictures) == 6
     # 0,0,1,1,2,2 become 0..5: every frame after the first lands on or before its moved-on predecessor
     assert any("5 frame timestamp(s) were not increasing" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cuda_run_encodes_with_x264_when_nvenc_cannot_start(tmp_path, caplog):
+    """NVENC is tried first on a CUDA run; where it cannot open (no GPU here), x264 takes over, with a log line."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("NVENC can start here; tests/test_gpu_media.py covers it")
+    path = tmp_path / "clip.mp4"
+    sink = FileSink(path, device=torch.device("cuda"))
+    assert sink.video_codec == "h264_nvenc"
+    asyncio.run(write_clip(sink, 10))
+    assert sink.description == "libx264 + aac"
+    assert any("encoding with libx264 instead" in r.getMessage() for r in caplog.records)
+    pictures, _ = decode(path)
+    assert sorted(pictures) == list(range(10))

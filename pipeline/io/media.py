@@ -110,7 +110,12 @@ class MediaSource(Source):
         self._decoder_note = why
         kwargs: dict[str, Any] = {"format": container_format, "options": options or {}, "timeout": OPEN_TIMEOUT_S}
         if hwaccel is not None:
-            kwargs["hwaccel"] = hwaccel
+            try:
+                return av.open(self.url, mode="r", hwaccel=hwaccel, **kwargs)
+            except (av.FFmpegError, OSError) as exc:
+                # FFmpeg could not start a CUDA decoder here (driver libraries, device in use, …):
+                # decode in software rather than fail; a file that is itself bad fails again below.
+                self._decoder_note = f"software decoder: NVDEC could not start ({one_line(exc)})"
         try:
             return av.open(self.url, mode="r", **kwargs)
         except FileNotFoundError:

@@ -231,7 +231,7 @@ class FileSink(Sink):
             fallback = SOFTWARE_FOR.get(self.video_codec)
             if fallback is None or self.settings.video_codec is not None:
                 raise
-            log.warning("%s: %s; encoding with %s instead", self.target, exc, fallback)
+            log.warning("%s; encoding with %s instead", exc, fallback)
             self.video_codec = fallback
             self._open_with(info, fallback)
 
