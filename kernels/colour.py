@@ -1,9 +1,11 @@
-"""Colour conversion between packed I420 (what decoders give and encoders take) and RGB.
+"""Colour conversion between 4:2:0 YUV (I420 and NV12: what decoders give and encoders take) and RGB.
 
-These are the plain torch references: correct on any device, used where a frame is converted
-once (a test card, a display window) and as the ground truth the fused kernels are checked
-against. An I420 image is one contiguous (H·3/2)×W uint8 tensor: H rows of Y, then the U
-plane and then the V plane, each (H/2)×(W/2) stored row after row. Width and height are even.
+These are the plain torch references: correct on any device, used on CPU tensors and as the
+ground truth the Triton kernels (`kernels/colour_triton.py`) are checked against. Both YUV
+layouts are one contiguous (H·3/2)×W uint8 tensor that starts with H rows of Y. In I420 the
+U plane and then the V plane follow, each (H/2)×(W/2) stored row after row; in NV12 (what
+NVDEC gives and NVENC takes) H/2 rows of interleaved U, V pairs follow. Width and height are
+even. `kernels.ops` picks the kernel or the reference by the tensor's device.
 """
 
 from __future__ import annotations
@@ -31,6 +33,55 @@ def i420_planes(i420: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     u = flat[luma : luma + chroma].view(height // 2, width // 2)
     v = flat[luma + chroma :].view(height // 2, width // 2)
     return y, u, v
+
+
+def nv12_planes(nv12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of the Y (H×W) and interleaved UV ((H/2)×W) planes of a packed NV12 image; no copy."""
+    y, _, _ = i420_planes(nv12)  # the same shape rules
+    height, width = y.shape
+    return y, nv12.view(-1)[height * width :].view(height // 2, width)
+
+
+def i420_to_nv12(i420: torch.Tensor) -> torch.Tensor:
+    """Same picture, chroma interleaved: a copy of the bytes, no colour maths."""
+    y, u, v = i420_planes(i420)
+    out = torch.empty_like(i420)
+    y_out, uv_out = nv12_planes(out)
+    y_out.copy_(y)
+    uv_out.view(u.shape[0], u.shape[1], 2).copy_(torch.stack((u, v), dim=-1))
+    return out
+
+
+def nv12_to_i420(nv12: torch.Tensor) -> torch.Tensor:
+    """Same picture, chroma in two planes: a copy of the bytes, no colour maths."""
+    y, uv = nv12_planes(nv12)
+    out = torch.empty_like(nv12)
+    y_out, u_out, v_out = i420_planes(out)
+    y_out.copy_(y)
+    pairs = uv.view(uv.shape[0], uv.shape[1] // 2, 2)
+    u_out.copy_(pairs[..., 0])
+    v_out.copy_(pairs[..., 1])
+    return out
+
+
+def rgb_to_nv12(rgb: torch.Tensor, *, matrix: str = "bt601", full_range: bool = False) -> torch.Tensor:
+    """H×W×3 uint8 RGB → packed NV12 (the values of `rgb_to_i420`, chroma interleaved)."""
+    return i420_to_nv12(rgb_to_i420(rgb, matrix=matrix, full_range=full_range))
+
+
+def nv12_to_rgb(nv12: torch.Tensor, *, matrix: str = "bt601", full_range: bool = False) -> torch.Tensor:
+    """Packed NV12 → H×W×3 uint8 RGB (as `i420_to_rgb`)."""
+    return i420_to_rgb(nv12_to_i420(nv12), matrix=matrix, full_range=full_range)
+
+
+def conversion_constants(matrix: str, full_range: bool) -> tuple[float, float, float, float, float]:
+    """(Kr, Kb, luma offset, luma span, chroma span) in 8-bit code values: what every kernel needs."""
+    if matrix not in MATRICES:
+        raise ValueError(f"unknown colour matrix {matrix!r}; use one of {', '.join(MATRICES)}")
+    kr, kb = MATRICES[matrix]
+    if full_range:
+        return kr, kb, 0.0, 255.0, 255.0
+    return kr, kb, LIMITED_Y[0], LIMITED_Y[1], LIMITED_C
 
 
 def rgb_to_i420(rgb: torch.Tensor, *, matrix: str = "bt601", full_range: bool = False) -> torch.Tensor:

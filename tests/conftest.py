@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -15,6 +16,12 @@ from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, Source, StreamInfo
 from pipeline.pixels import PixelFormat
 from pipeline.ringbuffer import RingBuffer
+
+# Triton kernels run on CUDA where there is a GPU; elsewhere Triton's interpreter runs them on
+# CPU tensors. It reads this when a kernel is defined, so it is set before any test imports one
+# (nothing imported above defines a kernel).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 AUDIO_RATE = 16000  # Hz
 

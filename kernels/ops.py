@@ -1,0 +1,11 @@
+"""The per-frame operations stages call: each runs as a kernel on CUDA tensors, as its torch reference elsewhere."""
+
+from __future__ import annotations
+
+from kernels import colour
+from kernels.dispatch import Dispatched
+
+i420_to_rgb = Dispatched(colour.i420_to_rgb, "kernels.colour_triton:i420_to_rgb")
+nv12_to_rgb = Dispatched(colour.nv12_to_rgb, "kernels.colour_triton:nv12_to_rgb")
+rgb_to_i420 = Dispatched(colour.rgb_to_i420, "kernels.colour_triton:rgb_to_i420")
+rgb_to_nv12 = Dispatched(colour.rgb_to_nv12, "kernels.colour_triton:rgb_to_nv12")
