@@ -1,0 +1,128 @@
+"""Model input from a frame, in one step: crop, bilinear resize, RGB or gray, normalize, NCHW.
+
+This is the torch reference; `kernels/prepare_triton.py` does the same in one pass over the
+pixels it needs, reading the frame in its own layout (I420, NV12 or RGB) so nothing converts
+the whole frame first. The definition, shared by both:
+
+- Each output pixel (i, j) of box (x0, y0, x1, y1) samples the frame at
+  x = x0 + (j + ½)·(x1 − x0)/W_out − ½, y likewise (the pixel-centre convention of
+  `align_corners=False`), bilinearly from its four neighbours.
+- A neighbour outside the frame counts as 0 (black), so a box partly off the frame fades to
+  black at the edge, as `roi_align` does.
+- RGB comes from YUV as `kernels.colour` defines it (each chroma sample covers its 2×2 block),
+  before rounding. Gray is the luma: Y rescaled to full range, or Kr·R + Kg·G + Kb·B from RGB.
+- Values are scaled to 0..1, then `(v − mean[c]) / std[c]`, and written N×C×H_out×W_out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kernels.colour import conversion_constants, i420_planes, nv12_planes
+
+LAYOUTS = ("i420", "nv12", "rgb")
+
+
+def frame_size(image: torch.Tensor, layout: str) -> tuple[int, int]:
+    """(width, height) of the picture in `image`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "rgb":
+        if image.dim() != 3 or image.shape[2] != 3:
+            raise ValueError(f"an rgb image is H×W×3, got {tuple(image.shape)}")
+        return image.shape[1], image.shape[0]
+    rows, width = image.shape
+    return width, rows * 2 // 3
+
+
+def whole_frame(image: torch.Tensor, layout: str) -> torch.Tensor:
+    """One box covering the frame: what a detector takes."""
+    width, height = frame_size(image, layout)
+    return torch.tensor([[0.0, 0.0, float(width), float(height)]], device=image.device)
+
+
+def normalization(
+    channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checked per-channel mean and std (on the 0..1 scale); None: 0 and 1."""
+    mean = tuple(mean) if mean is not None else (0.0,) * channels
+    std = tuple(std) if std is not None else (1.0,) * channels
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need {channels} value(s) each, got {len(mean)} and {len(std)}")
+    if any(s == 0 for s in std):
+        raise ValueError("std must not be 0")
+    return mean, std
+
+
+def prepare_input(
+    image: torch.Tensor,
+    *,
+    layout: str,
+    size: tuple[int, int],
+    boxes: torch.Tensor | None = None,
+    gray: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    dtype: torch.dtype = torch.float32,
+    matrix: str = "bt601",
+    full_range: bool = False,
+) -> torch.Tensor:
+    """N×C×H×W model input from `boxes` (N×4 x0, y0, x1, y1 in frame pixels; None: the whole frame).
+
+    `size` is the model's (height, width); C is 1 with `gray`, else 3 (R, G, B). `mean` and
+    `std` are per channel on the 0..1 scale (None: 0 and 1).
+    """
+    out_h, out_w = size
+    channels = 1 if gray else 3
+    mean, std = normalization(channels, mean, std)
+    if boxes is None:
+        boxes = whole_frame(image, layout)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes are N×4 (x0, y0, x1, y1), got {tuple(boxes.shape)}")
+    planes = _float_planes(image, layout, gray, matrix, full_range)  # C×H×W, 0..255
+    height, width = planes.shape[1:]
+    count = boxes.shape[0]
+    if count == 0 or out_h == 0 or out_w == 0:
+        return torch.empty((count, channels, out_h, out_w), dtype=dtype, device=image.device)
+    box = boxes.to(device=image.device, dtype=torch.float32)
+    x0, y0, x1, y1 = box.unbind(1)
+    cols = torch.arange(out_w, device=image.device, dtype=torch.float32) + 0.5
+    rows = torch.arange(out_h, device=image.device, dtype=torch.float32) + 0.5
+    sx = x0[:, None] + cols[None] * ((x1 - x0) / out_w)[:, None] - 0.5  # N×W_out, frame pixels
+    sy = y0[:, None] + rows[None] * ((y1 - y0) / out_h)[:, None] - 0.5
+    grid_x = (sx + 0.5) / width * 2 - 1  # grid_sample's coordinates for the same points
+    grid_y = (sy + 0.5) / height * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+    sampled = F.grid_sample(
+        planes[None].expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    scale = torch.tensor(std, device=image.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    shift = torch.tensor(mean, device=image.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return ((sampled - shift) / scale).to(dtype)
+
+
+def _float_planes(image: torch.Tensor, layout: str, gray: bool, matrix: str, full_range: bool) -> torch.Tensor:
+    """The frame as C×H×W float32 in 0..255: R, G, B, or luma alone."""
+    kr, kb, y_offset, y_span, c_span = conversion_constants(matrix, full_range)
+    if layout == "rgb":
+        rgb = image.to(torch.float32).permute(2, 0, 1)
+        if gray:
+            return (kr * rgb[0] + (1.0 - kr - kb) * rgb[1] + kb * rgb[2])[None]
+        return rgb
+    if layout == "i420":
+        y, u, v = i420_planes(image)
+    else:
+        y, uv = nv12_planes(image)
+        u, v = uv[:, 0::2], uv[:, 1::2]
+    luma = (y.to(torch.float32) - y_offset) * (255.0 / y_span)
+    if gray:
+        return luma.clamp(0, 255)[None]
+    cb = ((u.to(torch.float32) - 128.0) * (255.0 / c_span)).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    cr = ((v.to(torch.float32) - 128.0) * (255.0 / c_span)).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    r = luma + 2.0 * (1.0 - kr) * cr
+    b = luma + 2.0 * (1.0 - kb) * cb
+    g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
+    return torch.stack((r, g, b)).clamp(0, 255)
