@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kernels import colour, prepare
+from kernels import composite as composite_module
 from kernels.dispatch import Dispatched
 
 i420_to_rgb = Dispatched(colour.i420_to_rgb, "kernels.colour_triton:i420_to_rgb")
@@ -10,3 +11,4 @@ nv12_to_rgb = Dispatched(colour.nv12_to_rgb, "kernels.colour_triton:nv12_to_rgb"
 rgb_to_i420 = Dispatched(colour.rgb_to_i420, "kernels.colour_triton:rgb_to_i420")
 rgb_to_nv12 = Dispatched(colour.rgb_to_nv12, "kernels.colour_triton:rgb_to_nv12")
 prepare_input = Dispatched(prepare.prepare_input, "kernels.prepare_triton:prepare_input")
+composite = Dispatched(composite_module.composite, "kernels.composite_triton:composite")

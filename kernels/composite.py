@@ -1,0 +1,112 @@
+"""Alpha-blending an RGBA overlay (the avatar) into a frame, in the frame's own layout.
+
+This is the torch reference; `kernels/composite_triton.py` does the same in one pass. The
+overlay is placed with its top-left corner at frame pixel (x, y), scaled by `scale`, and
+clipped at the frame's edges. The definition, shared by both:
+
+- Frame pixel (r, c) inside the placed box takes the overlay at
+  u = (c − x + ½)/scale − ½, v = (r − y + ½)/scale − ½, bilinearly (edges held).
+- RGB frames: out = frame·(1 − α) + overlay·α, α = A/255 (straight, not premultiplied alpha).
+- I420 / NV12 frames are blended where they are, never through RGB: Y as above with the
+  overlay's luma; each chroma sample, shared by a 2×2 block, as
+  out = C·(1 − mean α) + mean(α·C_overlay) over the block's four pixels. That is exactly
+  what blending in RGB and converting back (block-mean chroma) gives, without the round trip.
+- Results are rounded to the nearest code value (halves up) and clamped to 0..255.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kernels.colour import conversion_constants, i420_planes, nv12_planes
+from kernels.prepare import frame_size
+
+
+def placed_size(overlay: torch.Tensor, scale: float) -> tuple[int, int]:
+    """(width, height) the overlay covers on the frame at `scale`."""
+    if overlay.dim() != 3 or overlay.shape[2] != 4 or overlay.dtype != torch.uint8:
+        raise ValueError(f"the overlay must be H×W×4 uint8 RGBA, got {tuple(overlay.shape)} {overlay.dtype}")
+    if not scale > 0 or math.isinf(scale):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    return round(overlay.shape[1] * scale), round(overlay.shape[0] * scale)
+
+
+def composite(
+    image: torch.Tensor,
+    overlay: torch.Tensor,
+    *,
+    layout: str,
+    x: int,
+    y: int,
+    scale: float = 1.0,
+    matrix: str = "bt601",
+    full_range: bool = False,
+) -> torch.Tensor:
+    """Blend `overlay` into `image` in place (and return it)."""
+    width, height = frame_size(image, layout)
+    box_w, box_h = placed_size(overlay, scale)
+    c0, c1 = max(0, x), min(width, x + box_w)
+    r0, r1 = max(0, y), min(height, y + box_h)
+    if c0 >= c1 or r0 >= r1:
+        return image  # entirely off the frame
+    if layout != "rgb":  # whole 2×2 blocks, so each chroma sample sees all four of its pixels
+        c0, r0 = c0 & ~1, r0 & ~1
+        c1, r1 = min(width, c1 + (c1 & 1)), min(height, r1 + (r1 & 1))
+    colour, alpha = _overlay_at(overlay, x, y, scale, r0, r1, c0, c1, box_w, box_h)  # 3×h×w 0..255, h×w 0..1
+    if layout == "rgb":
+        region = image[r0:r1, c0:c1].permute(2, 0, 1).to(torch.float32)
+        blended = region * (1.0 - alpha) + colour * alpha
+        image[r0:r1, c0:c1] = _round_u8(blended).permute(1, 2, 0)
+        return image
+    kr, kb, y_offset, y_span, c_span = conversion_constants(matrix, full_range)
+    r, g, b = colour
+    luma = kr * r + (1.0 - kr - kb) * g + kb * b
+    y_code = y_offset + luma * (y_span / 255.0)
+    cb_code = 128.0 + (b - luma) / (2.0 * (1.0 - kb)) * (c_span / 255.0)
+    cr_code = 128.0 + (r - luma) / (2.0 * (1.0 - kr)) * (c_span / 255.0)
+    if layout == "i420":
+        y_plane, u_plane, v_plane = i420_planes(image)
+    else:
+        y_plane, uv = nv12_planes(image)
+        u_plane, v_plane = uv[:, 0::2], uv[:, 1::2]
+    luma_region = y_plane[r0:r1, c0:c1].to(torch.float32)
+    y_plane[r0:r1, c0:c1] = _round_u8(luma_region * (1.0 - alpha) + y_code * alpha)
+    mean_alpha = _block_mean(alpha)
+    for plane, code in ((u_plane, cb_code), (v_plane, cr_code)):
+        block = plane[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]
+        block.copy_(_round_u8(block.to(torch.float32) * (1.0 - mean_alpha) + _block_mean(alpha * code)))
+    return image
+
+
+def _overlay_at(
+    overlay: torch.Tensor, x: int, y: int, scale: float, r0: int, r1: int, c0: int, c1: int, box_w: int, box_h: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The overlay sampled at frame pixels [r0, r1) × [c0, c1): colour 3×h×w (0..255) and α h×w (0 off the box)."""
+    device = overlay.device
+    cols = torch.arange(c0, c1, device=device, dtype=torch.float32)
+    rows = torch.arange(r0, r1, device=device, dtype=torch.float32)
+    u = (cols - x + 0.5) / scale - 0.5  # overlay pixels
+    v = (rows - y + 0.5) / scale - 0.5
+    over_h, over_w = overlay.shape[:2]
+    grid_x = ((u + 0.5) / over_w * 2 - 1)[None, :].expand(len(rows), -1)
+    grid_y = ((v + 0.5) / over_h * 2 - 1)[:, None].expand(-1, len(cols))
+    grid = torch.stack((grid_x, grid_y), dim=-1)[None]
+    source = overlay.permute(2, 0, 1).to(torch.float32)[None]
+    sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    inside_c = (cols >= x) & (cols < x + box_w)
+    inside_r = (rows >= y) & (rows < y + box_h)
+    inside = inside_r[:, None] & inside_c[None, :]
+    alpha = sampled[3] / 255.0 * inside
+    return sampled[:3], alpha
+
+
+def _block_mean(plane: torch.Tensor) -> torch.Tensor:
+    h, w = plane.shape
+    return plane.view(h // 2, 2, w // 2, 2).mean(dim=(1, 3))
+
+
+def _round_u8(values: torch.Tensor) -> torch.Tensor:
+    return torch.floor(values + 0.5).clamp(0, 255).to(torch.uint8)
