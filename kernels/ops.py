@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kernels import colour, prepare
+from kernels import audio, colour, prepare
 from kernels import composite as composite_module
 from kernels.dispatch import Dispatched
 
@@ -12,3 +12,6 @@ rgb_to_i420 = Dispatched(colour.rgb_to_i420, "kernels.colour_triton:rgb_to_i420"
 rgb_to_nv12 = Dispatched(colour.rgb_to_nv12, "kernels.colour_triton:rgb_to_nv12")
 prepare_input = Dispatched(prepare.prepare_input, "kernels.prepare_triton:prepare_input")
 composite = Dispatched(composite_module.composite, "kernels.composite_triton:composite")
+levels = Dispatched(audio.levels, "kernels.audio_triton:levels")
+mix = Dispatched(audio.mix, "kernels.audio_triton:mix")
+gain_limit = Dispatched(audio.gain_limit, "kernels.audio_cupy:gain_limit")
