@@ -62,10 +62,14 @@ def mix(
     ceiling: float = DEFAULT_CEILING,
 ) -> torch.Tensor:
     """gain_first·first + gain_second·second (linear gains), soft-limited. Same shapes."""
-    if first.shape != second.shape:
-        raise ValueError(f"mix needs two streams of one shape, got {tuple(first.shape)} and {tuple(second.shape)}")
+    check_mix(first, second)
     summed = first.to(torch.float32) * gain_first + second.to(torch.float32) * gain_second
     return soft_limit(summed, threshold, ceiling)
+
+
+def check_mix(first: torch.Tensor, second: torch.Tensor) -> None:
+    if first.shape != second.shape:
+        raise ValueError(f"mix needs two streams of one shape, got {tuple(first.shape)} and {tuple(second.shape)}")
 
 
 def db_to_linear(gain_db: float) -> float:

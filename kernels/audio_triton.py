@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.audio import DEFAULT_CEILING, DEFAULT_THRESHOLD, check_limiter
+from kernels.audio import DEFAULT_CEILING, DEFAULT_THRESHOLD, check_limiter, check_mix
 
 BLOCK = 1024  # samples per step
 
@@ -72,8 +72,7 @@ def mix(
     ceiling: float = DEFAULT_CEILING,
 ) -> torch.Tensor:
     """As `kernels.audio.mix`."""
-    if first.shape != second.shape:
-        raise ValueError(f"mix needs two streams of one shape, got {tuple(first.shape)} and {tuple(second.shape)}")
+    check_mix(first, second)
     check_limiter(threshold, ceiling)
     a = first.to(torch.float32).contiguous()
     b = second.to(torch.float32).contiguous()

@@ -34,6 +34,24 @@ def placed_size(overlay: torch.Tensor, scale: float) -> tuple[int, int]:
     return round(overlay.shape[1] * scale), round(overlay.shape[0] * scale)
 
 
+def blend_region(
+    width: int, height: int, x: int, y: int, box_w: int, box_h: int, layout: str
+) -> tuple[int, int, int, int] | None:
+    """Frame rows [r0, r1) and columns [c0, c1) to visit, or None when the box is off the frame.
+
+    The placed box clipped to the frame; for 4:2:0 layouts widened to whole 2×2 blocks, so each
+    chroma sample is blended from all four of its pixels (those off the box have α = 0).
+    """
+    c0, c1 = max(0, x), min(width, x + box_w)
+    r0, r1 = max(0, y), min(height, y + box_h)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    if layout != "rgb":
+        c0, r0 = c0 & ~1, r0 & ~1
+        c1, r1 = min(width, c1 + (c1 & 1)), min(height, r1 + (r1 & 1))
+    return r0, r1, c0, c1
+
+
 def composite(
     image: torch.Tensor,
     overlay: torch.Tensor,
@@ -48,13 +66,10 @@ def composite(
     """Blend `overlay` into `image` in place (and return it)."""
     width, height = frame_size(image, layout)
     box_w, box_h = placed_size(overlay, scale)
-    c0, c1 = max(0, x), min(width, x + box_w)
-    r0, r1 = max(0, y), min(height, y + box_h)
-    if c0 >= c1 or r0 >= r1:
+    region = blend_region(width, height, x, y, box_w, box_h, layout)
+    if region is None:
         return image  # entirely off the frame
-    if layout != "rgb":  # whole 2×2 blocks, so each chroma sample sees all four of its pixels
-        c0, r0 = c0 & ~1, r0 & ~1
-        c1, r1 = min(width, c1 + (c1 & 1)), min(height, r1 + (r1 & 1))
+    r0, r1, c0, c1 = region
     colour, alpha = _overlay_at(overlay, x, y, scale, r0, r1, c0, c1, box_w, box_h)  # 3×h×w 0..255, h×w 0..1
     if layout == "rgb":
         region = image[r0:r1, c0:c1].permute(2, 0, 1).to(torch.float32)

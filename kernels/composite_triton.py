@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from kernels.colour import conversion_constants
-from kernels.composite import placed_size
+from kernels.composite import blend_region, placed_size
 from kernels.prepare import LAYOUTS, frame_size
 
 BLOCK = 128  # pixels (RGB) or 2×2 blocks (4:2:0) per program
@@ -172,17 +172,15 @@ def composite(
     box_w, box_h = placed_size(overlay, scale)
     if not image.is_contiguous() or image.dtype != torch.uint8 or not overlay.is_contiguous():
         raise ValueError("the frame and the overlay must be contiguous uint8 tensors")
-    c0, c1 = max(0, x), min(width, x + box_w)
-    r0, r1 = max(0, y), min(height, y + box_h)
-    if c0 >= c1 or r0 >= r1:
+    region = blend_region(width, height, x, y, box_w, box_h, layout)
+    if region is None:
         return image
+    r0, r1, c0, c1 = region
     common = (overlay.shape[0], overlay.shape[1], x, y, box_w, box_h, 1.0 / scale)
     if layout == "rgb":
         grid = (r1 - r0, triton.cdiv(c1 - c0, BLOCK))
         _composite_rgb_kernel[grid](image, overlay, width, *common, r0, c0, c1, BLOCK=BLOCK)
         return image
-    c0, r0 = c0 & ~1, r0 & ~1
-    c1, r1 = min(width, c1 + (c1 & 1)), min(height, r1 + (r1 & 1))
     grid = ((r1 - r0) // 2, triton.cdiv((c1 - c0) // 2, BLOCK))
     _composite_yuv_kernel[grid](
         image,
