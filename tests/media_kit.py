@@ -86,3 +86,39 @@ def probe(path: Path) -> dict:
             samples = sum(f.samples for f in container.decode(audio=0))
             info["audio_s"] = samples / container.streams.audio[0].codec_context.sample_rate
     return info
+
+
+def make_face_clip(
+    path: Path,
+    *,
+    frames: int = 12,
+    size: tuple[int, int] = (320, 240),
+    mirrored: bool = False,
+    blank_from: int | None = None,
+) -> Path:
+    """A clip of the astronaut's real face (scikit-image, public domain) drifting right by 2 px a frame.
+
+    `mirrored`: her mirror image beside her (two faces). `blank_from`: frames from this index
+    on show a plain grey picture (no face).
+    """
+    from skimage import data
+
+    width, height = size
+    picture = data.astronaut()[:320, 60:380]  # head and shoulders, 320×320
+    if mirrored:
+        picture = np.concatenate((picture, picture[:, ::-1]), axis=1)
+    base = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+    scene_w = width + 2 * frames
+    scene = base.reformat(width=scene_w, height=height).to_ndarray(format="rgb24")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            view = scene[:, 2 * frames - 2 * i : 2 * frames - 2 * i + width]
+            if blank_from is not None and i >= blank_from:
+                view = np.full_like(view, 128)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(view), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

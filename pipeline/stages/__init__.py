@@ -1,8 +1,9 @@
 """Built-in stages; importing this package registers them."""
 
 from pipeline.stages.audio_level import AudioLevel
+from pipeline.stages.emotion import Emotion
 from pipeline.stages.frame_stats import FrameStats
 from pipeline.stages.meter_overlay import MeterOverlay
 from pipeline.stages.passthrough import PassThrough
 
-__all__ = ["AudioLevel", "FrameStats", "MeterOverlay", "PassThrough"]
+__all__ = ["AudioLevel", "Emotion", "FrameStats", "MeterOverlay", "PassThrough"]

@@ -1,0 +1,94 @@
+"""The emotion stage on real faces: found, tracked with stable ids, read as happy, detection every Nth frame."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from media_kit import make_face_clip
+
+from pipeline.config import parse_config
+from pipeline.executor import Pipeline
+from pipeline.graph import build_graph
+from pipeline.io.analytics import AnalyticsSink
+from pipeline.io.media import MediaSource
+from pipeline.io.sinks import NullSink
+
+pytest.importorskip("skimage", reason="the test faces come from scikit-image")
+
+
+def run_emotion(clip, tmp_path, **options) -> list[dict]:
+    config = parse_config(
+        {"name": "emotion-test", "stages": [{"name": "emotion", "type": "emotion", "options": options}]}
+    )
+    analytics = tmp_path / "faces.jsonl"
+    pipeline = Pipeline(build_graph(config), MediaSource(clip), AnalyticsSink(NullSink(), analytics))
+    report = asyncio.run(pipeline.run())
+    assert report["stages"]["emotion"]["errors"] == 0
+    return [json.loads(line)["emotion"] for line in analytics.read_text().splitlines()]
+
+
+def test_the_astronaut_is_found_tracked_and_happy_on_every_frame(tmp_path):
+    records = run_emotion(make_face_clip(tmp_path / "face.mp4", frames=10), tmp_path)
+    assert len(records) == 10
+    tracks = {face["track"] for record in records for face in record["faces"]}
+    assert tracks == {1}, "one face, one track, the same id throughout"
+    for index, record in enumerate(records):
+        (face,) = record["faces"]
+        assert face["label"] == "happy" and face["probs"]["happy"] > 0.5
+        assert face["detected"] is True
+        x0, y0, x1, y1 = face["box"]
+        assert 40 < x1 - x0 < 200 and 40 < y1 - y0 < 200
+        assert sum(face["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert len(face["landmarks"]) == 5
+        if index:
+            previous = records[index - 1]["faces"][0]["box"]
+            assert abs(x0 - previous[0]) < 12  # the face drifts 2 px a frame, the box with it
+
+
+def test_detection_every_third_frame_holds_boxes_and_still_reads_expressions(tmp_path):
+    records = run_emotion(make_face_clip(tmp_path / "face.mp4", frames=9), tmp_path, detect_every=3)
+    detected = [record["faces"][0]["detected"] for record in records]
+    assert detected == [True, False, False] * 3
+    for index in (1, 2, 4, 5, 7, 8):
+        assert records[index]["faces"][0]["box"] == records[index - 1]["faces"][0]["box"]  # held
+    assert all(record["faces"][0]["label"] == "happy" for record in records)
+
+
+def test_two_faces_get_two_tracks(tmp_path):
+    clip = make_face_clip(tmp_path / "two.mp4", frames=4, size=(480, 240), mirrored=True)
+    records = run_emotion(clip, tmp_path)
+    for record in records:
+        assert len(record["faces"]) == 2
+        assert {face["label"] for face in record["faces"]} == {"happy"}
+    assert {face["track"] for record in records for face in record["faces"]} == {1, 2}
+
+
+def test_a_face_that_leaves_is_dropped_after_the_allowed_misses(tmp_path):
+    clip = make_face_clip(tmp_path / "leaves.mp4", frames=8, blank_from=3)
+    records = run_emotion(clip, tmp_path, max_missed=2)
+    counts = [len(record["faces"]) for record in records]
+    assert counts[:3] == [1, 1, 1]
+    assert counts[3:5] == [1, 1]  # held, unseen, while the misses are allowed
+    assert counts[5:] == [0, 0, 0]
+    assert records[3]["faces"][0]["detected"] is False
+
+
+def test_a_frame_without_pixels_is_marked_missing():
+    from pipeline.stages.emotion import Emotion
+
+    class Dropped:
+        has_image = False
+
+    stage = Emotion("emotion")
+    assert stage.compute(Dropped())["missing"] is True  # type: ignore[arg-type]
+
+
+def test_options_are_checked():
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="detect_every"):
+        build_graph(
+            parse_config({"name": "x", "stages": [{"name": "e", "type": "emotion", "options": {"detect_every": 0}}]})
+        )
