@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
-from pipeline.cli import EXIT_FAILED, EXIT_USAGE, main
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_sample_run_writes_a_playable_video_and_a_report(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["frames"] == {"in": 45, "out": 45, "dropped": {}}
     assert report["leaked_slots"] == 0 and report["graph"] == "default"
-    assert set(report["stages"]) == {"frame_stats", "audio_level", "meters"}
+    assert set(report["stages"]) == {"emotion", "frame_stats", "audio_level", "meters"}
     with av.open(str(video)) as container:
         frames = list(container.decode(video=0))
         assert len(frames) == 45 and (frames[0].width, frames[0].height) == (640, 360)
@@ -120,3 +120,11 @@ def test_overhead_bench_runs_and_ends_with_its_json_line():
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"us_per_hop", "bare_us_per_hop", "ratio"} <= set(figures)
     assert figures["us_per_hop"] > 0 and figures["bare_us_per_hop"] > 0
+
+
+def test_the_sample_shows_a_real_face_the_default_graph_reads_as_happy(tmp_path):
+    analytics = tmp_path / "sample.jsonl"
+    assert main(["--source", "sample", "--frames", "12", "--analytics", str(analytics)]) == EXIT_OK
+    records = [json.loads(line) for line in analytics.read_text().splitlines()]
+    faces = [face for record in records for face in record["emotion"]["faces"]]
+    assert len(faces) == 12 and {face["label"] for face in faces} == {"happy"}

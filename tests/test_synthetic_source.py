@@ -160,3 +160,33 @@ def test_a_ring_of_the_wrong_shape_is_refused():
     ring = RingBuffer(2, (32, 32, 3))
     with pytest.raises(SourceError):
         asyncio.run(consume(source, ring, 1))
+
+
+def test_the_sample_pans_across_a_real_photograph():
+    import av
+
+    from pipeline.io.synthetic import FACE_PICTURE, SyntheticSource, sample_source
+
+    assert sample_source().scene == "face" and "face" in sample_source().info.description
+    source = SyntheticSource(width=256, height=144, frames=60, scene="face", pixel_format="rgb24")
+
+    async def frames():
+        ring = RingBuffer(3, source.info.frame_shape)
+        out = []
+        async for frame in source.frames(ring):
+            out.append(frame.image.clone())
+            frame.release()
+        return out
+
+    pictures = asyncio.run(frames())
+    with av.open(str(FACE_PICTURE)) as container:
+        photo = next(container.decode(video=0)).reformat(width=256, height=144, format="rgb24").to_ndarray()
+    assert float((pictures[0].float() - torch.from_numpy(photo).float()).abs().mean()) < 1.0  # frame 0: the photo
+    assert not torch.equal(pictures[0], pictures[-1])  # and it moves
+
+
+def test_an_unknown_scene_is_refused():
+    from pipeline.io.synthetic import SyntheticSource
+
+    with pytest.raises(ValueError, match="scene"):
+        SyntheticSource(scene="beach")

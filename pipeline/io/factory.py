@@ -20,7 +20,7 @@ from pipeline.io.synthetic import sample_source, test_source
 from pipeline.io.window import WINDOW, WindowSink
 
 BUILT_IN_SOURCES = {
-    "sample": "a 10 s built-in clip (moving test card and a beeping tone), processed as fast as it can go",
+    "sample": "a 10 s built-in clip (a real face, panning, and a beeping tone), processed as fast as it can go",
     "testsrc": "an endless live test signal paced at 30 fps, for benchmarks; stop it with --frames or Ctrl-C",
     "webcam[:N]": "camera N (default 0) of this machine, live",
 }

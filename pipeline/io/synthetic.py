@@ -1,8 +1,11 @@
-"""A source made in-process: scrolling colour bars, a bouncing square and a beeping tone.
+"""A source made in-process: a panning picture (a real face, or colour bars), and a beeping tone.
 
 It needs no file, camera or network, so the demo, the tests and the benchmarks all run on any
-machine. Each frame costs one slot-sized copy and a small fill, so a synthetic run measures the
-pipeline rather than the source. Frames are I420 like decoded video (or RGB when asked), so
+machine. The "face" scene is the astronaut Eileen Collins (NASA photograph, public domain, as
+shipped with scikit-image), beside her mirror image, panning slowly: a real face for the
+emotion stage. The "card" scene is colour bars with a bouncing white square. Each frame costs
+one slot-sized copy and a small fill, so a synthetic run measures the pipeline rather than
+the source. Frames are I420 like decoded video (or RGB when asked), so
 stages meet the same layout here as with a real file.
 """
 
@@ -13,8 +16,10 @@ import math
 import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
+import av
 import torch
 
 from kernels.colour import i420_planes, rgb_to_i420
@@ -29,6 +34,9 @@ TONE_AMPLITUDE = 0.5  # of full scale [-1, 1]
 BEEP_ON_S = 0.5  # each second: this long on, the rest off; a level meter visibly moves
 BEEP_FADE_S = 0.005  # 5 ms ramps at both ends of a beep, so it does not click
 SCROLL_PERIOD_S = 4  # the bars scroll one full picture width in this time
+FACE_SCROLL_PERIOD_S = 20  # the face scene pans one picture width (face to mirror image) in this time
+FACE_PICTURE = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"  # 512×288 RGB JPEG
+SCENES = ("card", "face")
 SQUARE_SPEED = (0.5, 0.4)  # square speed in picture widths / heights per second (x, y)
 WHITE_RGB = 255
 WHITE_YUV = (235, 128, 128)  # limited-range white: Y, U, V
@@ -47,7 +55,7 @@ BAR_COLOURS = (
 
 
 class SyntheticSource(Source):
-    """Test-card video with a beeping 440 Hz tone, finite or endless, paced or as fast as it can."""
+    """A panning scene with a beeping 440 Hz tone, finite or endless, paced or as fast as it can."""
 
     def __init__(
         self,
@@ -60,8 +68,11 @@ class SyntheticSource(Source):
         live: bool = False,
         device: torch.device | str = "cpu",
         pixel_format: PixelFormat | str = PixelFormat.YUV420P,
+        scene: str = "card",
     ):
         _check_even_size("width", width)
+        if scene not in SCENES:
+            raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
         _check_even_size("height", height)
         fps = Fraction(fps)
         if fps <= 0:
@@ -78,7 +89,8 @@ class SyntheticSource(Source):
         self.live = live
         self.device = torch.device(device)
         self.pixel_format = PixelFormat(pixel_format)
-        wide = _test_card(height, width)  # H×2W×3: two periods of the card
+        self.scene = scene
+        wide = _test_card(height, width) if scene == "card" else _face_scene(height, width)  # H×2W×3
         if self.pixel_format is PixelFormat.YUV420P:
             wide = rgb_to_i420(wide, matrix="bt601", full_range=False)
         self._wide = wide.to(self.device)
@@ -96,7 +108,7 @@ class SyntheticSource(Source):
             pixel_format=self.pixel_format,
             colour=CARD_COLOUR,
             frame_count=self.frame_count,
-            description=f"synthetic test card {self.width}x{self.height} {self.pixel_format}",
+            description=f"synthetic {self.scene} {self.width}x{self.height} {self.pixel_format}",
         )
 
     async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
@@ -140,13 +152,17 @@ class SyntheticSource(Source):
             index += 1
 
     def _draw(self, slot: torch.Tensor, wide: torch.Tensor, index: int) -> None:
-        """Draw frame `index` into `slot` in place: the scrolled card, then the square.
+        """Draw frame `index` into `slot` in place: the scrolled scene, then (on the card) the square.
 
         Offsets, sizes and positions are even, so in I420 every 2×2 chroma block is whole.
         """
         w, h = self.width, self.height
-        offset = int(index * w / (SCROLL_PERIOD_S * self.fps)) % w & ~1  # px
-        side = max(2, min(w, h) // 8) & ~1  # px
+        if self.scene == "card":  # scrolls round: the strip is the card twice
+            offset = int(index * w / (SCROLL_PERIOD_S * self.fps)) % w & ~1  # px
+            side = max(2, min(w, h) // 8) & ~1  # px
+        else:  # pans from the face to its mirror image and back
+            offset = _bounce(int(index * w / (FACE_SCROLL_PERIOD_S * self.fps)), w) & ~1
+            side = 0  # no square over a face
         t_s = index / self.fps
         x = _bounce(int(t_s * SQUARE_SPEED[0] * w), w - side) & ~1
         y = _bounce(int(t_s * SQUARE_SPEED[1] * h), h - side) & ~1
@@ -154,7 +170,7 @@ class SyntheticSource(Source):
             slot.copy_(wide[:, offset : offset + w])
             slot[y : y + side, x : x + side].fill_(WHITE_RGB)
             return
-        # `wide` is the I420 image of the double-width card: planes H×2W and (H/2)×W.
+        # `wide` is the I420 image of the double-width strip: planes H×2W and (H/2)×W.
         for plane, source, value, scale in zip(i420_planes(slot), i420_planes(wide), WHITE_YUV, (1, 2, 2), strict=True):
             plane_w = w // scale
             plane.copy_(source[:, offset // scale : offset // scale + plane_w])
@@ -179,8 +195,8 @@ class SyntheticSource(Source):
 
 
 def sample_source(**overrides: Any) -> SyntheticSource:
-    """The built-in demo clip: 10 s of 640x360 at 30 fps, finite and as fast as it can go."""
-    settings: dict[str, Any] = {"width": 640, "height": 360, "fps": 30, "frames": 300, "live": False}
+    """The built-in demo clip: 10 s of 640x360 at 30 fps of a real face, finite and as fast as it can go."""
+    settings: dict[str, Any] = {"width": 640, "height": 360, "fps": 30, "frames": 300, "live": False, "scene": "face"}
     return SyntheticSource(**(settings | overrides))
 
 
@@ -217,6 +233,17 @@ def _test_card(height: int, width: int) -> torch.Tensor:
     ramp = (torch.arange(width) * 255 // max(1, width - 1)).to(torch.uint8)
     card[bars_h:] = ramp[:, None]
     return torch.cat([card, card], dim=1).contiguous()
+
+
+def _face_scene(height: int, width: int) -> torch.Tensor:
+    """The astronaut beside her mirror image, each W×H (H×2W×3 uint8): any W-wide window wraps seamlessly."""
+    try:
+        with av.open(str(FACE_PICTURE)) as container:
+            picture = next(container.decode(video=0))
+    except (av.FFmpegError, OSError, StopIteration) as exc:
+        raise SourceError(f"synthetic source: cannot read {FACE_PICTURE} ({exc})") from None
+    face = torch.from_numpy(picture.reformat(width=width, height=height, format="rgb24").to_ndarray())
+    return torch.cat([face, face.flip(1)], dim=1).contiguous()
 
 
 def _beep_second(rate: int) -> torch.Tensor:
