@@ -92,3 +92,9 @@ def test_options_are_checked():
         build_graph(
             parse_config({"name": "x", "stages": [{"name": "e", "type": "emotion", "options": {"detect_every": 0}}]})
         )
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "int8"])
+def test_lower_precision_still_reads_the_astronaut_as_happy(tmp_path, precision):
+    records = run_emotion(make_face_clip(tmp_path / "face.mp4", frames=4), tmp_path, precision=precision)
+    assert [record["faces"][0]["label"] for record in records] == ["happy"] * 4

@@ -14,7 +14,7 @@ Annotation, under the stage's name in the analytics line:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from pydantic import Field
 from kernels import ops
 from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
+from models.precision import PRECISIONS, input_dtype, with_precision
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat
 from pipeline.registry import register_stage
@@ -43,6 +44,8 @@ class EmotionOptions(StageOptions):
     label_margin: float = Field(LABEL_MARGIN, ge=0.0, le=1.0)  # lead another label needs to take over
     match_iou: float = Field(MATCH_IOU, gt=0.0, le=1.0)  # overlap that continues a track
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
+    # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
 
 @register_stage
@@ -64,8 +67,9 @@ class Emotion(ComputeStage):
         width = min(options.detect_width, stream.width)
         height = max(2, round(stream.height * width / stream.width))
         self._detect_size = (height, width)
-        self._detector = load_mtcnn(ctx.device, min_face=options.min_face)
-        self._classifier = load_fer(ctx.device)
+        self._full_precision = (load_mtcnn(ctx.device, min_face=options.min_face), load_fer(ctx.device))
+        self._variants: dict[str, tuple[Any, Any, torch.dtype]] = {}
+        self.set_precision(options.precision)
         self._tracker = FaceTracker(
             match_iou=options.match_iou,
             max_missed=options.max_missed,
@@ -73,6 +77,27 @@ class Emotion(ComputeStage):
             label_margin=options.label_margin,
         )
         self.detections = 0  # detector runs, for the report and tests
+
+    def set_precision(self, precision: str) -> None:
+        """Run at `precision` from the next frame on (the scheduler's knob); variants are made once and kept.
+
+        Measured cost in accuracy: see `models.precision`.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision not in self._variants:
+            assert self.ctx is not None
+            on_gpu = self.ctx.device.type == "cuda"
+            detector_precision = precision if precision == "int8" or on_gpu else "fp32"
+            classifier_precision = "fp32" if precision == "int8" else precision
+            detector, classifier = self._full_precision
+            self._variants[precision] = (
+                with_precision(detector, detector_precision),
+                with_precision(classifier, classifier_precision),
+                input_dtype(classifier_precision),
+            )
+        self._detector, self._classifier, self._classifier_dtype = self._variants[precision]
+        self.precision = precision
 
     def compute(self, frame: Frame) -> dict[str, Any]:
         if not frame.has_image:
@@ -107,10 +132,11 @@ class Emotion(ComputeStage):
             size=(INPUT_SIZE, INPUT_SIZE),
             boxes=boxes,
             gray=True,
+            dtype=self._classifier_dtype,
             **FER_NORMALIZE,
             **self._colour,
         )
-        probs = self._classifier(batch).cpu().numpy()
+        probs = self._classifier(batch).float().cpu().numpy()
         for track, reading in zip(tracks, probs, strict=True):
             self._tracker.observe(track, reading)
 
