@@ -95,11 +95,13 @@ def make_face_clip(
     size: tuple[int, int] = (320, 240),
     mirrored: bool = False,
     blank_from: int | None = None,
+    zoom: float = 0.0,
 ) -> Path:
     """A clip of the astronaut's real face (scikit-image, public domain) drifting right by 2 px a frame.
 
     `mirrored`: her mirror image beside her (two faces). `blank_from`: frames from this index
-    on show a plain grey picture (no face).
+    on show a plain grey picture (no face). `zoom`: the picture grows by this fraction a frame
+    (about its centre) instead of drifting.
     """
     from skimage import data
 
@@ -115,6 +117,11 @@ def make_face_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(frames):
             view = scene[:, 2 * frames - 2 * i : 2 * frames - 2 * i + width]
+            if zoom:
+                grown = base.reformat(width=round(scene_w * (1 + zoom * i)), height=round(height * (1 + zoom * i)))
+                big = grown.to_ndarray(format="rgb24")
+                top, left = (big.shape[0] - height) // 2, (big.shape[1] - width) // 2
+                view = big[top : top + height, left : left + width]
             if blank_from is not None and i >= blank_from:
                 view = np.full_like(view, 128)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(view), format="rgb24").reformat(format="yuv420p")

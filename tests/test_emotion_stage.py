@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+import torch
 from media_kit import make_face_clip
 
 from pipeline.config import parse_config
@@ -98,3 +99,38 @@ def test_options_are_checked():
 def test_lower_precision_still_reads_the_astronaut_as_happy(tmp_path, precision):
     records = run_emotion(make_face_clip(tmp_path / "face.mp4", frames=4), tmp_path, precision=precision)
     assert [record["faces"][0]["label"] for record in records] == ["happy"] * 4
+
+
+def test_a_face_that_grows_keeps_its_track(tmp_path):
+    clip = make_face_clip(tmp_path / "zoom.mp4", frames=8, zoom=0.05)  # 35% bigger by the end
+    records = run_emotion(clip, tmp_path)
+    widths = [record["faces"][0]["box"][2] - record["faces"][0]["box"][0] for record in records]
+    assert widths[-1] > widths[0] * 1.2
+    assert {face["track"] for record in records for face in record["faces"]} == {1}
+
+
+def test_the_detection_size_can_be_turned_down_at_run_time():
+    from fractions import Fraction
+
+    from pipeline.device import Lane
+    from pipeline.io.base import StreamInfo
+    from pipeline.scratch import ScratchPool
+    from pipeline.stage import StageContext
+    from pipeline.stages.emotion import Emotion
+
+    cpu = torch.device("cpu")
+    stage = Emotion("emotion")
+    stage.setup(
+        StageContext(
+            "emotion",
+            cpu,
+            Lane("e", cpu),
+            ScratchPool(cpu),
+            stream=StreamInfo(1280, 720, Fraction(30), Fraction(1, 30)),
+        )
+    )
+    assert stage._detect_size == (180, 320)
+    stage.set_detect_width(160)
+    assert stage._detect_size == (90, 160)
+    stage.set_detect_width(4000)  # never above the frame's own
+    assert stage._detect_size == (720, 1280)

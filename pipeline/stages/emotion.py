@@ -64,9 +64,7 @@ class Emotion(ComputeStage):
         self._layout = LAYOUTS[stream.pixel_format]
         self._colour = {"matrix": stream.colour.matrix_name(stream.height), "full_range": stream.colour.full_range}
         self._frame_size = (stream.width, stream.height)
-        width = min(options.detect_width, stream.width)
-        height = max(2, round(stream.height * width / stream.width))
-        self._detect_size = (height, width)
+        self.set_detect_width(options.detect_width)
         self._full_precision = (load_mtcnn(ctx.device, min_face=options.min_face), load_fer(ctx.device))
         self._variants: dict[str, tuple[Any, Any, torch.dtype]] = {}
         self.set_precision(options.precision)
@@ -77,6 +75,16 @@ class Emotion(ComputeStage):
             label_margin=options.label_margin,
         )
         self.detections = 0  # detector runs, for the report and tests
+
+    def set_detect_width(self, width: int) -> None:
+        """Detect on the frame scaled to `width` px (never above its own) from the next detection on.
+
+        The scheduler's inference-resolution knob: half the width is about a quarter of the
+        detector's work, and faces under `min_face` px at that size are no longer found.
+        """
+        frame_w, frame_h = self._frame_size
+        width = max(2, min(int(width), frame_w))
+        self._detect_size = (max(2, round(frame_h * width / frame_w)), width)
 
     def set_precision(self, precision: str) -> None:
         """Run at `precision` from the next frame on (the scheduler's knob); variants are made once and kept.
