@@ -283,6 +283,10 @@ class Pipeline:
     async def _work(self, running: _Running) -> None:
         # The hot loop: one iteration per frame per stage. A stage with one child that waits on
         # nothing else (a chain) passes frames straight on; the general case handles fan-in.
+        batch = running.runner.stage.batch_frames
+        if batch > 1 and not self.source.live and running.node.spec.workers == 1:
+            await self._work_batched(running, batch)
+            return
         get, run = running.queue.get, running.runner.run
         children = running.children
         if not children:
@@ -308,6 +312,31 @@ class Pipeline:
                         continue
                     waiting.pop(frame.index, None)
                 await put(frame)
+
+    async def _work_batched(self, running: _Running, batch: int) -> None:
+        """A stage that takes several frames per call (files only): whatever is queued, up to `batch`.
+
+        It never waits to fill a batch, so a stage that keeps up still sees one frame at a time;
+        live sources never batch, since holding a frame back for company costs latency.
+        """
+        queue, run_batch = running.queue, running.runner.run_batch
+        edges = [(len(child.node.parents), child.waiting, child.queue.put) for child in running.children]
+        while True:
+            frames = [await queue.get()]
+            while len(frames) < batch and not queue.empty():
+                frames.append(queue.get_nowait())
+            await run_batch(frames)
+            for frame in frames:
+                if not edges:
+                    await self._arrive_at_sink(frame)
+                for parents, waiting, put in edges:
+                    if parents > 1:
+                        left = waiting.get(frame.index, parents) - 1
+                        if left:
+                            waiting[frame.index] = left
+                            continue
+                        waiting.pop(frame.index, None)
+                    await put(frame)
 
     async def _arrive_at_sink(self, frame: Frame) -> None:
         if self._many_leaves:  # fan-in at the sink: wait for every leaf

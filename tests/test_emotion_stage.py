@@ -80,6 +80,7 @@ def test_a_frame_without_pixels_is_marked_missing():
     from pipeline.stages.emotion import Emotion
 
     class Dropped:
+        index = 0
         has_image = False
 
     stage = Emotion("emotion")
@@ -134,3 +135,36 @@ def test_the_detection_size_can_be_turned_down_at_run_time():
     assert stage._detect_size == (90, 160)
     stage.set_detect_width(4000)  # never above the frame's own
     assert stage._detect_size == (720, 1280)
+
+
+def test_several_frames_per_call_give_what_one_at_a_time_gives(tmp_path):
+    clip = make_face_clip(tmp_path / "face.mp4", frames=12, blank_from=9)
+    one = run_emotion(clip, tmp_path, detect_every=2)
+    (tmp_path / "faces.jsonl").unlink()
+    several = run_emotion(clip, tmp_path, detect_every=2, batch_frames=4)
+    assert len(one) == len(several) == 12
+    for a, b in zip(one, several, strict=True):
+        assert [f["track"] for f in a["faces"]] == [f["track"] for f in b["faces"]]
+        assert [f["label"] for f in a["faces"]] == [f["label"] for f in b["faces"]]
+        assert [f["box"] for f in a["faces"]] == [f["box"] for f in b["faces"]]
+        for fa, fb in zip(a["faces"], b["faces"], strict=True):
+            assert fa["probs"] == pytest.approx(fb["probs"], abs=1e-4)
+
+
+def test_a_stage_behind_takes_the_frames_waiting_in_one_call(tmp_path):
+    """In a file run the executor hands a batching stage whatever is queued (never waiting to fill a batch)."""
+    from pipeline.stages.emotion import Emotion
+
+    calls = []
+    original = Emotion.compute_batch
+
+    def counting(self, frames):
+        calls.append(len(frames))
+        return original(self, frames)
+
+    Emotion.compute_batch = counting
+    try:
+        run_emotion(make_face_clip(tmp_path / "face.mp4", frames=12), tmp_path, batch_frames=4)
+    finally:
+        Emotion.compute_batch = original
+    assert sum(calls) == 12 and max(calls) <= 4

@@ -14,6 +14,7 @@ Annotation, under the stage's name in the analytics line:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ class EmotionOptions(StageOptions):
     smoothing: float = Field(SMOOTHING, ge=0.0, lt=1.0)  # weight of the past in each face's probabilities
     label_margin: float = Field(LABEL_MARGIN, ge=0.0, le=1.0)  # lead another label needs to take over
     match_iou: float = Field(MATCH_IOU, gt=0.0, le=1.0)  # overlap that continues a track
+    batch_frames: int = Field(1, ge=1, le=64)  # files: frames per call when behind, faces classified together
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
@@ -108,17 +110,30 @@ class Emotion(ComputeStage):
         self.precision = precision
 
     def compute(self, frame: Frame) -> dict[str, Any]:
-        if not frame.has_image:
-            return missing("no video")
-        image = frame.image
+        return self.compute_batch([frame])[0]
+
+    def compute_batch(self, frames: list[Frame]) -> list[dict[str, Any]]:
+        """Frames in index order. Detection and tracking go frame by frame (they carry state);
+        the faces of all the frames are classified in one batch; the smoothed labels are then
+        settled frame by frame, so the result is what one frame at a time gives."""
+        seen: list[tuple[Frame, list[tuple[Track, Track]]]] = []  # (track, as it was on that frame) per frame
         with torch.no_grad():
-            if frame.index % self.options.detect_every == 0:
-                tracks = self._tracker.update(*self._detect(image))
-            else:
-                tracks = self._tracker.update(None)
-            if tracks:
-                self._classify(image, tracks)
-        return {"faces": [_face_record(track) for track in tracks]}
+            for frame in frames:
+                if not frame.has_image:
+                    continue
+                if frame.index % self.options.detect_every == 0:
+                    tracks = self._tracker.update(*self._detect(frame.image))
+                else:
+                    tracks = self._tracker.update(None)
+                seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
+            readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
+        records: dict[int, dict[str, Any]] = {}
+        for frame, faces in seen:
+            for track, face in faces:
+                self._tracker.observe(track, readings.pop(0))
+                face.probs, face.label = track.probs, track.label
+            records[frame.index] = {"faces": [_face_record(face) for _, face in faces]}
+        return [records.get(frame.index, missing("no video")) for frame in frames]
 
     def _detect(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""
@@ -132,21 +147,26 @@ class Emotion(ComputeStage):
         landmarks = faces.landmarks.cpu()[order].numpy() * scale
         return boxes, faces.scores.cpu()[order].numpy(), landmarks
 
-    def _classify(self, image: torch.Tensor, tracks: list[Track]) -> None:
-        boxes = torch.from_numpy(np.stack([t.box for t in tracks]).astype(np.float32)).to(image.device)
-        batch = ops.prepare_input(
-            image,
-            layout=self._layout,
-            size=(INPUT_SIZE, INPUT_SIZE),
-            boxes=boxes,
-            gray=True,
-            dtype=self._classifier_dtype,
-            **FER_NORMALIZE,
-            **self._colour,
-        )
-        probs = self._classifier(batch).float().cpu().numpy()
-        for track, reading in zip(tracks, probs, strict=True):
-            self._tracker.observe(track, reading)
+    def _classify(self, pictures: list[tuple[torch.Tensor, list[Track]]]) -> list[np.ndarray]:
+        """Class probabilities of every face, frame after frame, from one classifier batch."""
+        if not pictures:
+            return []
+        crops = []
+        for image, faces in pictures:
+            boxes = torch.from_numpy(np.stack([face.box for face in faces]).astype(np.float32)).to(image.device)
+            crops.append(
+                ops.prepare_input(
+                    image,
+                    layout=self._layout,
+                    size=(INPUT_SIZE, INPUT_SIZE),
+                    boxes=boxes,
+                    gray=True,
+                    dtype=self._classifier_dtype,
+                    **FER_NORMALIZE,
+                    **self._colour,
+                )
+            )
+        return list(self._classifier(torch.cat(crops)).float().cpu().numpy())
 
 
 def _face_record(track: Track) -> dict[str, Any]:
