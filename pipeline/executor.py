@@ -300,18 +300,29 @@ class Pipeline:
                 frame = await get()
                 await run(frame)
                 await put(frame)
-        edges = [(len(child.node.parents), child.waiting, child.queue.put) for child in children]
+        edges = self._edges(running)
         while True:
             frame = await get()
             await run(frame)
-            for parents, waiting, put in edges:
-                if parents > 1:  # fan-in: only the last parent to finish passes the frame on
-                    left = waiting.get(frame.index, parents) - 1
-                    if left:
-                        waiting[frame.index] = left
-                        continue
-                    waiting.pop(frame.index, None)
-                await put(frame)
+            await self._hand_on(frame, edges)
+
+    @staticmethod
+    def _edges(running: _Running) -> list[tuple[int, dict[int, int], Any]]:
+        """(parents, joins waiting, put) for each child of a node."""
+        return [(len(child.node.parents), child.waiting, child.queue.put) for child in running.children]
+
+    async def _hand_on(self, frame: Frame, edges: list[tuple[int, dict[int, int], Any]]) -> None:
+        """Pass a finished frame to each child, or to the sink when there are none."""
+        if not edges:
+            await self._arrive_at_sink(frame)
+        for parents, waiting, put in edges:
+            if parents > 1:  # fan-in: only the last parent to finish passes the frame on
+                left = waiting.get(frame.index, parents) - 1
+                if left:
+                    waiting[frame.index] = left
+                    continue
+                waiting.pop(frame.index, None)
+            await put(frame)
 
     async def _work_batched(self, running: _Running, batch: int) -> None:
         """A stage that takes several frames per call (files only): whatever is queued, up to `batch`.
@@ -320,23 +331,14 @@ class Pipeline:
         live sources never batch, since holding a frame back for company costs latency.
         """
         queue, run_batch = running.queue, running.runner.run_batch
-        edges = [(len(child.node.parents), child.waiting, child.queue.put) for child in running.children]
+        edges = self._edges(running)
         while True:
             frames = [await queue.get()]
             while len(frames) < batch and not queue.empty():
                 frames.append(queue.get_nowait())
             await run_batch(frames)
             for frame in frames:
-                if not edges:
-                    await self._arrive_at_sink(frame)
-                for parents, waiting, put in edges:
-                    if parents > 1:
-                        left = waiting.get(frame.index, parents) - 1
-                        if left:
-                            waiting[frame.index] = left
-                            continue
-                        waiting.pop(frame.index, None)
-                    await put(frame)
+                await self._hand_on(frame, edges)
 
     async def _arrive_at_sink(self, frame: Frame) -> None:
         if self._many_leaves:  # fan-in at the sink: wait for every leaf
