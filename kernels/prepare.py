@@ -82,8 +82,7 @@ def prepare_input(
         boxes = whole_frame(image, layout)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes are N×4 (x0, y0, x1, y1), got {tuple(boxes.shape)}")
-    planes = _float_planes(image, layout, gray, matrix, full_range)  # C×H×W, 0..255
-    height, width = planes.shape[1:]
+    width, height = frame_size(image, layout)
     count = boxes.shape[0]
     if count == 0 or out_h == 0 or out_w == 0:
         return torch.empty((count, channels, out_h, out_w), dtype=dtype, device=image.device)
@@ -92,36 +91,86 @@ def prepare_input(
     cols = torch.arange(out_w, device=image.device, dtype=torch.float32) + 0.5
     rows = torch.arange(out_h, device=image.device, dtype=torch.float32) + 0.5
     sx = x0[:, None] + cols[None] * ((x1 - x0) / out_w)[:, None] - 0.5  # N×W_out, frame pixels
-    sy = y0[:, None] + rows[None] * ((y1 - y0) / out_h)[:, None] - 0.5
-    grid_x = (sx + 0.5) / width * 2 - 1  # grid_sample's coordinates for the same points
-    grid_y = (sy + 0.5) / height * 2 - 1
-    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
-    sampled = F.grid_sample(
-        planes[None].expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    scale = torch.tensor(std, device=image.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    shift = torch.tensor(mean, device=image.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    return ((sampled - shift) / scale).to(dtype)
+    sy = y0[:, None] + rows[None] * ((y1 - y0) / out_h)[:, None] - 0.5  # N×H_out
+    constants = conversion_constants(matrix, full_range)
+    planes = _ready_planes(image, layout, gray, constants)
+    if planes is not None:  # the values are there as they are (Y for gray, or RGB): let grid_sample blend
+        grid_x = (sx + 0.5) / width * 2 - 1  # grid_sample's coordinates for the same points
+        grid_y = (sy + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+        source = planes[None].expand(count, -1, -1, -1)
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.transpose(0, 1)
+    else:  # a conversion per pixel: convert only the four neighbours of each sample point
+        sampled = _blend_neighbours(image, layout, gray, constants, sx, sy, (channels, height, width))
+    scale = torch.tensor(std, device=image.device, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
+    shift = torch.tensor(mean, device=image.device, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
+    return ((sampled - shift) / scale).transpose(0, 1).contiguous().to(dtype)
 
 
-def _float_planes(image: torch.Tensor, layout: str, gray: bool, matrix: str, full_range: bool) -> torch.Tensor:
-    """The frame as C×H×W float32 in 0..255: R, G, B, or luma alone."""
-    kr, kb, y_offset, y_span, c_span = conversion_constants(matrix, full_range)
+def _ready_planes(
+    image: torch.Tensor, layout: str, gray: bool, constants: tuple[float, float, float, float, float]
+) -> torch.Tensor | None:
+    """C×H×W float planes when they cost no conversion per pixel (Y alone, or RGB as it is); else None."""
+    _, _, y_offset, y_span, _ = constants
+    if layout == "rgb" and not gray:
+        return image.permute(2, 0, 1).to(torch.float32)
+    if layout != "rgb" and gray:
+        y_plane = image[: image.shape[0] * 2 // 3]
+        return ((y_plane.to(torch.float32) - y_offset) * (255.0 / y_span)).clamp(0, 255)[None]
+    return None
+
+
+def _blend_neighbours(
+    image: torch.Tensor,
+    layout: str,
+    gray: bool,
+    constants: tuple[float, float, float, float, float],
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    shape: tuple[int, int, int],
+) -> torch.Tensor:
+    """C×N×H_out×W_out: each sample point's four neighbours converted, weighted and summed."""
+    channels, height, width = shape
+    top, left = torch.floor(sy), torch.floor(sx)
+    wy, wx = sy - top, sx - left
+    top, left = top.long(), left.long()
+    sampled = torch.zeros((channels, sx.shape[0], sy.shape[1], sx.shape[1]), dtype=torch.float32, device=sx.device)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        yy, xx = (top + dy)[:, :, None], (left + dx)[:, None, :]  # N×H_out×1, N×1×W_out
+        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)  # off the frame: black
+        weight = (wy if dy else 1.0 - wy)[:, :, None] * (wx if dx else 1.0 - wx)[:, None, :]
+        values = _pixels_at(image, layout, yy.clamp(0, height - 1), xx.clamp(0, width - 1), gray, constants)
+        sampled += values * (weight * inside)
+    return sampled
+
+
+def _pixels_at(
+    image: torch.Tensor,
+    layout: str,
+    yy: torch.Tensor,
+    xx: torch.Tensor,
+    gray: bool,
+    constants: tuple[float, float, float, float, float],
+) -> torch.Tensor:
+    """C×(broadcast of yy, xx) values of the frame pixels at rows `yy`, columns `xx`, in 0..255."""
+    kr, kb, y_offset, y_span, c_span = constants
     if layout == "rgb":
-        rgb = image.to(torch.float32).permute(2, 0, 1)
+        rgb = image[yy, xx].to(torch.float32).movedim(-1, 0)  # 3×…
         if gray:
             return (kr * rgb[0] + (1.0 - kr - kb) * rgb[1] + kb * rgb[2])[None]
         return rgb
     if layout == "i420":
-        y, u, v = i420_planes(image)
+        y_plane, u_plane, v_plane = i420_planes(image)
+        u, v = u_plane[yy // 2, xx // 2], v_plane[yy // 2, xx // 2]
     else:
-        y, uv = nv12_planes(image)
-        u, v = uv[:, 0::2], uv[:, 1::2]
-    luma = (y.to(torch.float32) - y_offset) * (255.0 / y_span)
+        y_plane, uv = nv12_planes(image)
+        u, v = uv[yy // 2, (xx // 2) * 2], uv[yy // 2, (xx // 2) * 2 + 1]
+    luma = (y_plane[yy, xx].to(torch.float32) - y_offset) * (255.0 / y_span)
     if gray:
         return luma.clamp(0, 255)[None]
-    cb = ((u.to(torch.float32) - 128.0) * (255.0 / c_span)).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    cr = ((v.to(torch.float32) - 128.0) * (255.0 / c_span)).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    cb = (u.to(torch.float32) - 128.0) * (255.0 / c_span)
+    cr = (v.to(torch.float32) - 128.0) * (255.0 / c_span)
     r = luma + 2.0 * (1.0 - kr) * cr
     b = luma + 2.0 * (1.0 - kb) * cb
     g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
