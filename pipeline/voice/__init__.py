@@ -1,0 +1,1 @@
+"""Voice: listening to the user (VAD, levels, turns) and giving the avatar a voice (synthesis, mixing)."""

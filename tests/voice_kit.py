@@ -1,0 +1,39 @@
+"""Test speech made on the spot: eSpeak NG sentences at 16 kHz, placed in silence or noise."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from pipeline.voice.synth import EspeakSynthesizer
+
+RATE = 16000
+
+
+def resample(samples: np.ndarray, rate: int, to: int = RATE) -> np.ndarray:
+    """Mono float32 from `rate` to `to` Hz with FFmpeg's resampler."""
+    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=to)
+    out = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [f.to_ndarray()[0] for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def spoken(text: str = "The quick brown fox jumps over the lazy dog.") -> tuple[np.ndarray, float, float]:
+    """16 kHz speech, and where its sound starts and ends (s): eSpeak pads with a little silence."""
+    utterance = EspeakSynthesizer().synthesize(text)
+    speech = resample(utterance.samples, utterance.sample_rate)
+    loud = np.flatnonzero(np.abs(speech) > 0.02)
+    return speech, loud[0] / RATE, (loud[-1] + 1) / RATE
+
+
+def placed(speech: np.ndarray, at_s: float, total_s: float, *, noise_snr_db: float | None = None, seed: int = 0):
+    """`speech` at `at_s` in `total_s` of silence, or of white noise `noise_snr_db` below the speech's power."""
+    out = np.zeros(int(total_s * RATE), dtype=np.float32)
+    start = int(at_s * RATE)
+    out[start : start + len(speech)] = speech
+    if noise_snr_db is not None:
+        power = float(np.mean(speech[np.abs(speech) > 0.02] ** 2))
+        rng = np.random.default_rng(seed)
+        out += (rng.standard_normal(len(out)) * np.sqrt(power / 10 ** (noise_snr_db / 10))).astype(np.float32)
+    return out
