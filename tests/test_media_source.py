@@ -251,3 +251,52 @@ def test_a_cuda_run_decodes_in_software_when_nvdec_cannot_start(tmp_path):
         assert source.info.width == 160
     finally:
         source.close()
+
+
+def test_clicks_stay_on_their_frames_through_the_pipeline(tmp_path):
+    """A/V sync: short clicks placed at known frames are heard at the same frames after a transcode (±1)."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    fps, rate, frames, clicks = 30, 48000, 120, (10, 47, 90)
+    per_frame = rate // fps
+    audio = np.zeros(frames * per_frame, np.float32)
+    for index in clicks:
+        audio[index * per_frame : index * per_frame + 240] = 0.8  # 5 ms burst at the frame's start
+    source = tmp_path / "clicks.mkv"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        for i in range(frames):
+            picture = av.VideoFrame.from_ndarray(np.zeros((96, 160, 3), np.uint8), format="rgb24").reformat(
+                format="yuv420p"
+            )
+            picture.pts, picture.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(picture))
+            chunk = av.AudioFrame.from_ndarray(
+                audio[None, i * per_frame : (i + 1) * per_frame], format="fltp", layout="mono"
+            )
+            chunk.sample_rate, chunk.pts = rate, i * per_frame
+            out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+    transcode(source, tmp_path / "out.mp4")
+
+    def heard(path):
+        with av.open(str(path)) as container:
+            first_video = next(container.decode(video=0)).time
+        with av.open(str(path)) as container:
+            chunks = list(container.decode(audio=0))
+        start = chunks[0].time
+        samples = np.concatenate([c.to_ndarray()[0] for c in chunks])
+        loud = np.flatnonzero(np.abs(samples) > 0.4)
+        onsets = loud[np.concatenate(([True], np.diff(loud) > rate // 10))]  # first sample of each click
+        return [round((start + i / rate - first_video) * fps) for i in onsets]
+
+    assert heard(source) == list(clicks)
+    got = heard(tmp_path / "out.mp4")
+    assert len(got) == len(clicks) and all(abs(a - b) <= 1 for a, b in zip(got, clicks, strict=True)), got

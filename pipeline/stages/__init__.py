@@ -5,5 +5,6 @@ from pipeline.stages.emotion import Emotion
 from pipeline.stages.frame_stats import FrameStats
 from pipeline.stages.meter_overlay import MeterOverlay
 from pipeline.stages.passthrough import PassThrough
+from pipeline.stages.voice import Voice
 
-__all__ = ["AudioLevel", "Emotion", "FrameStats", "MeterOverlay", "PassThrough"]
+__all__ = ["AudioLevel", "Emotion", "FrameStats", "MeterOverlay", "PassThrough", "Voice"]
