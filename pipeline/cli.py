@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_lines_to_say
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--analytics", metavar="PATH", help="write one JSON line per frame (a folder of .jsonl files for a folder run)"
     )
+    parser.add_argument(
+        "--say",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a line for the avatar to speak (repeatable; needs a voice stage in the graph and eSpeak NG)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="folder runs: redo outputs that already exist")
     parser.add_argument("--report", metavar="PATH", help="write the run report (JSON): latency, fps, drops, stages")
     parser.add_argument(
@@ -91,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def job_options(args: argparse.Namespace) -> JobOptions:
     device = resolve_device(args.device)
     config = load_config(args.config)
+    if args.say:
+        config = with_lines_to_say(config, args.say)
     size = None
     if args.size:
         match = SIZE.match(args.size)

@@ -106,3 +106,18 @@ def load_config(name_or_path: str | Path) -> GraphConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     return parse_config(data, str(path))
+
+
+def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
+    """`config` with `lines` added to what each voice stage says; an error if the graph has none."""
+    stages = []
+    found = False
+    for spec in config.stages:
+        if spec.type == "voice":
+            found = True
+            said = list(spec.options.get("say", ())) + list(lines)
+            spec = spec.model_copy(update={"options": {**spec.options, "say": said}})
+        stages.append(spec)
+    if not found:
+        raise ConfigError(f"--say: graph {config.name!r} has no voice stage to speak with")
+    return config.model_copy(update={"stages": stages})

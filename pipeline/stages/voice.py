@@ -1,4 +1,4 @@
-"""The voice stage, listening half: is the user speaking, how loud, and when turns begin and end.
+"""The voice stage: listens to the user (VAD, levels, turns) and gives the avatar a voice.
 
 Each frame's audio is resampled to 16 kHz mono (FFmpeg's resampler, state kept across frames)
 and fed to Silero VAD in 32 ms chunks; a speech gate with hysteresis and hangover turns the
@@ -7,26 +7,41 @@ Turn events carry their time on the stream's clock (the audio's pts), so they li
 video frames; a turn's end is known only after the hangover, so `user_stopped` arrives on a
 later frame than the one it names.
 
+Speaking: lines queued with `say` (the `say` option, `--say` on the command line, other stages)
+are synthesized (eSpeak NG by default), cached, and played out one frame's chunk at a time.
+The frame's audio becomes the user's audio, lowered by `duck_db` while the avatar speaks, plus
+the avatar's voice, through the mixing kernel's soft limiter, so it never clips. When the user
+starts speaking, the avatar stops within that frame (barge-in) and, by default, drops the rest
+of its queue.
+
 Annotation, under the stage's name: `user_speaking`, `speech_prob` (the frame's highest chunk
 probability; the last one when no chunk completed), `rms_dbfs`, `peak_dbfs`, `clipped` (samples
-at full scale in this frame) and `events`: `{"type": "user_started", "time_s"}` or
-`{"type": "user_stopped", "time_s", "duration_s"}`.
+at full scale in this frame), `avatar_speaking`, `viseme` (mouth shape), `mouth` (0..1
+openness from the voice's loudness), `text` (being spoken) and `events`:
+`{"type": "user_started", "time_s"}`, `{"type": "user_stopped", "time_s", "duration_s"}`,
+`{"type": "avatar_interrupted", "time_s", "text"}`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from kernels import ops
-from pipeline.frames import Frame
+from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import ChunkResampler
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions
+from pipeline.voice.speaker import Speaker
+from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate
+
+log = logging.getLogger(__name__)
 
 SILENCE_DBFS = -120.0  # floor for digital silence, so levels stay finite numbers
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
@@ -39,6 +54,12 @@ def dbfs(amplitude: float) -> float:
 class VoiceOptions(StageOptions):
     threshold: float = Field(THRESHOLD, gt=0.0, lt=1.0)  # speech probability that starts a turn
     hangover_s: float = Field(HANGOVER_S, ge=0.0, le=5.0)  # silence that ends one
+    say: tuple[str, ...] = ()  # lines the avatar speaks from the start, in order
+    voice: str = DEFAULT_VOICE  # the synthesizer's voice name
+    duck_db: float = Field(12.0, ge=0.0, le=60.0)  # how far the user's audio is lowered under the avatar's voice
+    voice_gain_db: float = Field(0.0, ge=-40.0, le=20.0)  # the avatar's level
+    barge_in: bool = True  # the user speaking stops the avatar
+    barge_in_drops_queue: bool = True  # ... and drops what it had still to say
 
 
 @register_stage
@@ -56,6 +77,19 @@ class Voice(ComputeStage):
         self._origin_s: float | None = None  # stream time of the first 16 kHz sample
         self._last_prob = 0.0
         self.clipped_total = 0
+        rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
+        try:
+            self.speaker: Speaker | None = Speaker(EspeakSynthesizer(), rate, voice=self.options.voice)
+        except SynthesisError as exc:
+            log.warning("%s: the avatar stays silent (%s)", self.name, exc)
+            self.speaker = None
+        for line in self.options.say:
+            self.say(line)
+
+    def say(self, text: str) -> None:
+        """Queue a line for the avatar (any thread)."""
+        if self.speaker is not None:
+            self.speaker.say(text)
 
     def compute(self, frame: Frame) -> dict[str, Any]:
         chunk = frame.audio
@@ -85,5 +119,35 @@ class Voice(ComputeStage):
                 }
                 for turn in ended
             ]
-        record |= {"user_speaking": self._gate.speaking, "speech_prob": round(self._last_prob, 4), "events": events}
+            if started and self.options.barge_in and self.speaker is not None and self.speaker.speaking:
+                cut = self.speaker.current_text
+                self.speaker.stop(drop_queue=self.options.barge_in_drops_queue)
+                events.append({"type": "avatar_interrupted", "time_s": round(origin + started[0], 3), "text": cut})
+        record |= {"user_speaking": self._gate.speaking, "speech_prob": round(self._last_prob, 4)}
+        record |= self._speak(frame)
+        record["events"] = events
         return record
+
+    def _speak(self, frame: Frame) -> dict[str, Any]:
+        """The avatar's part of this frame: its chunk of voice mixed into the frame's audio, and its mouth."""
+        if self.speaker is None:
+            return {"avatar_speaking": False, "viseme": "sil", "mouth": 0.0, "text": None}
+        chunk = frame.audio
+        count = chunk.samples.shape[-1] if chunk is not None else round(self.speaker.rate / 30)
+        spoken = self.speaker.next_chunk(count)
+        if chunk is not None and count and spoken.text is not None:
+            user = chunk.samples.to(torch.float32)
+            voice = torch.from_numpy(spoken.samples).to(user.device).expand_as(user)
+            mixed = ops.mix(
+                user,
+                voice,
+                gain_first=10 ** (-self.options.duck_db / 20),
+                gain_second=10 ** (self.options.voice_gain_db / 20),
+            )
+            frame.audio = AudioChunk(mixed, chunk.sample_rate, chunk.pts)
+        return {
+            "avatar_speaking": spoken.text is not None,
+            "viseme": spoken.viseme,
+            "mouth": spoken.mouth,
+            "text": spoken.text,
+        }

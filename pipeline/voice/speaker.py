@@ -1,0 +1,145 @@
+"""The avatar's voice over time: a queue of utterances played out chunk by chunk, with barge-in.
+
+Text is synthesized once per (text, voice) and kept in an LRU cache, resampled to the output
+rate, and queued. Each video frame asks for its chunk of audio (`next_chunk`): the current
+utterance plays on, the next one starts right after it, and silence fills the gaps. `stop`
+cuts the current utterance at once (barge-in) and may drop the rest of the queue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from pipeline.voice.synth import DEFAULT_VOICE, Synthesizer, Utterance
+from pipeline.voice.visemes import SILENCE, viseme
+
+CACHE_SIZE = 64  # utterances kept synthesized
+
+
+@dataclass
+class _Playing:
+    utterance: Utterance
+    samples: np.ndarray  # at the output rate
+    phoneme_starts: np.ndarray  # sample index of each phoneme at the output rate
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class SpokenChunk:
+    samples: np.ndarray  # float32 mono at the output rate, silence where nothing is said
+    text: str | None  # the utterance this chunk is part of
+    viseme: str  # the mouth shape at the chunk's middle
+    mouth: float  # 0..1, from the chunk's loudness
+
+
+class Speaker:
+    """Plays queued utterances at `rate` Hz; one chunk per video frame."""
+
+    def __init__(
+        self, synthesizer: Synthesizer, rate: int, *, voice: str = DEFAULT_VOICE, cache_size: int = CACHE_SIZE
+    ):
+        self.synthesizer = synthesizer
+        self.rate = rate
+        self.voice = voice
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], _Playing] = OrderedDict()
+        self._queue: deque[_Playing] = deque()
+        self._current: _Playing | None = None
+        self.synthesized = 0  # utterances synthesized (cache misses)
+        self.interrupted = 0  # utterances cut by barge-in
+        self._lock = threading.Lock()  # `say` may come from other threads (stages, the WebRTC client)
+
+    @property
+    def speaking(self) -> bool:
+        return self._current is not None or bool(self._queue)
+
+    @property
+    def current_text(self) -> str | None:
+        current = self._current
+        return current.utterance.text if current is not None else None
+
+    def say(self, text: str) -> None:
+        """Queue `text` to be spoken after whatever is queued already."""
+        text = text.strip()
+        if text:
+            prepared = self._prepared(text)
+            with self._lock:
+                self._queue.append(prepared)
+
+    def stop(self, *, drop_queue: bool = True) -> None:
+        """Barge-in: end the current utterance now; with `drop_queue`, forget the rest too."""
+        with self._lock:
+            if self._current is not None:
+                self.interrupted += 1
+                self._current = None
+            if drop_queue:
+                self._queue.clear()
+
+    def next_chunk(self, count: int) -> SpokenChunk:
+        """The next `count` samples of the avatar's voice."""
+        with self._lock:
+            return self._next_chunk(count)
+
+    def _next_chunk(self, count: int) -> SpokenChunk:
+        out = np.zeros(count, dtype=np.float32)
+        filled = 0
+        text, shape = None, SILENCE
+        while filled < count:
+            if self._current is None:
+                if not self._queue:
+                    break
+                self._current = self._queue.popleft()
+                self._current.position = 0
+            playing = self._current
+            take = min(count - filled, len(playing.samples) - playing.position)
+            out[filled : filled + take] = playing.samples[playing.position : playing.position + take]
+            if text is None or filled <= count // 2 < filled + take:
+                text = playing.utterance.text
+                middle = playing.position + (count // 2 - filled if filled <= count // 2 else 0)
+                shape = self._viseme_at(playing, min(middle, len(playing.samples) - 1))
+            playing.position += take
+            filled += take
+            if playing.position >= len(playing.samples):
+                self._current = None
+        mouth = float(min(1.0, np.sqrt(np.mean(out**2)) / 0.15)) if count else 0.0
+        return SpokenChunk(out, text, shape if text is not None else SILENCE, round(mouth, 3))
+
+    def _viseme_at(self, playing: _Playing, sample: int) -> str:
+        index = int(np.searchsorted(playing.phoneme_starts, sample, side="right")) - 1
+        if index < 0:
+            return SILENCE
+        return viseme(playing.utterance.phonemes[index].symbol)
+
+    def _prepared(self, text: str) -> _Playing:
+        key = (text, self.voice)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is None:
+            utterance = self.synthesizer.synthesize(text, self.voice)
+            self.synthesized += 1
+            samples = _resample(utterance.samples, utterance.sample_rate, self.rate)
+            starts = np.array([round(p.start_s * self.rate) for p in utterance.phonemes], dtype=np.int64)
+            cached = _Playing(utterance, samples, starts)
+        with self._lock:
+            self._cache[key] = cached
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
+
+
+def _resample(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+    if rate == to or not len(samples):
+        return samples.astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=to)
+    parts = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [
+        f.to_ndarray()[0] for f in resampler.resample(None)
+    ]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)

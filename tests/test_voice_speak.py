@@ -1,0 +1,143 @@
+"""Speaking: lines play out frame by frame, cached, with visemes; barge-in cuts them; mixing ducks, never clips."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("espeakng_loader", reason="the avatar's voice is eSpeak NG")
+pytest.importorskip("silero_vad", reason="barge-in listens with silero-vad")
+
+from voice_kit import RATE, placed, resample, speech_clip, spoken
+
+from pipeline.config import parse_config
+from pipeline.executor import Pipeline
+from pipeline.graph import build_graph
+from pipeline.io.analytics import AnalyticsSink
+from pipeline.io.base import Sink
+from pipeline.io.media import MediaSource
+from pipeline.voice.speaker import Speaker
+from pipeline.voice.synth import EspeakSynthesizer
+from pipeline.voice.visemes import VISEMES, viseme
+
+LONG_LINE = "I am going to keep talking for quite a while, so that you have plenty of time to interrupt me."
+
+
+class AudioSink(Sink):
+    """Keeps every frame's audio, as the encoder would get it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+
+    async def open(self, info) -> None:
+        pass
+
+    async def write(self, frame) -> None:
+        if frame.audio is not None:
+            self.chunks.append(frame.audio.samples.numpy().copy())
+
+    async def close(self) -> None:
+        pass
+
+
+def run(clip, tmp_path, **options):
+    config = parse_config({"name": "speak", "stages": [{"name": "voice", "type": "voice", "options": options}]})
+    audio = AudioSink()
+    analytics = tmp_path / "voice.jsonl"
+    asyncio.run(Pipeline(build_graph(config), MediaSource(clip), AnalyticsSink(audio, analytics)).run())
+    import json
+
+    return [json.loads(line)["voice"] for line in analytics.read_text().splitlines()], audio.chunks
+
+
+def test_a_line_plays_out_chunk_by_chunk_then_silence_and_is_cached():
+    speaker = Speaker(EspeakSynthesizer(), 48000)
+    speaker.say("Hello there.")
+    speaker.say("Hello there.")
+    assert speaker.synthesized == 1  # the second one came from the cache
+    chunks = [speaker.next_chunk(1600) for _ in range(120)]
+    speaking = [c.text is not None for c in chunks]
+    assert speaking[0] and not speaking[-1]
+    spoken_shapes = {c.viseme for c in chunks if c.text}
+    assert len(spoken_shapes) >= 4 and spoken_shapes <= set(VISEMES)
+    assert max(c.mouth for c in chunks) > 0.3 and chunks[-1].mouth == 0.0
+    voiced = np.concatenate([c.samples for c in chunks if c.text])
+    utterance = EspeakSynthesizer().synthesize("Hello there.")
+    expected = 2 * round(utterance.duration_s * 48000)  # said twice, back to back
+    assert abs(len(voiced) - expected) <= 2 * 1600
+
+
+def test_visemes_for_known_phonemes():
+    assert viseme("p") == viseme("b") == viseme("m") == "PP"
+    assert viseme("'oU") == "oh" and viseme("aI") == "aa" and viseme("i:") == "ih"
+    assert viseme("_:") == viseme(None) == viseme("?!") == "sil"
+
+
+def test_barge_in_stops_the_avatar_when_the_user_starts(tmp_path):
+    speech, sound_start, _ = spoken("Wait, stop please.")
+    at = 1.5
+    clip = speech_clip(tmp_path / "user.mp4", placed(speech, at, 4.0))
+    records, _ = run(clip, tmp_path, say=[LONG_LINE])
+    talking = [r["avatar_speaking"] for r in records]
+    cut = [e for r in records for e in r["events"] if e["type"] == "avatar_interrupted"]
+    assert talking[0] and cut, "the avatar was speaking and was interrupted"
+    assert abs(cut[0]["time_s"] - (at + sound_start)) <= 0.1
+    assert cut[0]["text"] == LONG_LINE
+    first_silent = talking.index(False)
+    assert abs(first_silent / 30 - (at + sound_start)) <= 0.15  # within the chunk it was heard
+    assert not any(talking[first_silent:])  # the rest of the line is dropped
+
+
+def test_mixing_ducks_the_user_by_the_set_amount_and_never_clips(tmp_path):
+    tone = (0.95 * np.sin(2 * np.pi * 300 * np.arange(3 * RATE) / RATE)).astype(np.float32)  # a loud "user"
+    clip = speech_clip(tmp_path / "tone.mp4", tone)
+    records, chunks = run(
+        clip, tmp_path, say=["Hello there, how are you?"], duck_db=12.0, voice_gain_db=6.0, barge_in=False
+    )
+    mixed = np.concatenate([c[0] for c in chunks])
+    assert np.abs(mixed).max() <= 1.0  # the limiter holds the ceiling
+    # Ducking alone: the same run with the avatar turned all the way down.
+    records, chunks = run(
+        clip, tmp_path, say=["Hello there, how are you?"], duck_db=12.0, voice_gain_db=-40.0, barge_in=False
+    )
+    levels = [float(np.sqrt(np.mean(c[0] ** 2))) for c in chunks]
+    under = [level for level, r in zip(levels, records, strict=True) if r["avatar_speaking"]]
+    alone = [level for level, r in zip(levels[5:], records[5:], strict=True) if not r["avatar_speaking"]]
+    assert under and alone
+    drop_db = 20 * np.log10(np.median(alone) / np.median(under))
+    assert abs(drop_db - 12.0) <= 1.0
+
+
+def test_resample_keeps_duration():
+    x = np.zeros(22050, np.float32)
+    assert abs(len(resample(x, 22050, 48000)) - 48000) <= 64
+
+
+def test_say_on_the_command_line_gives_the_avatar_its_lines(tmp_path):
+    import json
+
+    from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+
+    graph = tmp_path / "voice.yaml"
+    graph.write_text("name: talk\nstages:\n  - {name: voice, type: voice}\n")
+    analytics = tmp_path / "talk.jsonl"
+    code = main(
+        [
+            "--source",
+            "sample",
+            "--frames",
+            "20",
+            "--config",
+            str(graph),
+            "--say",
+            "Hello.",
+            "--analytics",
+            str(analytics),
+        ]
+    )
+    assert code == EXIT_OK
+    records = [json.loads(line)["voice"] for line in analytics.read_text().splitlines()]
+    assert records[0]["avatar_speaking"] and records[0]["text"] == "Hello."
+    assert main(["--source", "sample", "--frames", "2", "--config", "passthrough", "--say", "Hi."]) == EXIT_USAGE
