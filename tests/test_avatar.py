@@ -1,0 +1,142 @@
+"""The avatar: drawn the same for the same state, mouth moving only with its voice, expression easing to its target."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.avatar import FaceState, render_face
+from pipeline.device import Lane
+from pipeline.frames import Frame
+from pipeline.io.base import StreamInfo
+from pipeline.scratch import ScratchPool
+from pipeline.stage import StageContext
+from pipeline.stages.avatar import Avatar, AvatarOptions, approach
+
+FIXTURE = Path(__file__).parent / "fixtures" / "avatar_reference.npz"
+STATES = {
+    "neutral": FaceState(),
+    "happy": FaceState(smile=1.0, brows=0.3),
+    "mouth_open": FaceState(mouth_open=0.9, mouth_width=0.6),
+}
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", sorted(STATES))
+def test_known_states_draw_as_their_reference_images(name):
+    """Regenerate the fixture only on purpose: np.savez_compressed of render_face(STATES[name], 48) per name."""
+    want = np.load(FIXTURE)[name].astype(int)
+    got = render_face(STATES[name], 48).numpy().astype(int)
+    assert got.shape == (48, 48, 4)
+    assert np.abs(got - want).mean() <= 1.0
+
+
+def test_states_look_different_where_they_should():
+    neutral, happy, talking = (
+        render_face(STATES[n], 64).numpy().astype(int) for n in ("neutral", "happy", "mouth_open")
+    )
+    mouth, eyes = (slice(38, 56), slice(10, 54)), (slice(18, 30), slice(10, 54))
+    assert np.abs(happy[mouth] - neutral[mouth]).mean() > 5  # the smile changes the mouth
+    assert np.abs(talking[mouth] - neutral[mouth]).mean() > 10
+    assert np.abs(talking[eyes] - neutral[eyes]).mean() < 1  # opening the mouth leaves the eyes alone
+    assert neutral[0, 0, 3] == 0 and neutral[32, 32, 3] == 255  # transparent around, opaque face
+
+
+def make_stage(**options) -> Avatar:
+    stage = Avatar("avatar", options=AvatarOptions(**options))
+    ctx = StageContext(
+        "avatar",
+        CPU,
+        Lane("avatar", CPU),
+        ScratchPool(CPU),
+        inputs={"emotion": "emotion", "voice": "voice"},
+        stream=StreamInfo(640, 360, Fraction(30), Fraction(1, 30)),
+    )
+    stage.setup(ctx)
+    return stage
+
+
+def frame_at(index: int, *, probs=None, speaking=False, mouth=0.0, viseme="aa") -> Frame:
+    frame = Frame(index, index, Fraction(1, 30), 0)
+    faces = [{"box": [200, 80, 320, 220], "probs": probs, "label": None}] if probs else []
+    frame.annotations["emotion"] = {"faces": faces}
+    frame.annotations["voice"] = {"avatar_speaking": speaking, "mouth": mouth, "viseme": viseme}
+    return frame
+
+
+def test_the_mouth_moves_when_and_only_when_the_avatar_speaks():
+    stage = make_stage()
+    script = [False] * 20 + [True] * 30 + [False] * 30
+    mouths = []
+    for index, speaking in enumerate(script):
+        wobble = 0.3 + 0.3 * np.sin(index)  # the voice's loudness moves from frame to frame
+        mouths.append(stage.step(frame_at(index, speaking=speaking, mouth=wobble))[0].mouth_open)
+    assert max(mouths[:20]) == 0.0
+    assert min(mouths[25:50]) > 0.05 and np.std(mouths[25:50]) > 0.05  # open, and moving
+    assert max(mouths[60:]) < 0.01  # closed again soon after the voice stops
+    assert (
+        make_stage().step(frame_at(0, speaking=False, mouth=0.9))[0].mouth_open == 0.0
+    )  # loudness alone opens nothing
+
+
+def test_the_expression_eases_to_its_target_with_the_configured_time_constant():
+    stage = make_stage(mode="mirror", expression_tau_s=0.3)
+    neutral = {"neutral": 1.0}
+    happy = {"happy": 1.0}
+    smiles = [stage.step(frame_at(i, probs=neutral if i < 30 else happy))[0].smile for i in range(60)]
+    before, goal = smiles[29], 1.0
+    assert abs(before) < 1e-6
+    assert smiles[30] - before < 0.15 * (goal - before)  # no jump when the label flips
+    after_tau = smiles[29 + 9]  # 9 frames = 0.3 s
+    assert after_tau == pytest.approx(approach(before, goal, 0.3, 0.3), abs=0.02)  # 63% of the way
+    assert smiles[-1] > 0.95
+
+
+def test_blinks_come_on_a_seeded_schedule():
+    def blinks(seed):
+        stage = make_stage(seed=seed)
+        return [stage.step(frame_at(i))[2] for i in range(600)]  # 20 s
+
+    first, again, other = blinks(1), blinks(1), blinks(2)
+    assert first == again and first != other
+    starts = sum(1 for a, b in itertools.pairwise(first) if b and not a)
+    assert 3 <= starts <= 10  # every 2-6 s
+
+
+def test_the_default_graph_draws_the_avatar_into_the_sample(tmp_path):
+    from pipeline.cli import EXIT_OK, main
+
+    analytics = tmp_path / "sample.jsonl"
+    assert main(["--source", "sample", "--frames", "15", "--say", "Hello.", "--analytics", str(analytics)]) == EXIT_OK
+    records = [json.loads(line) for line in analytics.read_text().splitlines()]
+    assert all("box" in r["avatar"] for r in records)
+    assert any(r["avatar"]["mouth"] > 0.05 for r in records)
+    assert records[0]["avatar"]["box"][0] > 320  # top-right picture-in-picture
+
+
+def test_drawn_into_the_frame_only_inside_its_box():
+    from pipeline.io.synthetic import SyntheticSource
+    from pipeline.ringbuffer import RingBuffer
+
+    source = SyntheticSource(width=640, height=360, frames=1, scene="face")
+    stage = make_stage()
+
+    async def one():
+        async for frame in source.frames(RingBuffer(2, source.info.frame_shape)):
+            return frame
+
+    frame = asyncio.run(one())
+    before = frame.image.clone()
+    frame.annotations |= {"emotion": {"faces": []}, "voice": {"avatar_speaking": False}}
+    x0, y0, x1, y1 = stage.compute(frame)["box"]
+    changed = (frame.image[:360] != before[:360]).nonzero()
+    assert len(changed)
+    assert changed[:, 0].min() >= y0 and changed[:, 0].max() < y1
+    assert changed[:, 1].min() >= x0 and changed[:, 1].max() < x1
