@@ -99,6 +99,7 @@ class Pipeline:
         self._fatal: BaseException | None = None
         self.source_error: str | None = None
         self.interrupted = False
+        self.shared: dict[str, Any] = {}  # services stages offer each other for this run (StageContext.shared)
 
     # ----------------------------------------------------------------- control
 
@@ -191,6 +192,7 @@ class Pipeline:
                 parents=node.parents,
                 inputs=node.inputs,
                 stream=self.source.info,
+                shared=self.shared,
             )
             try:
                 stage.setup(ctx)

@@ -46,6 +46,10 @@ class StageContext:
     parents: tuple[str, ...] = ()  # the nodes this stage runs after
     inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → node name
     stream: StreamInfo | None = None  # the source's picture size, pixel format, colour and audio
+    # One dict per run, the same for every stage: where a stage offers a service to stages that
+    # run before it in the graph (e.g. the voice stage's speech queue, which the context stage,
+    # downstream, feeds). Keys are service names ("speech").
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 def missing(reason: str) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from pipeline.stages.audio_level import AudioLevel
 from pipeline.stages.avatar import Avatar
+from pipeline.stages.context import Context
 from pipeline.stages.emotion import Emotion
 from pipeline.stages.frame_stats import FrameStats
 from pipeline.stages.meter_overlay import MeterOverlay
 from pipeline.stages.passthrough import PassThrough
 from pipeline.stages.voice import Voice
 
-__all__ = ["AudioLevel", "Avatar", "Emotion", "FrameStats", "MeterOverlay", "PassThrough", "Voice"]
+__all__ = ["AudioLevel", "Avatar", "Context", "Emotion", "FrameStats", "MeterOverlay", "PassThrough", "Voice"]

@@ -85,6 +85,7 @@ class Voice(ComputeStage):
             self.speaker = None
         for line in self.options.say:
             self.say(line)
+        ctx.shared.setdefault("speech", self)  # other stages (context) queue lines through `say`
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""

@@ -1,0 +1,130 @@
+"""The session context: events once per change (no flapping), a rolling summary, and lines that reach the voice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+
+from pipeline.device import Lane
+from pipeline.frames import Frame
+from pipeline.scratch import ScratchPool
+from pipeline.stage import StageContext
+from pipeline.stages.context import RULE_LINES, Context, ContextOptions, Rules, valence_arousal
+
+CPU = torch.device("cpu")
+
+
+class SpeechQueue:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def make_stage(**options) -> tuple[Context, SpeechQueue]:
+    speech = SpeechQueue()
+    stage = Context("context", options=ContextOptions(**options))
+    ctx = StageContext(
+        "context", CPU, Lane("context", CPU), ScratchPool(CPU), inputs={"emotion": "emotion", "voice": "voice"}
+    )
+    ctx.shared["speech"] = speech
+    stage.setup(ctx)
+    return stage, speech
+
+
+def frame(index: int, *, label: str | None = None, speaking: bool = False, voice_events=(), avatar=False) -> Frame:
+    f = Frame(index, index, Fraction(1, 30), 0)
+    faces = []
+    if label is not None:
+        probs = {
+            name: (0.9 if name == label else 0.1 / 6)
+            for name in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+        }
+        faces = [{"track": 1, "box": [0, 0, 10, 10], "probs": probs, "label": label}]
+    f.annotations["emotion"] = {"faces": faces}
+    f.annotations["voice"] = {"user_speaking": speaking, "avatar_speaking": avatar, "events": list(voice_events)}
+    return f
+
+
+def run(stage: Context, frames: list[Frame]) -> list[dict]:
+    return [stage.compute(f) for f in frames]
+
+
+def events_of(records, kind=None):
+    return [e for r in records for e in r["events"] if kind is None or e["type"] == kind]
+
+
+def test_a_flickering_label_is_no_event_and_a_held_one_is_one_event():
+    stage, _ = make_stage(emotion_hold_s=0.5)
+    script = ["neutral"] * 30 + ["happy", "neutral"] * 15 + ["happy"] * 30 + ["happy"] * 30
+    records = run(stage, [frame(i, label=label) for i, label in enumerate(script)])
+    changes = events_of(records, "emotion_changed")
+    assert [(e["from"], e["emotion"]) for e in changes] == [(None, "neutral"), ("neutral", "happy")]
+    assert changes[1]["frame"] == 60 + 15  # held for 0.5 s (15 frames) after the flicker settled
+    assert changes[1]["confidence"] == 0.9
+    assert len(events_of(records, "face_found")) == 1
+
+
+def test_face_lost_after_it_is_unseen_for_a_while():
+    stage, _ = make_stage(lost_after_s=1.0)
+    records = run(stage, [frame(i, label="neutral") for i in range(10)] + [frame(i) for i in range(10, 60)])
+    lost = events_of(records, "face_lost")
+    assert len(lost) == 1 and lost[0]["frame"] == 9 + 31  # first frame more than 1 s after the last sighting
+    assert records[-1]["faces"] == 0
+
+
+def test_long_silence_fires_once_and_speech_resets_it():
+    stage, _ = make_stage(silence_s=2.0, respond=False)
+    quiet = [frame(i) for i in range(150)]  # 5 s
+    talk = [frame(150 + i, speaking=True) for i in range(30)]
+    quiet_again = [frame(180 + i) for i in range(90)]
+    records = run(stage, quiet + talk + quiet_again)
+    silences = events_of(records, "long_silence")
+    assert [e["frame"] for e in silences] == [60, 179 + 60]
+
+
+def test_turns_and_speaking_ratio_over_the_window():
+    stage, _ = make_stage(window_s=2.0)
+    started = {"type": "user_started", "time_s": 0.5}
+    script = [frame(i, speaking=15 <= i < 45, voice_events=[started] if i == 15 else []) for i in range(60)]
+    records = run(stage, script)
+    assert records[-1]["turns"] == 1
+    assert records[-1]["speaking_ratio"] == pytest.approx(30 / 60, abs=0.02)
+    assert [e["type"] for e in events_of(records, "user_started")] == ["user_started"]
+
+
+def test_the_responder_s_lines_reach_the_speech_queue():
+    stage, speech = make_stage(emotion_hold_s=0.0)
+    records = run(stage, [frame(0, label="neutral"), frame(1, label="happy"), frame(2, label="sad")])
+    assert speech.lines == [line for r in records for line in r["said"]]
+    assert speech.lines[0] in RULE_LINES["face_found"]
+    assert speech.lines[1] in RULE_LINES["happy"] and speech.lines[2] in RULE_LINES["sad"]
+
+
+def test_rules_do_not_repeat_a_line_back_to_back():
+    rules = Rules(seed=3)
+    lines = [rules.respond({"type": "face_found"}) for _ in range(20)]
+    assert all(a != b for a, b in itertools.pairwise(lines))
+    assert rules.respond({"type": "face_lost"}) is None
+
+
+def test_valence_and_arousal():
+    assert valence_arousal({"happy": 1.0}) == (0.8, 0.5)
+    v, a = valence_arousal({"happy": 0.5, "sad": 0.5})
+    assert v == pytest.approx(0.05) and a == pytest.approx(0.05)
+
+
+def test_the_sample_run_greets_the_face_and_the_avatar_says_it(tmp_path):
+    from pipeline.cli import EXIT_OK, main
+
+    analytics = tmp_path / "sample.jsonl"
+    assert main(["--source", "sample", "--frames", "45", "--analytics", str(analytics)]) == EXIT_OK
+    records = [json.loads(line) for line in analytics.read_text().splitlines()]
+    greeted = [line for r in records for line in r["context"]["said"]]
+    assert greeted and greeted[0] in RULE_LINES["face_found"]
+    assert any(r["voice"]["text"] == greeted[0] for r in records)  # and the avatar speaks it
