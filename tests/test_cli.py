@@ -38,7 +38,7 @@ def test_sample_run_writes_a_playable_video_and_a_report(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["frames"] == {"in": 45, "out": 45, "dropped": {}}
     assert report["leaked_slots"] == 0 and report["graph"] == "default"
-    assert set(report["stages"]) == {"emotion", "voice", "frame_stats", "avatar", "audio_level", "meters"}
+    assert set(report["stages"]) == {"emotion", "voice", "frame_stats", "avatar", "context", "audio_level", "meters"}
     with av.open(str(video)) as container:
         frames = list(container.decode(video=0))
         assert len(frames) == 45 and (frames[0].width, frames[0].height) == (640, 360)
