@@ -128,3 +128,82 @@ def test_the_sample_run_greets_the_face_and_the_avatar_says_it(tmp_path):
     greeted = [line for r in records for line in r["context"]["said"]]
     assert greeted and greeted[0] in RULE_LINES["face_found"]
     assert any(r["voice"]["text"] == greeted[0] for r in records)  # and the avatar speaks it
+
+
+def fake_endpoint(reply: str, *, delay_s: float = 0.0):
+    """A local OpenAI-compatible chat endpoint that answers every request with `reply`."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self):  # the name http.server calls
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert body["messages"][-1]["role"] == "user" and "event" in body["messages"][-1]["content"]
+            time.sleep(delay_s)
+            data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_language_model_s_reply_reaches_the_speech_queue():
+    server, url = fake_endpoint("Nice to meet you, friend.")
+    try:
+        stage, speech = make_stage(llm={"url": url, "model": "test"})
+        run(stage, [frame(0, label="neutral")])  # face_found
+        assert wait_for(lambda: speech.lines == ["Nice to meet you, friend."])
+        assert stage.llm.replies == 1 and stage.llm.failures == 0
+    finally:
+        server.shutdown()
+
+
+def test_an_unreachable_language_model_never_holds_frames_back():
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here
+    stage, speech = make_stage(llm={"url": f"http://127.0.0.1:{port}/v1/chat/completions", "timeout_s": 2.0})
+    frames = [frame(i, label="neutral" if i < 100 else "happy") for i in range(300)]
+    began = time.perf_counter()
+    run(stage, frames)
+    assert time.perf_counter() - began < 1.0  # 300 frames, no waiting on the endpoint
+    assert wait_for(lambda: stage.llm.failures >= 1)
+    # The rules stood in: at once for the events that came while the request was out, and for the
+    # greeting the endpoint never gave, once it had failed.
+    assert wait_for(lambda: any(line in RULE_LINES["face_found"] for line in speech.lines))
+    assert any(line in RULE_LINES["happy"] for line in speech.lines)
+
+
+def test_a_slow_language_model_is_asked_one_thing_at_a_time():
+    server, url = fake_endpoint("Hello.", delay_s=0.5)
+    try:
+        stage, speech = make_stage(llm={"url": url}, emotion_hold_s=0.0)
+        records = run(stage, [frame(0, label="neutral"), frame(1, label="happy"), frame(2, label="sad")])
+        assert stage.llm.requests == 1  # the first event went to the model...
+        assert [line for r in records for line in r["said"]][:2] == speech.lines[:2]  # ...the rest to the rules
+        assert wait_for(lambda: "Hello." in speech.lines)
+    finally:
+        server.shutdown()

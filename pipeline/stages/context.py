@@ -12,11 +12,13 @@ and turns, the avatar's speaking state. It turns changes into events, each once:
 
 A responder turns events into lines for the avatar: the built-in rules greet a new face, react
 to a smile or a frown, and fill a long silence, with short lines that do not repeat back to
-back. The lines go to the voice stage's speech queue (`StageContext.shared["speech"]`).
+back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint writes them in the
+background (`llm_responder.py`). The lines go to the voice stage's speech queue
+(`StageContext.shared["speech"]`).
 
 Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `speaking_ratio`,
 `turns`, `avatar_speaking`, `events` (each with `type`, `time_s`, `frame`, and its details) and
-`said` (lines sent to the voice this frame).
+`said` (the rules' lines sent to the voice this frame; a language model's go when they arrive).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydantic import Field
 from pipeline.frames import Frame
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions
+from pipeline.stages.llm_responder import LLMOptions, LLMResponder
 
 # (valence, arousal) of each expression, −1..1 (Russell's circumplex, as commonly placed).
 CIRCUMPLEX = {
@@ -96,6 +99,7 @@ class ContextOptions(StageOptions):
     silence_s: float = Field(8.0, gt=0.0, le=3600.0)
     respond: bool = True  # send the responder's lines to the voice stage
     seed: int = 0
+    llm: LLMOptions | None = None  # a chat endpoint to write the lines instead of the rules
 
 
 @register_stage
@@ -116,6 +120,25 @@ class Context(ComputeStage):
         self._responder = Rules(self.options.seed)
         self.events_total = 0
         self.lines_sent = 0
+        self.llm: LLMResponder | None = None
+        if self.options.llm is not None:
+            self.llm = LLMResponder(self.options.llm, deliver=self._send, fallback=self._answer_by_rules)
+        self._summary_now: dict[str, Any] = {}
+
+    def teardown(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+
+    def _send(self, line: str) -> None:
+        speech = self.ctx.shared.get("speech") if self.ctx is not None else None
+        if speech is not None:
+            speech.say(line)
+            self.lines_sent += 1
+
+    def _answer_by_rules(self, event: dict[str, Any]) -> None:
+        line = self._responder.respond(event)
+        if line is not None:
+            self._send(line)
 
     def compute(self, frame: Frame) -> dict[str, Any]:
         now = frame.time_s
@@ -128,22 +151,21 @@ class Context(ComputeStage):
             event.setdefault("time_s", round(now, 3))
             event["frame"] = frame.index
         self.events_total += len(events)
-        said = self._respond(events) if self.options.respond else []
         window = self.options.window_s
         while self._speaking and self._speaking[0][0] < now - window:
             self._speaking.popleft()
         while self._turns and self._turns[0] < now - window:
             self._turns.popleft()
         ratio = sum(1 for _, speaking in self._speaking if speaking) / max(1, len(self._speaking))
-        return {
+        summary = {
             "faces": sum(1 for t in self._tracks.values() if now - t.last_seen_s <= self.options.lost_after_s),
             "tracks": {str(track_id): self._summary(track) for track_id, track in self._tracks.items()},
             "speaking_ratio": round(ratio, 3),
             "turns": len(self._turns),
             "avatar_speaking": bool(voice.get("avatar_speaking")),
-            "events": events,
-            "said": said,
         }
+        said = self._respond(events, summary) if self.options.respond else []
+        return {**summary, "events": events, "said": said}
 
     def _faces(self, now: float, faces: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
         options = self.options
@@ -190,17 +212,18 @@ class Context(ComputeStage):
             self._silence_reported = True
             events.append({"type": "long_silence", "silent_s": round(now - self._last_voice_s, 2)})
 
-    def _respond(self, events: list[dict[str, Any]]) -> list[str]:
-        speech = self.ctx.shared.get("speech") if self.ctx is not None else None
+    def _respond(self, events: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+        """Lines for this frame's events: the rules' now, or the language model's whenever it answers."""
         said = []
         for event in events:
+            if event["type"] in ("face_lost", "user_stopped", "user_started"):
+                continue  # nothing to say about these
+            if self.llm is not None and self.llm.respond(event, summary):
+                continue  # its reply goes to the voice when it comes
             line = self._responder.respond(event)
-            if line is None:
-                continue
-            said.append(line)
-            if speech is not None:
-                speech.say(line)
-                self.lines_sent += 1
+            if line is not None:
+                said.append(line)
+                self._send(line)
         return said
 
     @staticmethod
