@@ -140,3 +140,28 @@ def test_drawn_into_the_frame_only_inside_its_box():
     assert len(changed)
     assert changed[:, 0].min() >= y0 and changed[:, 0].max() < y1
     assert changed[:, 1].min() >= x0 and changed[:, 1].max() < x1
+
+
+def test_side_by_side_puts_the_middle_of_the_picture_left_and_the_avatar_right():
+    from kernels.colour import i420_planes
+    from pipeline.io.synthetic import SyntheticSource
+    from pipeline.ringbuffer import RingBuffer
+    from pipeline.stages.avatar import BACKDROP_YUV
+
+    source = SyntheticSource(width=640, height=360, frames=1, scene="face")
+    stage = make_stage(layout="side")
+
+    async def one():
+        async for frame in source.frames(RingBuffer(2, source.info.frame_shape)):
+            return frame
+
+    frame = asyncio.run(one())
+    before = frame.image.clone()
+    frame.annotations |= {"emotion": {"faces": []}, "voice": {"avatar_speaking": False}}
+    x0, y0, x1, y1 = stage.compute(frame)["box"]
+    assert x0 >= 320 and x1 <= 640  # in the right half
+    y_after, y_before = i420_planes(frame.image)[0], i420_planes(before)[0]
+    assert torch.equal(y_after[:, :320], y_before[:, 160:480])  # the middle half, moved left, untouched
+    right = y_after[:, 320:]
+    assert int(right[0, 0]) == BACKDROP_YUV[0] and int(right[-1, -1]) == BACKDROP_YUV[0]  # backdrop around it
+    assert (right[y0:y1, x0 - 320 : x1 - 320] != BACKDROP_YUV[0]).float().mean() > 0.3  # the face is drawn

@@ -8,7 +8,9 @@ the face jump, draws the face (`models.avatar`) and blends it into the frame wit
 composite kernel, in the frame's own layout.
 
 Layouts: `pip` puts the face in a corner; `replace` puts it over the user's face (the largest
-tracked one; in the corner when there is none).
+tracked one; in the corner when there is none); `side` splits the picture: the middle half of
+the camera's view on the left, the avatar large on a plain backdrop on the right (the output
+keeps the input's size, so the two sit side by side within it).
 
 Annotation: `smile`, `brows`, `mouth`, `eye_open`, `viseme`, `blink`, `box` (where it was drawn).
 """
@@ -20,9 +22,11 @@ import random
 from dataclasses import replace
 from typing import Any, Literal
 
+import torch
 from pydantic import Field
 
 from kernels import ops
+from kernels.colour import i420_planes
 from models.avatar import THEMES, FaceState, render_face
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat
@@ -33,6 +37,8 @@ LAYOUTS = {PixelFormat.YUV420P: "i420", PixelFormat.RGB24: "rgb"}
 BLINK_S = 0.15  # how long the eyes stay shut
 BLINK_GAP_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly
 MARGIN = 0.03  # of the frame height, between the picture-in-picture and the frame's edge
+BACKDROP_RGB = (46, 52, 64)  # behind the avatar in the side-by-side layout
+BACKDROP_YUV = (60, 134, 125)  # the same colour as BT.601 limited-range Y, U, V
 # The mouth's width for each viseme: rounded for "oo"/"oh", wide for "ee".
 MOUTH_WIDTH = {"ou": 0.1, "oh": 0.25, "aa": 0.6, "E": 0.85, "ih": 0.95, "SS": 0.8, "CH": 0.45, "RR": 0.4}
 CLOSED_VISEMES = ("PP",)  # lips together
@@ -72,7 +78,7 @@ def approach(value: float, target: float, dt: float, tau: float) -> float:
 
 
 class AvatarOptions(StageOptions):
-    layout: Literal["pip", "replace"] = "pip"
+    layout: Literal["pip", "replace", "side"] = "pip"
     corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "top-right"
     size: float = Field(0.35, gt=0.05, le=1.0)  # of the frame's height
     mode: Literal["mirror", "empathetic"] = "empathetic"
@@ -176,6 +182,8 @@ class Avatar(ComputeStage):
         if not frame.has_image:
             return missing("no video")
         state, viseme, blinking = self.step(frame)
+        if self.options.layout == "side":
+            self._split(frame.image)
         x, y, side = self._placement(frame)
         face = render_face(state, side, theme=self.options.theme, device=frame.image.device)
         ops.composite(frame.image, face, layout=self._layout, x=x, y=y, **self._colour)
@@ -189,9 +197,29 @@ class Avatar(ComputeStage):
             "box": [x, y, x + side, y + side],
         }
 
+    def _split(self, image: Any) -> None:
+        """Side by side: the middle half of the picture moves to the left half; the right half becomes backdrop."""
+        width, _ = self._frame_size
+        half = (width // 2) & ~1
+        quarter = (width // 4) & ~1
+        planes = [image] if self._layout == "rgb" else list(i420_planes(image))
+        backdrop = BACKDROP_RGB if self._layout == "rgb" else BACKDROP_YUV
+        for plane, value, scale in zip(planes, backdrop, (1, 2, 2), strict=False):
+            if self._layout == "rgb":
+                plane[:, :half] = plane[:, quarter : quarter + half].clone()
+                plane[:, half:] = torch.tensor(BACKDROP_RGB, dtype=plane.dtype, device=plane.device)
+                break
+            q, h = quarter // scale, half // scale
+            plane[:, :h] = plane[:, q : q + h].clone()
+            plane[:, h:] = value
+
     def _placement(self, frame: Frame) -> tuple[int, int, int]:
         """(x, y, side) of the avatar on the frame, even-aligned."""
         width, height = self._frame_size
+        if self.options.layout == "side":
+            half = (width // 2) & ~1
+            side = max(16, int(min(half, height) * 0.9)) & ~1
+            return (half + (width - half - side) // 2) & ~1, ((height - side) // 2) & ~1, side
         if self.options.layout == "replace":
             faces = (self.input_annotation(frame, "emotion") or {}).get("faces") or []
             if faces:
