@@ -129,3 +129,27 @@ def make_face_clip(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+def clip_with_audio(path: Path, audio: np.ndarray, *, rate: int, fps: int = 30) -> Path:
+    """Plain grey video frames with `audio` (mono float32 at `rate` Hz, AAC), one frame per 1/fps of it."""
+    frames = int(len(audio) / rate * fps)
+    per_frame = rate // fps
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        picture = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        for i in range(frames):
+            picture.pts, picture.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(picture))
+            samples = np.ascontiguousarray(audio[None, i * per_frame : (i + 1) * per_frame], dtype=np.float32)
+            chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = rate, i * per_frame
+            out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+    return path

@@ -71,6 +71,22 @@ def frame_at(index: int, *, probs=None, speaking=False, mouth=0.0, viseme="aa") 
     return frame
 
 
+def first_face_frame() -> Frame:
+    """Frame 0 of the face scene, in its ring slot, with no faces seen and no voice."""
+    from pipeline.io.synthetic import SyntheticSource
+    from pipeline.ringbuffer import RingBuffer
+
+    source = SyntheticSource(width=640, height=360, frames=1, scene="face")
+
+    async def one():
+        async for frame in source.frames(RingBuffer(2, source.info.frame_shape)):
+            return frame
+
+    frame = asyncio.run(one())
+    frame.annotations |= {"emotion": {"faces": []}, "voice": {"avatar_speaking": False}}
+    return frame
+
+
 def test_the_mouth_moves_when_and_only_when_the_avatar_speaks():
     stage = make_stage()
     script = [False] * 20 + [True] * 30 + [False] * 30
@@ -122,19 +138,9 @@ def test_the_default_graph_draws_the_avatar_into_the_sample(tmp_path):
 
 
 def test_drawn_into_the_frame_only_inside_its_box():
-    from pipeline.io.synthetic import SyntheticSource
-    from pipeline.ringbuffer import RingBuffer
-
-    source = SyntheticSource(width=640, height=360, frames=1, scene="face")
     stage = make_stage()
-
-    async def one():
-        async for frame in source.frames(RingBuffer(2, source.info.frame_shape)):
-            return frame
-
-    frame = asyncio.run(one())
+    frame = first_face_frame()
     before = frame.image.clone()
-    frame.annotations |= {"emotion": {"faces": []}, "voice": {"avatar_speaking": False}}
     x0, y0, x1, y1 = stage.compute(frame)["box"]
     changed = (frame.image[:360] != before[:360]).nonzero()
     assert len(changed)
@@ -144,20 +150,11 @@ def test_drawn_into_the_frame_only_inside_its_box():
 
 def test_side_by_side_puts_the_middle_of_the_picture_left_and_the_avatar_right():
     from kernels.colour import i420_planes
-    from pipeline.io.synthetic import SyntheticSource
-    from pipeline.ringbuffer import RingBuffer
     from pipeline.stages.avatar import BACKDROP_YUV
 
-    source = SyntheticSource(width=640, height=360, frames=1, scene="face")
     stage = make_stage(layout="side")
-
-    async def one():
-        async for frame in source.frames(RingBuffer(2, source.info.frame_shape)):
-            return frame
-
-    frame = asyncio.run(one())
+    frame = first_face_frame()
     before = frame.image.clone()
-    frame.annotations |= {"emotion": {"faces": []}, "voice": {"avatar_speaking": False}}
     x0, y0, x1, y1 = stage.compute(frame)["box"]
     assert x0 >= 320 and x1 <= 640  # in the right half
     y_after, y_before = i420_planes(frame.image)[0], i420_planes(before)[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from media_kit import make_clip, probe
+from media_kit import clip_with_audio, make_clip, probe
 
 from pipeline.config import load_config
 from pipeline.executor import Pipeline
@@ -255,8 +255,6 @@ def test_a_cuda_run_decodes_in_software_when_nvdec_cannot_start(tmp_path):
 
 def test_clicks_stay_on_their_frames_through_the_pipeline(tmp_path):
     """A/V sync: short clicks placed at known frames are heard at the same frames after a transcode (±1)."""
-    from fractions import Fraction
-
     import av
     import numpy as np
 
@@ -265,25 +263,7 @@ def test_clicks_stay_on_their_frames_through_the_pipeline(tmp_path):
     audio = np.zeros(frames * per_frame, np.float32)
     for index in clicks:
         audio[index * per_frame : index * per_frame + 240] = 0.8  # 5 ms burst at the frame's start
-    source = tmp_path / "clicks.mkv"
-    with av.open(str(source), "w") as out:
-        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
-        for i in range(frames):
-            picture = av.VideoFrame.from_ndarray(np.zeros((96, 160, 3), np.uint8), format="rgb24").reformat(
-                format="yuv420p"
-            )
-            picture.pts, picture.time_base = i, Fraction(1, fps)
-            out.mux(video.encode(picture))
-            chunk = av.AudioFrame.from_ndarray(
-                audio[None, i * per_frame : (i + 1) * per_frame], format="fltp", layout="mono"
-            )
-            chunk.sample_rate, chunk.pts = rate, i * per_frame
-            out.mux(sound.encode(chunk))
-        out.mux(video.encode(None))
-        out.mux(sound.encode(None))
+    source = clip_with_audio(tmp_path / "clicks.mkv", audio, rate=rate, fps=fps)
     transcode(source, tmp_path / "out.mp4")
 
     def heard(path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+from media_kit import clip_with_audio
 
 from pipeline.voice.synth import EspeakSynthesizer
 
@@ -41,26 +42,4 @@ def placed(speech: np.ndarray, at_s: float, total_s: float, *, noise_snr_db: flo
 
 def speech_clip(path, audio_16k: np.ndarray, *, fps: int = 30, rate: int = 48000):
     """An mp4 of plain video frames and `audio_16k` (resampled to `rate`, AAC), as long as the audio."""
-    from fractions import Fraction
-
-    audio = resample(audio_16k, RATE, rate)
-    frames = int(len(audio) / rate * fps)
-    per_frame = rate // fps
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
-        picture = np.full((96, 160, 3), 60, np.uint8)
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            out.mux(video.encode(frame))
-            chunk = av.AudioFrame.from_ndarray(
-                audio[None, i * per_frame : (i + 1) * per_frame], format="fltp", layout="mono"
-            )
-            chunk.sample_rate, chunk.pts = rate, i * per_frame
-            out.mux(sound.encode(chunk))
-        out.mux(video.encode(None))
-        out.mux(sound.encode(None))
-    return path
+    return clip_with_audio(path, resample(audio_16k, RATE, rate), rate=rate, fps=fps)
