@@ -1,0 +1,181 @@
+"""The control loop that holds the latency target by moving along a quality ladder.
+
+This module is the decision, kept free of the executor so it can be tested on its own: feed it
+each delivered frame's end-to-end latency (`observe`), call `decide` on a timer (every 250 ms
+in a run), and it answers with at most one rung change and the measurement behind it.
+
+- The measure is the p95 of end-to-end latency over a sliding window (`window_s`).
+- Over budget: one rung down at once, then again after `down_cooldown_s` if still over and not
+  getting better — fast, because a queue that grows only grows faster; but a backlog that is
+  already draining after a step is left to drain rather than answered with another step.
+- Under `climb_margin` × budget for `climb_after_s` without a break, and the busiest stage busy
+  less than `climb_busy` of each frame's time: one rung up — slow, so a short quiet spell does
+  not undo a step that was needed. Latency alone cannot tell a stage working at 85% of the
+  frame time (fine, but one rung up would overflow it) from one at 40%; the busy fraction can.
+  A climb that has to be undone anyway is undone at once, and doubles the wait before that
+  climb is tried again (hysteresis: no oscillation).
+- After any change the window starts afresh: the old measurements were taken at the old rung.
+
+Rungs are names from the config's ladder; what each rung does to the stages is applied
+elsewhere (the stages' knobs), so the loop stays about numbers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_LADDER = (
+    "full",  # everything at full quality
+    "emotion_every_2",  # detect and read faces on every 2nd frame, holding results in between
+    "emotion_every_3",
+    "lower_inference_resolution",  # detector input at half the width
+    "lower_precision",  # fp16/bf16 on a GPU, int8 dynamic quantization on the CPU
+    "shed_context",  # skip the lowest-priority stage
+    "lower_output_resolution",
+    "lower_source_fps",
+)
+CONTROL_PERIOD_S = 0.25  # how often `decide` runs in a pipeline
+WINDOW_S = 2.0  # the sliding window the p95 is taken over
+MIN_SAMPLES = 8  # fewer frames than this in the window: no decision yet
+DOWN_COOLDOWN_S = 0.5  # at least this long between two steps down (the last one must take effect)
+CLIMB_AFTER_S = 3.0  # sustained margin needed before a step up
+CLIMB_MARGIN = 0.7  # "margin" is a p95 below this fraction of the budget
+IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as getting better
+FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
+CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
+
+
+@dataclass(frozen=True)
+class RungChange:
+    """One move on the ladder, with what caused it (for the log line, the report and the timeline)."""
+
+    time_s: float
+    rung: int  # index into the ladder after the change
+    name: str
+    direction: str  # "down" (less quality) or "up"
+    p95_ms: float
+    budget_ms: float
+
+    def describe(self) -> str:
+        verb = "lowering quality" if self.direction == "down" else "raising quality"
+        return (
+            f"scheduler: {verb} to rung {self.rung} ({self.name}): end-to-end p95 {self.p95_ms:.1f} ms "
+            f"against a budget of {self.budget_ms:.0f} ms"
+        )
+
+
+class QualityController:
+    """Latencies in, rung changes out; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        budget_ms: float,
+        ladder: tuple[str, ...] = DEFAULT_LADDER,
+        *,
+        window_s: float = WINDOW_S,
+        down_cooldown_s: float = DOWN_COOLDOWN_S,
+        climb_after_s: float = CLIMB_AFTER_S,
+        climb_margin: float = CLIMB_MARGIN,
+        climb_busy: float = CLIMB_BUSY,
+    ):
+        if budget_ms <= 0:
+            raise ValueError(f"latency budget must be > 0 ms, got {budget_ms}")
+        if not ladder:
+            raise ValueError("the quality ladder needs at least one rung")
+        self.budget_ms = budget_ms
+        self.ladder = tuple(ladder)
+        self.window_s = window_s
+        self.down_cooldown_s = down_cooldown_s
+        self.climb_after_s = climb_after_s
+        self.climb_margin = climb_margin
+        self.climb_busy = climb_busy
+        self.rung = 0
+        self._busy: deque[tuple[float, float]] = deque()  # (time s, busiest stage's share of the frame time)
+        self.changes: list[RungChange] = []
+        self._samples: deque[tuple[float, float]] = deque()  # (time s, latency ms)
+        self._last_change_s = -float("inf")
+        self._margin_since_s: float | None = None
+        self._previous_p95: float | None = None  # at the last decision, to see a backlog draining
+        self._climb_wait = [climb_after_s] * len(self.ladder)  # per target rung; doubled when a climb fails
+        self._last_climb: tuple[float, int] | None = None  # (time, rung climbed into)
+
+    @property
+    def rung_name(self) -> str:
+        return self.ladder[self.rung]
+
+    def observe(self, time_s: float, latency_ms: float, busy: float | None = None) -> None:
+        """One delivered frame's end-to-end latency, at the time it was delivered, and optionally how
+        busy the busiest stage was (its time on this frame over the time between frames)."""
+        self._samples.append((time_s, latency_ms))
+        if busy is not None:
+            self._busy.append((time_s, busy))
+
+    def busy(self, now_s: float) -> float | None:
+        """Mean busy fraction of the busiest stage over the window, or None when not reported."""
+        while self._busy and self._busy[0][0] < now_s - self.window_s:
+            self._busy.popleft()
+        return sum(b for _, b in self._busy) / len(self._busy) if self._busy else None
+
+    def p95_ms(self, now_s: float) -> float | None:
+        """p95 over the window, or None with too few frames to say."""
+        while self._samples and self._samples[0][0] < now_s - self.window_s:
+            self._samples.popleft()
+        if len(self._samples) < MIN_SAMPLES:
+            return None
+        return float(np.percentile([latency for _, latency in self._samples], 95))
+
+    def decide(self, now_s: float) -> RungChange | None:
+        """Maybe one rung change (already applied to `rung`), else None."""
+        p95 = self.p95_ms(now_s)
+        if p95 is None:
+            return None
+        previous, self._previous_p95 = self._previous_p95, p95
+        if p95 > self.budget_ms:
+            self._margin_since_s = None
+            if self._climb_failed(now_s):  # a climb that does not hold is undone at once
+                return self._move(now_s, +1, p95)
+            # No second step before the first one has been measured, nor while the backlog drains.
+            draining = previous is None or p95 < IMPROVING * previous
+            cooled = now_s - self._last_change_s >= self.down_cooldown_s
+            if self.rung + 1 < len(self.ladder) and cooled and not draining:
+                return self._move(now_s, +1, p95)
+            return None
+        busy = self.busy(now_s)
+        if p95 < self.climb_margin * self.budget_ms and (busy is None or busy < self.climb_busy):
+            if self._margin_since_s is None:
+                self._margin_since_s = now_s
+            if self.rung > 0 and now_s - self._margin_since_s >= self._climb_wait[self.rung - 1]:
+                return self._move(now_s, -1, p95)
+        else:
+            self._margin_since_s = None  # within budget but no margin: stay
+        return None
+
+    def _climb_failed(self, now_s: float) -> bool:
+        """The last change was a climb into the current rung, made just now, and it is over budget already."""
+        return (
+            self._last_climb is not None
+            and self._last_climb[1] == self.rung
+            and self._last_change_s == self._last_climb[0]
+            and now_s - self._last_change_s <= FAILED_CLIMB_S
+        )
+
+    def _move(self, now_s: float, step: int, p95: float) -> RungChange:
+        if step > 0 and self._last_climb is not None:
+            climbed_at, into = self._last_climb
+            if into == self.rung and now_s - climbed_at <= FAILED_CLIMB_S:
+                self._climb_wait[into] *= 2  # that climb did not hold: wait longer before trying it again
+        self._last_climb = (now_s, self.rung + step) if step < 0 else self._last_climb
+        self.rung += step
+        change = RungChange(
+            now_s, self.rung, self.rung_name, "down" if step > 0 else "up", round(p95, 2), self.budget_ms
+        )
+        self.changes.append(change)
+        self._last_change_s = now_s
+        self._margin_since_s = None
+        self._samples.clear()  # measured at the old rung
+        self._busy.clear()
+        self._previous_p95 = None
+        return change

@@ -1,0 +1,120 @@
+"""The quality controller against a simulated pipeline: over budget it steps down fast, with room it climbs back slowly.
+
+The plant is a single queue at 30 fps whose service time is a base cost × the offered load,
+divided by each rung's speed-up (a rough model of skipping detections, shrinking inputs,
+lowering precision and shedding a stage). As in a live run, a frame that has already waited
+longer than the budget when its turn comes is dropped, not served (age-based dropping), so the
+queue cannot grow without bound. No timing of real code: the same numbers every run.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.scheduler import CONTROL_PERIOD_S, DEFAULT_LADDER, QualityController
+
+FPS = 30
+BUDGET_MS = 50.0
+BASE_MS = 25.0  # service time at load 1, full quality: within the 33 ms a frame has
+SPEED_UP = (1.0, 1.4, 1.8, 2.3, 2.9, 3.6, 4.5, 6.0)  # per rung of the default ladder
+
+
+def simulate(controller: QualityController, loads: list[tuple[float, float]], seed: int = 0, report_busy: bool = True):
+    """Run (seconds, load) phases; returns per-frame (delivery time s, latency ms, rung) and the changes."""
+    rng = np.random.default_rng(seed)
+    frames, finish, index, next_decision = [], 0.0, 0, 0.0
+    start_s = 0.0
+    for seconds, load in loads:
+        end_s = start_s + seconds
+        while index / FPS < end_s:
+            arrival = index / FPS
+            index += 1
+            begin = max(arrival, finish)
+            if (begin - arrival) * 1000 > BUDGET_MS:
+                continue  # too old to make its deadline: dropped before the work
+            service = BASE_MS * load / SPEED_UP[controller.rung] * rng.uniform(0.9, 1.1) / 1000
+            finish = begin + service
+            latency_ms = (finish - arrival) * 1000
+            frames.append((finish, latency_ms, controller.rung))
+            controller.observe(finish, latency_ms, busy=service * FPS if report_busy else None)
+            while next_decision <= finish:
+                controller.decide(next_decision)
+                next_decision += CONTROL_PERIOD_S
+        start_s = end_s
+    return frames
+
+
+def p99_after(frames, after_s: float, before_s: float = float("inf")) -> float:
+    return float(np.percentile([lat for t, lat, _ in frames if after_s <= t < before_s], 99))
+
+
+@pytest.mark.parametrize("load", [2.0, 4.0])
+def test_overload_brings_p99_back_under_budget_within_ten_seconds_and_keeps_it(load):
+    controller = QualityController(BUDGET_MS)
+    frames = simulate(controller, [(60.0, load)])
+    assert p99_after(frames, 0.0, 2.0) > BUDGET_MS  # it was over budget
+    for start in (10.0, 20.0, 30.0, 40.0):  # every later stretch holds the budget
+        assert p99_after(frames, start, start + 20.0) <= BUDGET_MS, start
+    assert controller.rung > 0
+
+
+def test_at_full_capacity_nothing_changes():
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(20.0, 1.0)])
+    assert controller.changes == []
+
+
+def test_when_the_load_goes_the_ladder_climbs_back_to_full_quality():
+    controller = QualityController(BUDGET_MS)
+    frames = simulate(controller, [(20.0, 3.0), (60.0, 0.5)])
+    assert max(rung for _, _, rung in frames) >= 3
+    assert controller.rung == 0 and controller.rung_name == "full"
+    ups = [c for c in controller.changes if c.direction == "up"]
+    assert all(b.time_s - a.time_s >= 3.0 for a, b in itertools.pairwise(ups))  # one step per 3 s at most
+
+
+def test_a_steady_load_does_not_make_the_ladder_oscillate():
+    """With the busiest stage's load reported, the ladder settles and stays; see the next test without it."""
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(120.0, 2.0)])
+    assert len(controller.changes) <= 4
+    assert not [c for c in controller.changes if c.time_s > 10.0]
+
+
+def test_on_latency_alone_failed_climbs_come_ever_more_rarely():
+    """Without the busy fraction a climb into a rung that cannot hold is tried, undone at once, and the
+    wait before the next try doubles."""
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(120.0, 2.0)], report_busy=False)
+    assert len(controller.changes) <= 20
+    tries = [c.time_s for c in controller.changes if c.direction == "up" and c.rung == 1]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(gaps) >= 2 and all(later > earlier for earlier, later in itertools.pairwise(gaps))
+
+
+def test_each_change_says_what_caused_it():
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(5.0, 4.0)])
+    first = controller.changes[0]
+    assert first.direction == "down" and first.rung == 1 and first.name == DEFAULT_LADDER[1]
+    assert first.p95_ms > BUDGET_MS
+    assert "lowering quality to rung 1 (emotion_every_2)" in first.describe() and "budget of 50 ms" in first.describe()
+
+
+def test_no_decision_without_enough_frames_and_no_step_past_the_last_rung():
+    controller = QualityController(BUDGET_MS, ladder=("full", "less"))
+    for i in range(5):
+        controller.observe(i * 0.03, 500.0)
+    assert controller.decide(0.2) is None  # five frames are too few to judge
+    simulate(controller, [(10.0, 8.0)])
+    assert controller.rung == 1 and len(controller.changes) == 1
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="budget"):
+        QualityController(0)
+    with pytest.raises(ValueError, match="ladder"):
+        QualityController(50, ladder=())
