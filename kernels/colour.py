@@ -104,8 +104,8 @@ def rgb_to_i420(rgb: torch.Tensor, *, matrix: str = "bt601", full_range: bool = 
     out = torch.empty((height * 3 // 2, width), dtype=torch.uint8, device=rgb.device)
     y_out, u_out, v_out = i420_planes(out)
     y_out.copy_(y.round().clamp(0, 255))
-    u_out.copy_((_block_mean(cb) + 128.0).round().clamp(0, 255))
-    v_out.copy_((_block_mean(cr) + 128.0).round().clamp(0, 255))
+    u_out.copy_((block_mean(cb) + 128.0).round().clamp(0, 255))
+    v_out.copy_((block_mean(cr) + 128.0).round().clamp(0, 255))
     return out
 
 
@@ -128,7 +128,7 @@ def i420_to_rgb(i420: torch.Tensor, *, matrix: str = "bt601", full_range: bool =
     return torch.stack((r, g, b), dim=-1).round().clamp(0, 255).to(torch.uint8)
 
 
-def _block_mean(plane: torch.Tensor) -> torch.Tensor:
+def block_mean(plane: torch.Tensor) -> torch.Tensor:
     """Mean of each 2×2 block of an H×W plane → (H/2)×(W/2)."""
     h, w = plane.shape
     return plane.view(h // 2, 2, w // 2, 2).mean(dim=(1, 3))

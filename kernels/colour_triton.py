@@ -23,7 +23,8 @@ BLOCK = 256  # pixels (to RGB) or 2×2 blocks (to YUV) per program
 
 
 @triton.jit
-def _round_u8(x):
+def round_u8(x):
+    """Float code values → uint8: nearest, halves up, clamped to 0..255 (every kernel that writes pixels)."""
     return tl.minimum(tl.maximum(tl.floor(x + 0.5), 0.0), 255.0).to(tl.uint8)
 
 
@@ -61,9 +62,9 @@ def _yuv420_to_rgb_kernel(
     b = luma + 2.0 * (1.0 - kb) * cb
     g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
     out = dst + (row * width + cols) * 3
-    tl.store(out, _round_u8(r), mask=inside)
-    tl.store(out + 1, _round_u8(g), mask=inside)
-    tl.store(out + 2, _round_u8(b), mask=inside)
+    tl.store(out, round_u8(r), mask=inside)
+    tl.store(out + 1, round_u8(g), mask=inside)
+    tl.store(out + 2, round_u8(b), mask=inside)
 
 
 @triton.jit
@@ -101,13 +102,13 @@ def _rgb_to_yuv420_kernel(
     l01, b01, r01 = _rgb_pixel(src, top, left + 1, width, inside, kr, kb)
     l10, b10, r10 = _rgb_pixel(src, top + 1, left, width, inside, kr, kb)
     l11, b11, r11 = _rgb_pixel(src, top + 1, left + 1, width, inside, kr, kb)
-    tl.store(dst + top * width + left, _round_u8(y_offset + l00 * y_scale), mask=inside)
-    tl.store(dst + top * width + left + 1, _round_u8(y_offset + l01 * y_scale), mask=inside)
-    tl.store(dst + (top + 1) * width + left, _round_u8(y_offset + l10 * y_scale), mask=inside)
-    tl.store(dst + (top + 1) * width + left + 1, _round_u8(y_offset + l11 * y_scale), mask=inside)
+    tl.store(dst + top * width + left, round_u8(y_offset + l00 * y_scale), mask=inside)
+    tl.store(dst + top * width + left + 1, round_u8(y_offset + l01 * y_scale), mask=inside)
+    tl.store(dst + (top + 1) * width + left, round_u8(y_offset + l10 * y_scale), mask=inside)
+    tl.store(dst + (top + 1) * width + left + 1, round_u8(y_offset + l11 * y_scale), mask=inside)
     c_scale = c_span / 255.0 * 0.25  # the block's mean, scaled to the range
-    u = _round_u8((b00 + b01 + b10 + b11) * c_scale + 128.0)
-    v = _round_u8((r00 + r01 + r10 + r11) * c_scale + 128.0)
+    u = round_u8((b00 + b01 + b10 + b11) * c_scale + 128.0)
+    v = round_u8((r00 + r01 + r10 + r11) * c_scale + 128.0)
     luma_plane = height * width
     if NV12:
         pair = dst + luma_plane + block_row * width + blocks * 2

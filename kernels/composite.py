@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.colour import conversion_constants, i420_planes, nv12_planes
+from kernels.colour import block_mean, conversion_constants, i420_planes, nv12_planes
 from kernels.prepare import frame_size
 
 
@@ -89,10 +89,10 @@ def composite(
         u_plane, v_plane = uv[:, 0::2], uv[:, 1::2]
     luma_region = y_plane[r0:r1, c0:c1].to(torch.float32)
     y_plane[r0:r1, c0:c1] = _round_u8(luma_region * (1.0 - alpha) + y_code * alpha)
-    mean_alpha = _block_mean(alpha)
+    mean_alpha = block_mean(alpha)
     for plane, code in ((u_plane, cb_code), (v_plane, cr_code)):
         block = plane[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]
-        block.copy_(_round_u8(block.to(torch.float32) * (1.0 - mean_alpha) + _block_mean(alpha * code)))
+        block.copy_(_round_u8(block.to(torch.float32) * (1.0 - mean_alpha) + block_mean(alpha * code)))
     return image
 
 
@@ -116,11 +116,6 @@ def _overlay_at(
     inside = inside_r[:, None] & inside_c[None, :]
     alpha = sampled[3] / 255.0 * inside
     return sampled[:3], alpha
-
-
-def _block_mean(plane: torch.Tensor) -> torch.Tensor:
-    h, w = plane.shape
-    return plane.view(h // 2, 2, w // 2, 2).mean(dim=(1, 3))
 
 
 def _round_u8(values: torch.Tensor) -> torch.Tensor:

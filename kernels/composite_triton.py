@@ -12,15 +12,11 @@ import triton
 import triton.language as tl
 
 from kernels.colour import conversion_constants
+from kernels.colour_triton import round_u8
 from kernels.composite import blend_region, placed_size
 from kernels.prepare import LAYOUTS, frame_size
 
 BLOCK = 128  # pixels (RGB) or 2×2 blocks (4:2:0) per program
-
-
-@triton.jit
-def _round_u8(x):
-    return tl.minimum(tl.maximum(tl.floor(x + 0.5), 0.0), 255.0).to(tl.uint8)
 
 
 @triton.jit
@@ -86,9 +82,9 @@ def _composite_rgb_kernel(
     fr = tl.load(at, mask=valid, other=0).to(tl.float32)
     fg = tl.load(at + 1, mask=valid, other=0).to(tl.float32)
     fb = tl.load(at + 2, mask=valid, other=0).to(tl.float32)
-    tl.store(at, _round_u8(fr * (1.0 - a) + r * a), mask=valid)
-    tl.store(at + 1, _round_u8(fg * (1.0 - a) + g * a), mask=valid)
-    tl.store(at + 2, _round_u8(fb * (1.0 - a) + b * a), mask=valid)
+    tl.store(at, round_u8(fr * (1.0 - a) + r * a), mask=valid)
+    tl.store(at + 1, round_u8(fg * (1.0 - a) + g * a), mask=valid)
+    tl.store(at + 2, round_u8(fb * (1.0 - a) + b * a), mask=valid)
 
 
 @triton.jit
@@ -97,7 +93,7 @@ def _blend_luma(frame, width, row, cols, valid, r, g, b, a, kr, kb, y_offset, y_
     luma = kr * r + (1.0 - kr - kb) * g + kb * b
     at = frame + row * width + cols
     old = tl.load(at, mask=valid, other=0).to(tl.float32)
-    tl.store(at, _round_u8(old * (1.0 - a) + (y_offset + luma * (y_span / 255.0)) * a), mask=valid)
+    tl.store(at, round_u8(old * (1.0 - a) + (y_offset + luma * (y_span / 255.0)) * a), mask=valid)
     cb = 128.0 + (b - luma) / (2.0 * (1.0 - kb)) * (c_span / 255.0)
     cr = 128.0 + (r - luma) / (2.0 * (1.0 - kr)) * (c_span / 255.0)
     return a * cb, a * cr
@@ -152,8 +148,8 @@ def _composite_yuv_kernel(
         v_at = u_at + plane // 4
     u = tl.load(u_at, mask=valid, other=0).to(tl.float32)
     v = tl.load(v_at, mask=valid, other=0).to(tl.float32)
-    tl.store(u_at, _round_u8(u * (1.0 - mean_a) + sum_cb * 0.25), mask=valid)
-    tl.store(v_at, _round_u8(v * (1.0 - mean_a) + sum_cr * 0.25), mask=valid)
+    tl.store(u_at, round_u8(u * (1.0 - mean_a) + sum_cb * 0.25), mask=valid)
+    tl.store(v_at, round_u8(v * (1.0 - mean_a) + sum_cr * 0.25), mask=valid)
 
 
 def composite(

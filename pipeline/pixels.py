@@ -24,6 +24,11 @@ class PixelFormat(StrEnum):
     YUV420P = "yuv420p"  # packed I420: (H·3/2)×W uint8
     RGB24 = "rgb24"  # H×W×3 uint8
 
+    @property
+    def kernel_layout(self) -> str:
+        """The name `kernels.ops` uses for this layout ("i420" or "rgb")."""
+        return "i420" if self is PixelFormat.YUV420P else "rgb"
+
 
 @dataclass(frozen=True, slots=True)
 class Colour:
@@ -45,6 +50,10 @@ class Colour:
     @property
     def full_range(self) -> bool:
         return self.range == RANGE_FULL
+
+    def kernel_args(self, height: int) -> dict[str, object]:
+        """`matrix` and `full_range` as the colour kernels take them, for a picture `height` px tall."""
+        return {"matrix": self.matrix_name(height), "full_range": self.full_range}
 
 
 def slot_shape(pixel_format: PixelFormat | str, width: int, height: int) -> tuple[int, ...]:

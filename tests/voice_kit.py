@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import av
 import numpy as np
 from media_kit import clip_with_audio
 
+from pipeline.voice.speaker import resample_mono
 from pipeline.voice.synth import EspeakSynthesizer
 
 RATE = 16000
 
 
 def resample(samples: np.ndarray, rate: int, to: int = RATE) -> np.ndarray:
-    """Mono float32 from `rate` to `to` Hz with FFmpeg's resampler."""
-    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
-    frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=to)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [f.to_ndarray()[0] for f in resampler.resample(None)]
-    return np.concatenate(out).astype(np.float32)
+    """Mono float32 from `rate` to `to` Hz (16 kHz by default) with FFmpeg's resampler."""
+    return resample_mono(samples, rate, to)
 
 
 def spoken(text: str = "The quick brown fox jumps over the lazy dog.") -> tuple[np.ndarray, float, float]:

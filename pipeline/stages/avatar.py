@@ -29,11 +29,9 @@ from kernels import ops
 from kernels.colour import i420_planes
 from models.avatar import THEMES, FaceState, render_face
 from pipeline.frames import Frame
-from pipeline.pixels import PixelFormat
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
-LAYOUTS = {PixelFormat.YUV420P: "i420", PixelFormat.RGB24: "rgb"}
 BLINK_S = 0.15  # how long the eyes stay shut
 BLINK_GAP_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly
 MARGIN = 0.03  # of the frame height, between the picture-in-picture and the frame's edge
@@ -70,6 +68,11 @@ def empathetic(probs: dict[str, float]) -> tuple[float, float]:
     return smile, brows
 
 
+def largest(faces: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The face with the biggest box (the one nearest the camera), or None."""
+    return max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]), default=None)
+
+
 def approach(value: float, target: float, dt: float, tau: float) -> float:
     """One step of a first-order follower: after `tau` seconds, 63% of the way to a steady target."""
     if tau <= 0:
@@ -104,8 +107,8 @@ class Avatar(ComputeStage):
             raise ValueError("needs video")
         if self.options.theme not in THEMES:
             raise ValueError(f"unknown theme {self.options.theme!r}; use one of {', '.join(THEMES)}")
-        self._layout = LAYOUTS[stream.pixel_format]
-        self._colour = {"matrix": stream.colour.matrix_name(stream.height), "full_range": stream.colour.full_range}
+        self._layout = stream.pixel_format.kernel_layout
+        self._colour = stream.colour.kernel_args(stream.height)
         self._frame_size = (stream.width, stream.height)
         self.state = FaceState()
         self._last_time: float | None = None
@@ -118,7 +121,7 @@ class Avatar(ComputeStage):
         emotion = self.input_annotation(frame, "emotion") or {}
         voice = self.input_annotation(frame, "voice") or {}
         faces = emotion.get("faces") or []
-        face = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]), default=None)
+        face = largest(faces)
         smile, brows = 0.1, 0.0
         gaze_x = gaze_y = 0.0
         if face is not None and face.get("probs"):
@@ -202,14 +205,12 @@ class Avatar(ComputeStage):
         width, _ = self._frame_size
         half = (width // 2) & ~1
         quarter = (width // 4) & ~1
-        planes = [image] if self._layout == "rgb" else list(i420_planes(image))
-        backdrop = BACKDROP_RGB if self._layout == "rgb" else BACKDROP_YUV
-        for plane, value, scale in zip(planes, backdrop, (1, 2, 2), strict=False):
-            if self._layout == "rgb":
-                plane[:, :half] = plane[:, quarter : quarter + half].clone()
-                plane[:, half:] = torch.tensor(BACKDROP_RGB, dtype=plane.dtype, device=plane.device)
-                break
-            q, h = quarter // scale, half // scale
+        if self._layout == "rgb":
+            image[:, :half] = image[:, quarter : quarter + half].clone()
+            image[:, half:] = torch.tensor(BACKDROP_RGB, dtype=image.dtype, device=image.device)
+            return
+        for plane, value, scale in zip(i420_planes(image), BACKDROP_YUV, (1, 2, 2), strict=True):
+            q, h = quarter // scale, half // scale  # the chroma planes are half as wide
             plane[:, :h] = plane[:, q : q + h].clone()
             plane[:, h:] = value
 
@@ -223,9 +224,7 @@ class Avatar(ComputeStage):
         if self.options.layout == "replace":
             faces = (self.input_annotation(frame, "emotion") or {}).get("faces") or []
             if faces:
-                x0, y0, x1, y1 = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))[
-                    "box"
-                ]
+                x0, y0, x1, y1 = largest(faces)["box"]
                 side = max(16, int(max(x1 - x0, y1 - y0) * 1.2)) & ~1
                 return int((x0 + x1 - side) / 2) & ~1, int((y0 + y1 - side) / 2) & ~1, side
         side = max(16, int(height * self.options.size)) & ~1

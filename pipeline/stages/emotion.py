@@ -26,12 +26,10 @@ from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS, input_dtype, with_precision
 from pipeline.frames import Frame
-from pipeline.pixels import PixelFormat
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
-LAYOUTS = {PixelFormat.YUV420P: "i420", PixelFormat.RGB24: "rgb"}
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
 PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # MTCNN takes raw 0..255
 
@@ -63,8 +61,8 @@ class Emotion(ComputeStage):
         stream = ctx.stream
         if stream is None or not stream.has_video:
             raise ValueError("needs video")
-        self._layout = LAYOUTS[stream.pixel_format]
-        self._colour = {"matrix": stream.colour.matrix_name(stream.height), "full_range": stream.colour.full_range}
+        self._layout = stream.pixel_format.kernel_layout
+        self._colour = stream.colour.kernel_args(stream.height)
         self._frame_size = (stream.width, stream.height)
         self.set_detect_width(options.detect_width)
         self._full_precision = (load_mtcnn(ctx.device, min_face=options.min_face), load_fer(ctx.device))

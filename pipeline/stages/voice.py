@@ -25,7 +25,6 @@ openness from the voice's loudness), `text` (being spoken) and `events`:
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -37,18 +36,14 @@ from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import ChunkResampler
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions
+from pipeline.stages.audio_level import to_dbfs
 from pipeline.voice.speaker import Speaker
 from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate
 
 log = logging.getLogger(__name__)
 
-SILENCE_DBFS = -120.0  # floor for digital silence, so levels stay finite numbers
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
-
-
-def dbfs(amplitude: float) -> float:
-    return round(max(SILENCE_DBFS, 20.0 * math.log10(amplitude)) if amplitude > 0 else SILENCE_DBFS, 2)
 
 
 class VoiceOptions(StageOptions):
@@ -98,8 +93,8 @@ class Voice(ComputeStage):
         record: dict[str, Any] = {"rms_dbfs": None, "peak_dbfs": None, "clipped": 0}
         if chunk is not None and chunk.samples.shape[-1]:
             rms, peak = ops.levels(chunk.samples)
-            record["rms_dbfs"] = dbfs(float(rms.max()))
-            record["peak_dbfs"] = dbfs(float(peak.max()))
+            record["rms_dbfs"] = to_dbfs(float(rms.max()))
+            record["peak_dbfs"] = to_dbfs(float(peak.max()))
             clipped = int((chunk.samples.abs() >= FULL_SCALE).sum())
             record["clipped"] = clipped
             self.clipped_total += clipped

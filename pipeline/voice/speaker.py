@@ -122,7 +122,7 @@ class Speaker:
         if cached is None:
             utterance = self.synthesizer.synthesize(text, self.voice)
             self.synthesized += 1
-            samples = _resample(utterance.samples, utterance.sample_rate, self.rate)
+            samples = resample_mono(utterance.samples, utterance.sample_rate, self.rate)
             starts = np.array([round(p.start_s * self.rate) for p in utterance.phonemes], dtype=np.int64)
             cached = _Playing(utterance, samples, starts)
         with self._lock:
@@ -133,7 +133,8 @@ class Speaker:
         return _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
 
 
-def _resample(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+def resample_mono(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """A whole mono float32 signal from `rate` to `to` Hz with FFmpeg's resampler (flushed, so nothing is held back)."""
     if rate == to or not len(samples):
         return samples.astype(np.float32)
     frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="flt", layout="mono")
