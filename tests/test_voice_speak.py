@@ -141,3 +141,26 @@ def test_say_on_the_command_line_gives_the_avatar_its_lines(tmp_path):
     records = [json.loads(line)["voice"] for line in analytics.read_text().splitlines()]
     assert records[0]["avatar_speaking"] and records[0]["text"] == "Hello."
     assert main(["--source", "sample", "--frames", "2", "--config", "passthrough", "--say", "Hi."]) == EXIT_USAGE
+
+
+@pytest.mark.parametrize("fps", [30, 60])
+def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps):
+    """No audio to mix into, but the mouth must keep time with the picture: one frame's worth of voice per frame."""
+    from fractions import Fraction
+
+    import torch
+
+    from pipeline.device import Lane
+    from pipeline.frames import Frame
+    from pipeline.io.base import StreamInfo
+    from pipeline.scratch import ScratchPool
+    from pipeline.stage import StageContext
+    from pipeline.stages.voice import Voice, VoiceOptions
+
+    cpu = torch.device("cpu")
+    stage = Voice("voice", options=VoiceOptions(say=("Hello there, how are you?",)))
+    info = StreamInfo(160, 96, Fraction(fps), Fraction(1, fps))  # video only
+    stage.setup(StageContext("voice", cpu, Lane("voice", cpu), ScratchPool(cpu), stream=info))
+    speaking = [stage.compute(Frame(i, i, Fraction(1, fps), 0))["avatar_speaking"] for i in range(10 * fps)]
+    duration = EspeakSynthesizer().synthesize("Hello there, how are you?").duration_s
+    assert abs(sum(speaking) / fps - duration) <= 2 / fps

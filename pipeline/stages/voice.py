@@ -73,6 +73,8 @@ class Voice(ComputeStage):
         self._last_prob = 0.0
         self.clipped_total = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
+        fps = float(ctx.stream.fps) if ctx.stream is not None and ctx.stream.fps else 30.0
+        self._frame_samples = max(1, round(rate / fps))  # the avatar's voice per frame when the stream has no audio
         try:
             self.speaker: Speaker | None = Speaker(EspeakSynthesizer(), rate, voice=self.options.voice)
         except SynthesisError as exc:
@@ -129,7 +131,7 @@ class Voice(ComputeStage):
         if self.speaker is None:
             return {"avatar_speaking": False, "viseme": "sil", "mouth": 0.0, "text": None}
         chunk = frame.audio
-        count = chunk.samples.shape[-1] if chunk is not None else round(self.speaker.rate / 30)
+        count = chunk.samples.shape[-1] if chunk is not None else self._frame_samples
         spoken = self.speaker.next_chunk(count)
         if chunk is not None and count and spoken.text is not None:
             user = chunk.samples.to(torch.float32)
