@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from kernels import colour, ops
-
-triton_colour = pytest.importorskip("kernels.colour_triton")
+from kernels import colour_triton as triton_colour
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 POISON = 0xA5  # a value no conversion of the inputs below lands on everywhere

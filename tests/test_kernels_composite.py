@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import colour, composite, ops
-
-composite_triton = pytest.importorskip("kernels.composite_triton")
+from kernels import colour, composite, composite_triton, ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HEIGHT, WIDTH = 20, 30

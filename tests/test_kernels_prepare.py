@@ -11,9 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import colour, ops, prepare
-
-prepare_triton = pytest.importorskip("kernels.prepare_triton")
+from kernels import colour, ops, prepare, prepare_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3}

@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pygame
 import pytest
 import torch
 
@@ -24,8 +25,6 @@ from pipeline.io.synthetic import SyntheticSource, test_source
 from pipeline.io.window import MAX_AUDIO_LAG_S, WindowSink, fit_size, quality_rung
 from pipeline.job import JobOptions, run_job
 from pipeline.ringbuffer import RingBuffer
-
-pygame = pytest.importorskip("pygame")
 
 WIDTH, HEIGHT, FPS, RATE = 160, 96, 30, 48000  # px, px, frames/s, Hz
 OVERLAY_ROWS = 32  # px at the top the overlay text may cover
