@@ -199,3 +199,26 @@ def test_folder_source_refuses_a_window(tmp_path):
     assert run.returncode != 0
     assert "a folder --source needs a folder --output" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+STOP_WHILE_PLAYING = """
+import sys, time
+import numpy as np
+from pipeline.io.window import AudioPlayer
+for i in range(60):
+    player = AudioPlayer(48000, 1)
+    player.push(np.zeros((1, 4800), np.float32))
+    busy_until = time.perf_counter() + 0.02 + (i % 7) * 0.003
+    while time.perf_counter() < busy_until:  # hold the GIL, as a frame's work would, while SDL calls back
+        pass
+    player.close()
+print("closed 60")
+"""
+
+
+def test_stopping_playback_never_deadlocks_with_sdl_s_audio_thread(desktop):
+    """SDL holds the device lock while our callback waits for the GIL; closing must not wait on that lock
+    while holding the GIL. Before the fix this hung within 60 closes every time; SDL's own signal
+    handlers ignore SIGTERM, so the run is killed outright if it hangs."""
+    run = subprocess.run([sys.executable, "-c", STOP_WHILE_PLAYING], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "closed 60" in run.stdout, run.stderr

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -19,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import av
@@ -150,8 +153,43 @@ class AudioPlayer:
         """Stop playback; safe to call twice. The counters stay readable."""
         device, self._device = self._device, None
         if device is not None:
-            device.pause(1)
-            device.close()
+            _pause_releasing_the_gil(device)
+            device.close()  # paused: the callback is not running, so this cannot wait on it
+
+
+def _sdl_library() -> ctypes.CDLL | None:
+    """The SDL2 library pygame loaded (the same copy, so device ids match), or None if it cannot be found."""
+    import pygame
+
+    package = Path(pygame.__file__).resolve().parent
+    for folder, pattern in (
+        (package.parent / "pygame.libs", "libSDL2-2*.so*"),  # Linux wheels
+        (package / ".dylibs", "libSDL2-2.0*.dylib"),  # macOS wheels
+        (package, "SDL2.dll"),  # Windows wheels
+    ):
+        for path in sorted(folder.glob(pattern)):
+            try:
+                return ctypes.CDLL(str(path))
+            except OSError:
+                continue
+    found = ctypes.util.find_library("SDL2")  # pygame built against the system's SDL
+    return ctypes.CDLL(found) if found else None
+
+
+def _pause_releasing_the_gil(device: Any) -> None:
+    """Pause an SDL audio device without holding the GIL while SDL waits for its lock.
+
+    SDL holds the device's lock while it runs our callback, and the callback needs the GIL.
+    pygame's `pause` holds the GIL while it waits for that lock, so a pause that lands while a
+    callback is starting deadlocks both threads. A ctypes call releases the GIL for the call.
+    """
+    library = _sdl_library()
+    if library is None:
+        device.pause(1)  # no better option; the race is rare
+        return
+    library.SDL_PauseAudioDevice.argtypes = (ctypes.c_uint32, ctypes.c_int)
+    library.SDL_PauseAudioDevice.restype = None
+    library.SDL_PauseAudioDevice(device.deviceid, 1)
 
 
 class WindowSink(Sink):
