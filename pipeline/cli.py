@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config, with_lines_to_say
+from pipeline.config import load_config, with_lines_to_say, with_targets
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
@@ -77,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_argument(
         "--preset", metavar="NAME", help="speed preset, e.g. ultrafast … veryslow (x264), p1 … p7 (NVENC)"
     )
+    scheduling = parser.add_argument_group("latency and quality (the frame scheduler)")
+    scheduling.add_argument(
+        "--quality",
+        choices=["live", "auto", "off"],
+        help=(
+            "live: hold the latency target on live and --realtime runs (drop late frames, lower quality under load, "
+            "climb back when there is room) and leave files untouched; auto: lower quality on files too (never "
+            "dropping a frame); off: never. Default: the config's quality.mode (live)"
+        ),
+    )
+    scheduling.add_argument(
+        "--latency-ms", type=float, metavar="MS", help="end-to-end latency budget, capture to output. Default: 50"
+    )
+    scheduling.add_argument(
+        "--target-fps", type=float, metavar="N", help="a live source faster than this is thinned to it. Default: 120"
+    )
     parser.add_argument(
         "--analytics", metavar="PATH", help="write one JSON line per frame (a folder of .jsonl files for a folder run)"
     )
@@ -100,6 +116,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     config = load_config(args.config)
     if args.say:
         config = with_lines_to_say(config, args.say)
+    config = with_targets(config, quality=args.quality, latency_ms=args.latency_ms, fps=args.target_fps)
     size = None
     if args.size:
         match = SIZE.match(args.size)

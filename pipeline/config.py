@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
+from pipeline.quality import DEFAULT_LADDER, check_ladder
+from pipeline.scheduler import (
+    CLIMB_AFTER_S,
+    CLIMB_BUSY,
+    CLIMB_MARGIN,
+    CONTROL_PERIOD_S,
+    DOWN_COOLDOWN_S,
+    WINDOW_S,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_QUEUE_SIZE = 4  # frames waiting in front of each stage (batch mode)
@@ -29,6 +38,36 @@ class RingConfig(_Strict):
     policy: Literal["auto", "block", "latest"] = "auto"
 
 
+class TargetsConfig(_Strict):
+    """What a live run holds: end-to-end latency (capture to output) and frame rate."""
+
+    latency_ms: float = Field(50.0, gt=0.0, le=60_000.0)  # each frame's deadline is its capture time + this
+    fps: float = Field(120.0, gt=0.0, le=1000.0)  # a faster source is thinned to this rate on arrival
+
+
+class QualityConfig(_Strict):
+    """The frame scheduler: when it may lower quality, along which ladder, and how it decides."""
+
+    # live: on for live (and --realtime) runs, off for files; auto: always on; off: never.
+    mode: Literal["live", "auto", "off"] = "live"
+    ladder: tuple[str, ...] = DEFAULT_LADDER  # rung names in order, from `full` down (pipeline.quality)
+    control_period_s: float = Field(CONTROL_PERIOD_S, gt=0.0, le=10.0)
+    window_s: float = Field(WINDOW_S, gt=0.0, le=60.0)  # the p95 is taken over this much recent time
+    down_cooldown_s: float = Field(DOWN_COOLDOWN_S, ge=0.0, le=60.0)
+    climb_after_s: float = Field(CLIMB_AFTER_S, ge=0.0, le=600.0)  # sustained margin before a step up
+    climb_margin: float = Field(CLIMB_MARGIN, gt=0.0, lt=1.0)  # "margin": p95 under this × the budget
+    climb_busy: float = Field(CLIMB_BUSY, gt=0.0, le=1.0)  # ... and the busiest stage busy less than this
+    gpu_memory_max: float = Field(0.90, gt=0.0, le=1.0)  # used share of GPU memory that forces a step down
+    gpu_temperature_max_c: float = Field(83.0, gt=0.0, le=120.0)  # GPU temperature that forces a step down
+
+    @field_validator("ladder", mode="before")
+    @classmethod
+    def _known_rungs(cls, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(name, str) for name in value):
+            raise ValueError("expected a list of rung names")
+        return check_ladder(value)
+
+
 class StageSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     type: str
@@ -43,6 +82,8 @@ class GraphConfig(_Strict):
     queue_size: int = Field(DEFAULT_QUEUE_SIZE, ge=1, le=1024)
     max_consecutive_failures: int = Field(5, ge=1)  # then the stage is disabled
     ring: RingConfig = RingConfig()
+    targets: TargetsConfig = TargetsConfig()
+    quality: QualityConfig = QualityConfig()
     stages: list[StageSpec] = []
 
 
@@ -121,3 +162,26 @@ def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
     if not found:
         raise ConfigError(f"--say: graph {config.name!r} has no voice stage to speak with")
     return config.model_copy(update={"stages": stages})
+
+
+def with_targets(
+    config: GraphConfig, *, quality: str | None = None, latency_ms: float | None = None, fps: float | None = None
+) -> GraphConfig:
+    """`config` with the scheduler's mode and targets overridden where given (the command line's flags)."""
+    targets = config.targets.model_dump()
+    if latency_ms is not None:
+        targets["latency_ms"] = latency_ms
+    if fps is not None:
+        targets["fps"] = fps
+    modes = config.quality.model_dump()
+    if quality is not None:
+        modes["mode"] = quality
+    data = config.model_dump() | {"targets": targets, "quality": modes}
+    try:
+        return GraphConfig.model_validate(data)
+    except ValidationError as exc:
+        flags = {"targets.latency_ms": "--latency-ms", "targets.fps": "--target-fps", "quality.mode": "--quality"}
+        message = describe_validation_error(exc, data)
+        for key, flag in flags.items():
+            message = message.replace(f"key {key!r}", flag)
+        raise ConfigError(message) from None

@@ -20,7 +20,9 @@ import torch
 
 from pipeline.device import Lane, configure_cpu_threads, cuda_stream_priority
 from pipeline.errors import PipelineError, SinkError, SourceError
+from pipeline.frame_scheduler import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.frames import Frame
+from pipeline.gpu_health import GpuHealth
 from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
 from pipeline.metrics import QueueStats, RunMetrics
@@ -53,6 +55,7 @@ class _Running:
     scratch: ScratchPool
     children: list[_Running] = field(default_factory=list)
     waiting: dict[int, int] = field(default_factory=dict)  # frame index → parents still to finish
+    watched: Watched | None = None  # the scheduler's view of it, on live runs with deadlines
 
 
 class Pipeline:
@@ -100,6 +103,7 @@ class Pipeline:
         self.source_error: str | None = None
         self.interrupted = False
         self.shared: dict[str, Any] = {}  # services stages offer each other for this run (StageContext.shared)
+        self.scheduler: FrameScheduler | None = None  # set up with the stages when this run schedules
 
     # ----------------------------------------------------------------- control
 
@@ -134,6 +138,8 @@ class Pipeline:
             self._start_stages()
             self._tasks.append(asyncio.create_task(self._produce(), name="source"))
             self._tasks.append(asyncio.create_task(self._sample(), name="sampler"))
+            if self.scheduler is not None:
+                self._tasks.append(asyncio.create_task(self.scheduler.control(), name="scheduler"))
             for running in self._running.values():
                 for worker in range(running.node.spec.workers):
                     task = asyncio.create_task(self._work(running), name=f"{running.node.name}#{worker}")
@@ -164,6 +170,7 @@ class Pipeline:
             ring=self.ring.stats(),
             leaked_slots=self.ring.in_use,
             scratch={name: r.scratch.stats() for name, r in self._running.items()},
+            quality=self.scheduler.report() if self.scheduler is not None else {"enabled": False},
         )
 
     def _start_stages(self) -> None:
@@ -201,6 +208,20 @@ class Pipeline:
         for running in self._running.values():
             running.children = [self._running[child] for child in running.node.children]
         self._roots = [self._running[node.name] for node in self.graph.roots]
+        if scheduler_enabled(self.graph.config, live=self.source.live):
+            fps = self.source.info.fps
+            self.scheduler = FrameScheduler(
+                self.graph,
+                {name: running.runner for name, running in self._running.items()},
+                self.metrics,
+                live=self.source.live,
+                source_fps=float(fps) if fps else None,
+                sink=self.sink,
+                gpu=GpuHealth(self.device) if self.device.type == "cuda" else None,
+            )
+            if self.scheduler.deadlines:
+                for name, running in self._running.items():
+                    running.watched = self.scheduler.by_name[name]
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
@@ -263,6 +284,8 @@ class Pipeline:
                         ready.record()
                         frame.events["source"] = ready
                     self.metrics.frame_in(time.monotonic_ns())
+                    if self.scheduler is not None:
+                        self.scheduler.admit(frame)
                     self._in_flight[frame.index] = frame
                     self._accepted += 1
                     if self._roots:
@@ -289,7 +312,8 @@ class Pipeline:
         if batch > 1 and not self.source.live and running.node.spec.workers == 1:
             await self._work_batched(running, batch)
             return
-        get, run = running.queue.get, running.runner.run
+        run = running.runner.run
+        get = running.queue.get if running.watched is None else self._getter(running)
         children = running.children
         if not children:
             while True:
@@ -307,6 +331,20 @@ class Pipeline:
             frame = await get()
             await run(frame)
             await self._hand_on(frame, edges)
+
+    def _getter(self, running: _Running) -> Any:
+        """`queue.get` that first drops a frame too late to make its deadline, when a newer one waits."""
+        queue, watched, scheduler = running.queue, running.watched, self.scheduler
+        assert watched is not None and scheduler is not None
+        is_late, clock = scheduler.is_late, time.monotonic_ns
+
+        async def get() -> Frame:
+            frame = await queue.get()
+            if not queue.empty() and frame.drop_reason is None and is_late(frame, watched, clock()):
+                frame.drop(LATE)
+            return frame
+
+        return get
 
     @staticmethod
     def _edges(running: _Running) -> list[tuple[int, dict[int, int], Any]]:
@@ -375,10 +413,13 @@ class Pipeline:
             log.error("%s", error)
             self._abort(error)
             return
+        now_ns = time.monotonic_ns()
         if frame.dropped:
             self.metrics.frame_dropped(frame.why_dropped or "dropped")
         else:
-            self.metrics.frame_out(frame.capture_ns, time.monotonic_ns())
+            self.metrics.frame_out(frame.capture_ns, now_ns)
+        if self.scheduler is not None:
+            self.scheduler.delivered(frame, now_ns)
         frame.release()
         del self._in_flight[frame.index]
         self._delivered += 1

@@ -45,6 +45,7 @@ class Frame:
     audio: AudioChunk | None = None
     annotations: dict[str, Any] = field(default_factory=dict)  # one JSON-able dict per stage
     drop_reason: str | None = None  # set when the frame is dropped; it still flows, without pixels
+    deadline_ns: int = 0  # live runs: capture_ns + the latency budget (0: no deadline)
     # CUDA events recorded by the stages that produced this frame's data, keyed by stage name.
     events: dict[str, Any] = field(default_factory=dict)
 
@@ -81,10 +82,15 @@ class Frame:
         return None
 
     def drop(self, reason: str) -> None:
-        """Drop the pixels (keeping audio and order): the frame flows on as a marker."""
+        """Drop the pixels (keeping audio and order): the frame flows on as a marker.
+
+        The slot goes back at once when no stage has begun on it; otherwise a stage on another
+        branch may still be reading it, and it goes back when the frame leaves at the sink.
+        """
         if self.drop_reason is None:
             self.drop_reason = reason
-            self.release()
+            if self.lease is not None and not self.lease.started:
+                self.release()
 
     def release(self) -> None:
         """Give the slot back. Safe to call more than once."""

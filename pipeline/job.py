@@ -78,6 +78,9 @@ class JobResult:
         e2e = report["latency_ms"]["end_to_end"]
         dropped = sum(report["frames"]["dropped"].values())
         where = "" if self.output == "null" else f" -> {self.output}"
+        quality = report.get("quality", {})
+        if quality.get("enabled"):
+            where = f", quality {quality['rung']} after {quality['changes']} change(s){where}"
         why = f" ({self.reason})" if self.reason else ""
         word = "done" if self.status == "ok" else self.status
         return (
@@ -185,7 +188,10 @@ async def _tick(pipeline: Pipeline, progress: Progress) -> None:
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         metrics = pipeline.metrics
-        progress.update(metrics.frames_out, f"e2e p95 {metrics.end_to_end.percentile_ns(0.95) / 1e6:.0f} ms")
+        status = f"e2e p95 {metrics.end_to_end.percentile_ns(0.95) / 1e6:.0f} ms"
+        if pipeline.scheduler is not None:
+            status += f", quality {pipeline.scheduler.controller.rung_name}"
+        progress.update(metrics.frames_out, status)
 
 
 # ------------------------------------------------------------------------- folders

@@ -27,16 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_LADDER = (
-    "full",  # everything at full quality
-    "emotion_every_2",  # detect and read faces on every 2nd frame, holding results in between
-    "emotion_every_3",
-    "lower_inference_resolution",  # detector input at half the width
-    "lower_precision",  # fp16/bf16 on a GPU, int8 dynamic quantization on the CPU
-    "shed_context",  # skip the lowest-priority stage
-    "lower_output_resolution",
-    "lower_source_fps",
-)
+from pipeline.quality import DEFAULT_LADDER
+
 CONTROL_PERIOD_S = 0.25  # how often `decide` runs in a pipeline
 WINDOW_S = 2.0  # the sliding window the p95 is taken over
 MIN_SAMPLES = 8  # fewer frames than this in the window: no decision yet
@@ -45,6 +37,7 @@ CLIMB_AFTER_S = 3.0  # sustained margin needed before a step up
 CLIMB_MARGIN = 0.7  # "margin" is a p95 below this fraction of the budget
 IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as getting better
 FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
+PRESSURE_COOLDOWN_S = 5.0  # between two steps down forced by GPU memory or temperature
 CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
 
 
@@ -58,13 +51,27 @@ class RungChange:
     direction: str  # "down" (less quality) or "up"
     p95_ms: float
     budget_ms: float
+    pressure: str | None = None  # what else forced the step (a hot or full GPU), if anything did
 
     def describe(self) -> str:
         verb = "lowering quality" if self.direction == "down" else "raising quality"
+        why = f"{self.pressure}; " if self.pressure else ""
         return (
-            f"scheduler: {verb} to rung {self.rung} ({self.name}): end-to-end p95 {self.p95_ms:.1f} ms "
+            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {self.p95_ms:.1f} ms "
             f"against a budget of {self.budget_ms:.0f} ms"
         )
+
+    def to_json(self) -> dict[str, object]:
+        record: dict[str, object] = {
+            "time_s": round(self.time_s, 3),
+            "rung": self.rung,
+            "name": self.name,
+            "direction": self.direction,
+            "p95_ms": self.p95_ms,
+        }
+        if self.pressure:
+            record["pressure"] = self.pressure
+        return record
 
 
 class QualityController:
@@ -113,6 +120,10 @@ class QualityController:
         if busy is not None:
             self._busy.append((time_s, busy))
 
+    def observe_busy(self, time_s: float, busy: float) -> None:
+        """How busy the busiest stage was over the last control period (its share of the wall time)."""
+        self._busy.append((time_s, busy))
+
     def busy(self, now_s: float) -> float | None:
         """Mean busy fraction of the busiest stage over the window, or None when not reported."""
         while self._busy and self._busy[0][0] < now_s - self.window_s:
@@ -127,9 +138,19 @@ class QualityController:
             return None
         return float(np.percentile([latency for _, latency in self._samples], 95))
 
-    def decide(self, now_s: float) -> RungChange | None:
-        """Maybe one rung change (already applied to `rung`), else None."""
+    def decide(self, now_s: float, pressure: str | None = None) -> RungChange | None:
+        """Maybe one rung change (already applied to `rung`), else None.
+
+        `pressure` names a reason to step down that latency does not show (a GPU near its memory
+        or temperature limit): it steps down as over-budget latency does, and blocks climbing.
+        """
         p95 = self.p95_ms(now_s)
+        if pressure is not None:
+            self._margin_since_s = None
+            # Heat and memory answer a step slowly: give each step time to show before the next.
+            if self.rung + 1 < len(self.ladder) and now_s - self._last_change_s >= PRESSURE_COOLDOWN_S:
+                return self._move(now_s, +1, p95 if p95 is not None else 0.0, pressure)
+            return None
         if p95 is None:
             return None
         previous, self._previous_p95 = self._previous_p95, p95
@@ -162,7 +183,7 @@ class QualityController:
             and now_s - self._last_change_s <= FAILED_CLIMB_S
         )
 
-    def _move(self, now_s: float, step: int, p95: float) -> RungChange:
+    def _move(self, now_s: float, step: int, p95: float, pressure: str | None = None) -> RungChange:
         if step > 0 and self._last_climb is not None:
             climbed_at, into = self._last_climb
             if into == self.rung and now_s - climbed_at <= FAILED_CLIMB_S:
@@ -170,7 +191,7 @@ class QualityController:
         self._last_climb = (now_s, self.rung + step) if step < 0 else self._last_climb
         self.rung += step
         change = RungChange(
-            now_s, self.rung, self.rung_name, "down" if step > 0 else "up", round(p95, 2), self.budget_ms
+            now_s, self.rung, self.rung_name, "down" if step > 0 else "up", round(p95, 2), self.budget_ms, pressure
         )
         self.changes.append(change)
         self._last_change_s = now_s

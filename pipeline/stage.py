@@ -22,6 +22,7 @@ from pipeline.scratch import ScratchPool
 
 if TYPE_CHECKING:
     from pipeline.io.base import StreamInfo
+    from pipeline.quality import QualitySettings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class Stage:
     type_name: ClassVar[str] = ""  # key in configs, e.g. "frame_stats"
     Options: ClassVar[type[StageOptions]] = StageOptions
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
+    # Stages that work on the sound run on dropped frames too: a drop costs a picture, never audio.
+    handles_dropped: ClassVar[bool] = False
+    # The quality knobs (`QualitySettings` field names) `apply_quality` acts on: the scheduler
+    # leaves out of its ladder the rungs that no stage in the graph would feel.
+    quality_knobs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, *, priority: int = 0, options: StageOptions | None = None):
         self.name = name
@@ -77,6 +83,9 @@ class Stage:
     async def process(self, frame: Frame) -> dict[str, Any] | None:
         """Look at (or draw into) the frame; return this stage's annotation, or None."""
         raise NotImplementedError
+
+    def apply_quality(self, settings: QualitySettings) -> None:
+        """Follow the scheduler's rung from the next frame on (called between frames, on the event loop)."""
 
     @property
     def batch_frames(self) -> int:
@@ -141,7 +150,17 @@ class ComputeStage(Stage):
 class StageRunner:
     """Calls one stage for each frame: times it, isolates its failures, disables it if it keeps failing."""
 
-    __slots__ = ("_process", "_record", "consecutive_failures", "max_consecutive_failures", "name", "stage", "stats")
+    __slots__ = (
+        "_process",
+        "_record",
+        "consecutive_failures",
+        "handles_dropped",
+        "max_consecutive_failures",
+        "name",
+        "shed",
+        "stage",
+        "stats",
+    )
 
     def __init__(
         self, stage: Stage, stats: StageStats, max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
@@ -151,6 +170,8 @@ class StageRunner:
         self.stats = stats
         self.max_consecutive_failures = max_consecutive_failures
         self.consecutive_failures = 0
+        self.shed = False  # skipped by the scheduler to save its time (the lowest-priority stages)
+        self.handles_dropped = stage.handles_dropped
         self._process = stage.process  # bound once: run() is on the hot path
         self._record = stats.latency.record
 
@@ -163,12 +184,12 @@ class StageRunner:
         """One call of the stage on one frame, timed and isolated."""
         stats = self.stats
         lease = frame.lease
-        if frame.drop_reason is not None or (lease is not None and lease.revoked):
+        if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not self.handles_dropped:
             stats.skipped += 1  # dropped, or reclaimed by the ring while it waited in the queue
             return
-        if stats.disabled is not None:
+        if stats.disabled is not None or self.shed:
             stats.missing += 1
-            frame.annotations[self.name] = missing("disabled")
+            frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
             return
         if lease is not None:
             lease.started = True  # from here on the ring may not reclaim it
@@ -190,11 +211,11 @@ class StageRunner:
         todo = []
         for frame in frames:
             lease = frame.lease
-            if frame.drop_reason is not None or (lease is not None and lease.revoked):
+            if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not self.handles_dropped:
                 stats.skipped += 1
-            elif stats.disabled is not None:
+            elif stats.disabled is not None or self.shed:
                 stats.missing += 1
-                frame.annotations[self.name] = missing("disabled")
+                frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
             else:
                 if lease is not None:
                     lease.started = True

@@ -91,7 +91,15 @@ class RecordingSink(Sink):
             await asyncio.sleep(self.delay_s)
         stamp = None if frame.dropped else int(frame.image[0, 0, 0])
         self.records.append(
-            {"index": frame.index, "stamp": stamp, "dropped": frame.dropped, "annotations": dict(frame.annotations)}
+            {
+                "index": frame.index,
+                "stamp": stamp,
+                "dropped": frame.dropped,
+                "annotations": dict(frame.annotations),
+                "audio_pts": frame.audio.pts if frame.audio is not None else None,
+                "latency_ms": (time.monotonic_ns() - frame.capture_ns) / 1e6,
+                "time_s": time.monotonic(),
+            }
         )
 
     async def close(self) -> None:

@@ -81,6 +81,41 @@ class Matmul(ComputeStage):
         return {"checksum": float(self._out[0, 0])}
 
 
+class CostlyOptions(StageOptions):
+    cost_ms: float = Field(10.0, ge=0)  # time per frame at full quality and load 1
+
+
+class Costly(Stage):
+    """Costs `cost_ms` × `load` per frame (a sleep: the same on a busy test machine), less at lower rungs.
+
+    It follows the inference knobs as the emotion stage does: every Nth frame only (the others
+    carry the last result, free), half the cost at the lower resolution, two thirds at the
+    lower precision. Tests change `load` while the pipeline runs.
+    """
+
+    type_name = "costly"
+    Options = CostlyOptions
+    quality_knobs = frozenset({"inference_every", "inference_scale", "precision"})
+
+    def setup(self, ctx: StageContext) -> None:
+        super().setup(ctx)
+        self.load = 1.0
+        self.every = 1
+        self.speed_up = 1.0
+        self.rungs: list[str] = []
+
+    def apply_quality(self, settings) -> None:
+        self.rungs.append(settings.rung)
+        self.every = settings.inference_every
+        self.speed_up = (2.0 if settings.inference_scale < 1 else 1.0) * (1.5 if settings.precision == "reduced" else 1)
+
+    async def process(self, frame: Frame) -> dict[str, Any]:
+        if frame.index % self.every:
+            return {"held": True}
+        await asyncio.sleep(self.options.cost_ms * self.load / self.speed_up / 1000)
+        return {"held": False}
+
+
 class Boom(Stage):
     type_name = "boom"
 
@@ -112,7 +147,7 @@ class BadSetup(Stage):
         return None
 
 
-TEST_TYPES = {cls.type_name: cls for cls in (Stamp, Jitter, Join, Matmul, Boom, Flaky, BadSetup)}
+TEST_TYPES = {cls.type_name: cls for cls in (Stamp, Jitter, Join, Matmul, Costly, Boom, Flaky, BadSetup)}
 
 
 def all_types() -> dict[str, type[Stage]]:

@@ -168,3 +168,38 @@ def test_a_stage_behind_takes_the_frames_waiting_in_one_call(tmp_path):
     finally:
         Emotion.compute_batch = original
     assert sum(calls) == 12 and max(calls) <= 4
+
+
+def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precision(tmp_path):
+    """At the `lower_precision` rung (every 3rd frame, half the detector width, int8 on a CPU) the face is
+    still found and read; the frames between carry the last result; back at `full`, all is restored."""
+    from pipeline.quality import DEFAULT_LADDER, FULL, settings_at
+
+    settings = settings_at(DEFAULT_LADDER, DEFAULT_LADDER.index("lower_precision"))
+    config = parse_config({"name": "emotion-test", "stages": [{"name": "emotion", "type": "emotion"}]})
+    analytics = tmp_path / "faces.jsonl"
+    pipeline = Pipeline(
+        build_graph(config),
+        MediaSource(make_face_clip(tmp_path / "face.mp4", frames=9)),
+        AnalyticsSink(NullSink(), analytics),
+    )
+    start_stages = pipeline._start_stages
+
+    def start_at_the_rung() -> None:
+        start_stages()
+        pipeline._running["emotion"].runner.stage.apply_quality(settings)
+
+    pipeline._start_stages = start_at_the_rung
+    asyncio.run(pipeline.run())
+    stage = pipeline._running["emotion"].runner.stage
+    assert stage.precision == "int8" and stage._detect_size[1] == 160
+    records = [json.loads(line)["emotion"] for line in analytics.read_text().splitlines()]
+    assert [bool(r.get("held")) for r in records] == [False, True, True] * 3
+    for index, record in enumerate(records):
+        (face,) = record["faces"]
+        assert face["label"] == "happy"
+        if record.get("held"):
+            assert record["faces"] == records[index - 1]["faces"]
+    assert stage.detections == 3  # detect_every 1 of the frames it looked at: 0, 3, 6
+    stage.apply_quality(FULL)
+    assert stage.precision == "fp32" and stage._detect_size[1] == 320 and stage._cadence == 1

@@ -27,6 +27,13 @@ class AnalyticsSink(Sink):
         self._file: IO[str] | None = None
 
     @property
+    def resizable_output(self) -> bool:
+        return bool(getattr(self.inner, "resizable_output", False))
+
+    def set_output_scale(self, scale: float) -> None:
+        self.inner.set_output_scale(scale)
+
+    @property
     def description(self) -> str:
         return getattr(self.inner, "description", "")
 

@@ -218,6 +218,17 @@ class WindowSink(Sink):
         self._meter = RateMeter()
         self._pool: ThreadPoolExecutor | None = None
         self._scale_to = (0, 0)  # (width, height) to scale to before rotating
+        self.output_scale = 1.0  # the scheduler's output-resolution knob
+
+    resizable_output = True  # the scheduler may lower what is shown (`set_output_scale`)
+
+    def set_output_scale(self, scale: float) -> None:
+        """Convert and upload the picture at `scale` × the window's size; SDL stretches it to fill the window.
+
+        The scheduler's `lower_output_resolution` rung: at 0.5 the colour conversion and the upload
+        handle a quarter of the pixels.
+        """
+        self.output_scale = min(1.0, max(0.1, float(scale)))
 
     async def open(self, info: StreamInfo) -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -286,6 +297,9 @@ class WindowSink(Sink):
         info = self._info
         pixels = host_pixels(image, events)
         width, height = self._scale_to
+        if self.output_scale < 1.0:
+            width = max(2, int(width * self.output_scale) & ~1)
+            height = max(2, int(height * self.output_scale) & ~1)
         if info.pixel_format is PixelFormat.YUV420P:
             picture = av.VideoFrame.from_numpy_buffer(pixels, format="yuv420p")
             matrix = "ITU709" if info.colour.matrix_name(info.height) == "bt709" else "ITU601"
@@ -307,6 +321,8 @@ class WindowSink(Sink):
     def _show(self, rgb: np.ndarray, latency_ms: float, rung: str) -> None:
         pygame = self._pygame
         surface = pygame.image.frombuffer(rgb, (rgb.shape[1], rgb.shape[0]), "RGB")
+        if (rgb.shape[1], rgb.shape[0]) != self.display_size:  # a lowered output resolution
+            surface = pygame.transform.scale(surface, self.display_size)
         self._screen.blit(surface, (0, 0))
         now = time.monotonic_ns()
         if self._overlay is None or now - self._overlay_at_ns >= OVERLAY_EVERY_S * 1e9:

@@ -23,6 +23,7 @@ class AudioLevel(Stage):
     """
 
     type_name = "audio_level"
+    handles_dropped = True  # the sound of a dropped frame still plays
 
     async def process(self, frame: Frame) -> dict[str, float | None]:
         chunk = frame.audio

@@ -7,6 +7,11 @@ cropped, resized to 64×64 gray and normalized — all of them in one kernel cal
 the frame's own layout — and classified in one batch. Between detections the boxes are held,
 so expressions still update every frame at a fraction of the detector's cost.
 
+Under load the scheduler turns three knobs (`apply_quality`): the stage runs on only every
+2nd or 3rd frame and the frames between carry the last result, marked `"held": true` (the
+avatar keeps animating from it); the detector's input width is scaled down; and the models
+run at lower precision (fp16 on a GPU, int8 dynamic quantization on a CPU).
+
 Annotation, under the stage's name in the analytics line:
 `{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "landmarks": [[x, y] × 5],
 "score", "probs": {label: p}, "label", "detected"}]}`, faces in track order.
@@ -26,6 +31,7 @@ from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS, input_dtype, with_precision
 from pipeline.frames import Frame
+from pipeline.quality import QualitySettings
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
@@ -54,6 +60,7 @@ class Emotion(ComputeStage):
 
     type_name = "emotion"
     Options = EmotionOptions
+    quality_knobs = frozenset({"inference_every", "inference_scale", "precision"})
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
@@ -75,6 +82,16 @@ class Emotion(ComputeStage):
             label_margin=options.label_margin,
         )
         self.detections = 0  # detector runs, for the report and tests
+        self._cadence = 1  # the stage runs on 1 frame in this many (the scheduler's knob)
+        self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
+        self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
+
+    def apply_quality(self, settings: QualitySettings) -> None:
+        self._cadence = settings.inference_every
+        self.set_detect_width(round(self.options.detect_width * settings.inference_scale))
+        assert self.ctx is not None
+        reduced = "fp16" if self.ctx.device.type == "cuda" else "int8"
+        self.set_precision(reduced if settings.precision == "reduced" else self.options.precision)
 
     def set_detect_width(self, width: int) -> None:
         """Detect on the frame scaled to `width` px (never above its own) from the next detection on.
@@ -115,14 +132,19 @@ class Emotion(ComputeStage):
         the faces of all the frames are classified in one batch; the smoothed labels are then
         settled frame by frame, so the result is what one frame at a time gives."""
         seen: list[tuple[Frame, list[tuple[Track, Track]]]] = []  # (track, as it was on that frame) per frame
+        held: set[int] = set()  # frames the cadence skips: they carry the result before them
         with torch.no_grad():
             for frame in frames:
                 if not frame.has_image:
                     continue
-                if frame.index % self.options.detect_every == 0:
+                if self._cadence > 1 and frame.index % self._cadence:
+                    held.add(frame.index)
+                    continue
+                if self._seen % self.options.detect_every == 0:
                     tracks = self._tracker.update(*self._detect(frame.image))
                 else:
                     tracks = self._tracker.update(None)
+                self._seen += 1
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
             readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         records: dict[int, dict[str, Any]] = {}
@@ -131,7 +153,16 @@ class Emotion(ComputeStage):
                 self._tracker.observe(track, readings.pop(0))
                 face.probs, face.label = track.probs, track.label
             records[frame.index] = {"faces": [_face_record(face) for _, face in faces]}
-        return [records.get(frame.index, missing("no video")) for frame in frames]
+        results = []
+        for frame in frames:
+            if frame.index in held:
+                record = {**self._held, "held": True} if self._held is not None else missing("held: no result yet")
+            else:
+                record = records.get(frame.index, missing("no video"))
+                if frame.index in records:
+                    self._held = record
+            results.append(record)
+        return results
 
     def _detect(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""

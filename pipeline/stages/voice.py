@@ -62,6 +62,7 @@ class Voice(ComputeStage):
     """Annotation: the user's speech (VAD), levels, clipping and turn events, per frame."""
 
     type_name = "voice"
+    handles_dropped = True  # the sound of a dropped frame still plays
     Options = VoiceOptions
 
     def setup(self, ctx: StageContext) -> None:

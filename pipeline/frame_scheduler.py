@@ -1,0 +1,269 @@
+"""The scheduler inside a run: deadlines on arrival, age-based drops, and the 250 ms control loop.
+
+`QualityController` (pipeline.scheduler) decides; this module measures for it and carries out
+what it decides, so the executor only calls four hooks:
+
+- `admit(frame)` on arrival: the frame's deadline (capture time + the latency budget), its
+  `quality` annotation, and thinning: a source faster than `targets.fps`, and the
+  `lower_source_fps` rung, drop frames here, before any work. Dropped frames still flow to the
+  sink as markers, so their audio plays and order is kept.
+- `is_late(frame, node)` before a stage: a frame that cannot make its deadline if this stage
+  and the slowest path after it cost what they have lately (mean + 20%) is dropped — but only when
+  a newer frame is already waiting there (the newest frame wins; the stage never goes idle
+  for want of a frame that would have made it).
+- `delivered(frame, now)` at the sink: the end-to-end latency the controller watches. A frame
+  dropped for being late (or reclaimed by a full ring) counts as a miss, a quarter over the
+  budget, so a run that holds its latency only by dropping still steps down.
+- `control()`, a task: every `control_period_s` it reads each stage's busy share and mean cost
+  since the last tick, GPU memory and temperature, asks the controller, applies the new rung
+  to every stage (`Stage.apply_quality`), to shedding and to the sink, logs the change in one
+  line, and adds a point to the timeline.
+
+Batch runs (files, not `--realtime`) get no scheduler unless asked (`quality.mode: auto`, or
+`--quality auto`); even then they drop nothing: they only lower quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import GraphConfig
+from pipeline.frames import Frame
+from pipeline.gpu_health import GpuHealth, pressure
+from pipeline.graph import Graph
+from pipeline.metrics import RunMetrics
+from pipeline.quality import FULL, QualitySettings, effective_ladder, settings_at
+from pipeline.ringbuffer import RING_FULL
+from pipeline.scheduler import QualityController
+from pipeline.stage import StageRunner
+
+log = logging.getLogger(__name__)
+
+LATE = "late"  # drop reason: could not make its deadline, and a newer frame was waiting
+THINNED = "lower_source_fps"  # drop reason: the `lower_source_fps` rung skips every other frame
+OVER_TARGET = "over_target_fps"  # drop reason: the source is faster than targets.fps
+MISSES = frozenset({LATE, RING_FULL})  # drops that mean "behind", and count against the budget
+MISS_FACTOR = 1.25  # a missed frame counts as this × the budget
+COST_MARGIN = 1.2  # a frame's remaining path is costed at this × the recent mean (costs vary frame to frame)
+TIMELINE_EVERY_S = 1.0  # a timeline point at least this often (and at every change)
+TIMELINE_MAX = 10_000  # points kept: hours of a live session
+
+
+@dataclass(eq=False)
+class Watched:
+    """A stage as the control loop sees it: its runner, and what it cost since the last tick."""
+
+    name: str
+    runner: StageRunner
+    workers: int
+    priority: int
+    children: list[Watched]
+    mean_ns: int = 0  # mean cost per frame over the last tick in which it ran
+    path_ns: int = 0  # mean_ns plus the slowest path from here to the sink
+    late_after_ns: int = 0  # path_ns with a margin: a frame with less time than this left is late
+    _total_ns: int = 0
+    _count: int = 0
+
+
+def scheduler_enabled(config: GraphConfig, *, live: bool) -> bool:
+    mode = config.quality.mode
+    return mode == "auto" or (mode == "live" and live)
+
+
+class FrameScheduler:
+    """Deadlines, drops by age and the quality control loop for one run; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        runners: dict[str, StageRunner],
+        metrics: RunMetrics,
+        *,
+        live: bool,
+        source_fps: float | None,
+        sink: Any,
+        gpu: GpuHealth | None = None,
+    ):
+        config = graph.config
+        self.config = config
+        self.quality = config.quality
+        self.metrics = metrics
+        self.live = live
+        self.sink = sink
+        self.gpu = gpu
+        self.budget_ms = config.targets.latency_ms
+        self.budget_ns = int(config.targets.latency_ms * 1e6)
+        self.deadlines = live  # a file run drops nothing
+        self._miss_ms = MISS_FACTOR * self.budget_ms
+        # Thinning to targets.fps: keep frame i when floor((i+1)·keep) > floor(i·keep).
+        self._keep = min(1.0, config.targets.fps / source_fps) if live and source_fps else 1.0
+        self._arrived = 0
+        self._admitted = 0
+        nodes = graph.nodes
+        watched: dict[str, Watched] = {}
+        for name in reversed(list(nodes)):  # children first, so each node can link them
+            node = nodes[name]
+            watched[name] = Watched(
+                name,
+                runners[name],
+                node.spec.workers,
+                node.spec.priority,
+                [watched[child] for child in node.children],
+            )
+        self.stages = [watched[name] for name in nodes]  # topological order
+        self.by_name = watched
+        priorities = {stage.priority for stage in self.stages}
+        lowest = min(priorities, default=0)
+        self._sheddable = [s for s in self.stages if s.priority == lowest] if len(priorities) > 1 else []
+        self._resizes_output = bool(getattr(sink, "resizable_output", False))
+        knobs = set().union(*(node.stage_type.quality_knobs for node in nodes.values()))
+        self.ladder = effective_ladder(
+            self.quality.ladder,
+            has_inference=bool(knobs & {"inference_every", "inference_scale", "precision"}),
+            can_shed=bool(self._sheddable),
+            can_resize_output=self._resizes_output,
+            live=live,
+        )
+        self.controller = QualityController(
+            self.budget_ms,
+            self.ladder,
+            window_s=self.quality.window_s,
+            down_cooldown_s=self.quality.down_cooldown_s,
+            climb_after_s=self.quality.climb_after_s,
+            climb_margin=self.quality.climb_margin,
+            climb_busy=self.quality.climb_busy,
+        )
+        self.settings: QualitySettings = FULL
+        self._annotation = {"rung": FULL.rung}
+        self._started_s = time.monotonic()
+        self.timeline: deque[tuple[float, str, float | None, float]] = deque(maxlen=TIMELINE_MAX)
+        self._last_point_s = -float("inf")
+        self.pressure_steps = 0
+
+    # ----------------------------------------------------------------- hooks on the data path
+
+    def admit(self, frame: Frame) -> None:
+        """On arrival, before any stage: deadline, quality annotation, thinning."""
+        frame.annotations["quality"] = self._annotation
+        if not self.deadlines:
+            return
+        frame.deadline_ns = frame.capture_ns + self.budget_ns
+        arrived, self._arrived = self._arrived, self._arrived + 1
+        if self._keep < 1.0 and int((arrived + 1) * self._keep) == int(arrived * self._keep):
+            frame.drop(OVER_TARGET)
+            return
+        admitted, self._admitted = self._admitted, self._admitted + 1
+        if admitted % self.settings.fps_divisor:
+            frame.drop(THINNED)
+
+    def is_late(self, frame: Frame, stage: Watched, now_ns: int) -> bool:
+        """Whether `frame` would miss its deadline going through `stage` and on (the caller has
+        checked that a newer frame waits behind it)."""
+        return now_ns + stage.late_after_ns > frame.deadline_ns
+
+    def delivered(self, frame: Frame, now_ns: int) -> None:
+        """At the sink: the latency the controller watches (misses count over the budget)."""
+        latency_ms = (now_ns - frame.capture_ns) / 1e6
+        reason = frame.why_dropped
+        if reason is None:
+            self.controller.observe(now_ns / 1e9, latency_ms)
+        elif reason in MISSES:
+            self.controller.observe(now_ns / 1e9, max(latency_ms, self._miss_ms))
+
+    # ----------------------------------------------------------------- the control loop
+
+    async def control(self) -> None:
+        """Every control period: measure, decide, apply. Runs as a task for the whole run."""
+        period_s = self.quality.control_period_s
+        frames_out = self.metrics.frames_out
+        last_s = time.monotonic()
+        while True:
+            await asyncio.sleep(period_s)
+            now_s = time.monotonic()
+            elapsed_s = max(now_s - last_s, 1e-6)
+            fps = (self.metrics.frames_out - frames_out) / elapsed_s
+            frames_out, last_s = self.metrics.frames_out, now_s
+            self.tick(now_s, elapsed_s, fps)
+
+    def tick(self, now_s: float, elapsed_s: float, fps: float) -> None:
+        """One control step (separate from the timer, for tests)."""
+        busiest = self._measure_stages(elapsed_s)
+        if busiest is not None:
+            self.controller.observe_busy(now_s, busiest)
+        why = None
+        if self.gpu is not None:
+            why = pressure(
+                self.gpu.read(),
+                memory_max=self.quality.gpu_memory_max,
+                temperature_max_c=self.quality.gpu_temperature_max_c,
+            )
+        change = self.controller.decide(now_s, pressure=why)
+        if change is not None:
+            self.pressure_steps += change.pressure is not None
+            log.info("%s", change.describe())
+            self.apply(settings_at(self.ladder, change.rung))
+        if change is not None or now_s - self._last_point_s >= TIMELINE_EVERY_S:
+            p95 = self.controller.p95_ms(now_s) if change is None else change.p95_ms
+            self.timeline.append((round(now_s - self._started_s, 3), self.controller.rung_name, p95, round(fps, 2)))
+            self._last_point_s = now_s
+
+    def _measure_stages(self, elapsed_s: float) -> float | None:
+        """Update each stage's mean cost and path cost; return the busiest stage's busy share."""
+        self.metrics.fold()
+        busiest = None
+        for stage in self.stages:
+            latency = stage.runner.stats.latency
+            spent, count = latency.total_ns - stage._total_ns, latency.count - stage._count
+            stage._total_ns, stage._count = latency.total_ns, latency.count
+            if count:
+                stage.mean_ns = spent // count
+                share = spent / (elapsed_s * 1e9 * stage.workers)
+                busiest = share if busiest is None else max(busiest, share)
+        for stage in reversed(self.stages):
+            stage.path_ns = stage.mean_ns + max((child.path_ns for child in stage.children), default=0)
+        for stage in self.stages:
+            stage.late_after_ns = int(stage.path_ns * COST_MARGIN)
+        return busiest
+
+    def apply(self, settings: QualitySettings) -> None:
+        """Put every knob to `settings`: stages, shedding, sink. A stage that fails to follow is
+        reported and keeps its old setting; the run goes on."""
+        self.settings = settings
+        self._annotation = {"rung": settings.rung}
+        for stage in self.stages:
+            try:
+                stage.runner.stage.apply_quality(settings)
+            except Exception as exc:
+                log.warning(
+                    "%s: cannot apply quality rung %s (%s: %s)", stage.name, settings.rung, type(exc).__name__, exc
+                )
+        for stage in self._sheddable:
+            stage.runner.shed = settings.shed
+        if self._resizes_output:
+            self.sink.set_output_scale(settings.output_scale)
+
+    # ----------------------------------------------------------------- report
+
+    def report(self) -> dict[str, Any]:
+        changes = self.controller.changes
+        return {
+            "enabled": True,
+            "budget_ms": self.budget_ms,
+            "target_fps": self.config.targets.fps,
+            "drops_late_frames": self.deadlines,
+            "ladder": list(self.ladder),
+            "rung": self.controller.rung_name,
+            "changes": len(changes),
+            "steps_down": sum(c.direction == "down" for c in changes),
+            "steps_up": sum(c.direction == "up" for c in changes),
+            "steps_for_gpu_pressure": self.pressure_steps,
+            "events": [{**change.to_json(), "time_s": round(change.time_s - self._started_s, 3)} for change in changes],
+            "timeline_columns": ["time_s", "rung", "p95_ms", "fps"],
+            "timeline": [list(point) for point in self.timeline],
+            "shed": [stage.name for stage in self._sheddable],
+        }
