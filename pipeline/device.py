@@ -9,6 +9,8 @@ import asyncio
 import functools
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -132,18 +134,53 @@ def cuda_stream_priority(stage_priority: int, highest_stage_priority: int) -> in
     return least - round(share * span)
 
 
+MAX_CPU_NICE = 10  # the least important stage's worker threads run at this nice value (Linux)
+
+
+def cpu_nice(stage_priority: int, highest_stage_priority: int) -> int:
+    """Map a stage priority (higher = more important) onto a thread nice value (lower = served first).
+
+    The most important stages keep nice 0; the least get MAX_CPU_NICE, about a tenth of the CPU
+    share of a nice-0 thread when both want the same core. Only raising nice needs no privilege.
+    """
+    if highest_stage_priority <= 0:
+        return 0
+    share = max(0, min(stage_priority, highest_stage_priority)) / highest_stage_priority
+    return round((1.0 - share) * MAX_CPU_NICE)
+
+
+def _set_thread_nice(nice: int) -> None:
+    """Give the calling thread `nice` (Linux schedules threads one by one; elsewhere this is a no-op)."""
+    if nice and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            log.debug("cannot set thread nice %d: %s", nice, exc)
+
+
 class Lane:
     """Where one stage's blocking work runs: its own worker thread(s) and, on CUDA, its own stream.
+
+    The stage's priority sets both the stream's priority and the threads' nice value, so one
+    number orders it on the GPU and on the CPU.
 
     On CPU the worker thread lets stages overlap, since torch releases the GIL inside ops. On
     CUDA the work is also queued on the stage's stream, after the events of the stages it reads
     from, and records an event of its own: ordering without a device-wide synchronize.
     """
 
-    def __init__(self, name: str, device: torch.device, *, workers: int = 1, stream_priority: int = 0):
+    def __init__(
+        self, name: str, device: torch.device, *, workers: int = 1, stream_priority: int = 0, cpu_nice: int = 0
+    ):
         self.name = name
         self.device = device
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"stage-{name}")
+        self.cpu_nice = cpu_nice  # its threads' nice value: CPU service order when stages compete for cores
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=f"stage-{name}",
+            initializer=_set_thread_nice,
+            initargs=(cpu_nice,),
+        )
         self.stream = torch.cuda.Stream(device=device, priority=stream_priority) if device.type == "cuda" else None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.device import Lane, configure_cpu_threads, cuda_stream_priority
+from pipeline.device import Lane, configure_cpu_threads, cpu_nice, cuda_stream_priority
 from pipeline.errors import PipelineError, SinkError, SourceError
 from pipeline.frame_scheduler import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.frames import Frame
@@ -184,7 +184,13 @@ class Pipeline:
             stream_priority = 0
             if self.device.type == "cuda":
                 stream_priority = cuda_stream_priority(node.spec.priority, top_priority)
-            lane = Lane(node.name, self.device, workers=node.spec.workers, stream_priority=stream_priority)
+            lane = Lane(
+                node.name,
+                self.device,
+                workers=node.spec.workers,
+                stream_priority=stream_priority,
+                cpu_nice=cpu_nice(node.spec.priority, top_priority),
+            )
             scratch = ScratchPool(self.device)
             stage = node.instantiate()
             runner = StageRunner(stage, self.metrics.stage(node.name), self.graph.config.max_consecutive_failures)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -10,8 +13,10 @@ import pytest
 import torch
 
 from pipeline.device import (
+    MAX_CPU_NICE,
     Lane,
     array_module,
+    cpu_nice,
     cupy_module,
     resolve_device,
     to_array,
@@ -119,3 +124,51 @@ def test_cpu_lane_runs_work_on_its_own_thread():
     name, result, event = asyncio.run(scenario())
     assert name.startswith("stage-worker") and name != threading.main_thread().name
     assert result == 42 and event is None
+
+
+def test_stage_priority_maps_onto_thread_nice_values():
+    assert cpu_nice(6, 6) == 0
+    assert cpu_nice(0, 6) == MAX_CPU_NICE
+    assert cpu_nice(3, 6) == MAX_CPU_NICE // 2
+    assert cpu_nice(5, 0) == 0  # all stages alike: nobody is lowered
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_a_lane_runs_its_work_at_its_nice_value():
+    lane = Lane("low", torch.device("cpu"), cpu_nice=7)
+    try:
+        nice = asyncio.run(lane.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    finally:
+        lane.close()
+    assert nice - os.getpriority(os.PRIO_PROCESS, 0) == 7
+
+
+COMPETING = """
+import asyncio, os, threading, time, torch
+from pipeline.device import Lane
+os.sched_setaffinity(0, {0})  # one core for both: they compete
+torch.set_num_threads(1)
+a = torch.randn(192, 192)
+counts = {}
+stop = time.monotonic() + 1.5
+def work(name):
+    n = 0
+    while time.monotonic() < stop:
+        torch.mm(a, a)
+        n += 1
+    counts[name] = n
+async def main():
+    high, low = Lane("high", torch.device("cpu")), Lane("low", torch.device("cpu"), cpu_nice=10)
+    await asyncio.gather(high.run(work, "high"), low.run(work, "low"))
+    high.close(); low.close()
+asyncio.run(main())
+print(counts["high"], counts["low"])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_when_stages_compete_for_a_core_the_more_important_one_is_served_first():
+    run = subprocess.run([sys.executable, "-c", COMPETING], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    high, low = map(int, run.stdout.split())
+    assert high > 3 * low, (high, low)  # nice 10 weighs about a tenth of nice 0
