@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""End-to-end latency against offered load, with the frame scheduler on and off, in one run.
+
+The real graph (configs/default.yaml: emotion, voice, avatar, context, meters) on a live
+synthetic source. First the graph's capacity on this machine is measured: frames per second
+with the source unpaced and nothing lowered. Then, for each offered load (a multiple of that
+capacity), the source is paced at load × capacity for `--seconds`, once with the scheduler
+(`quality.mode: live`) and once without (`off`: frames go through at full quality, and a full
+ring drops the oldest waiting frame — dropping by queue length, as most tools do). Latency is
+capture to sink, of delivered frames, over the second half of each run (after the scheduler
+has settled). `targets.fps` is lifted out of the way so the offered load is what it says.
+
+Target: with the scheduler on, p99 ≤ budget at every load up to 4×.
+
+    python bench/latency_under_load.py [--seconds 8] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4]
+
+Writes bench/results/latency_under_load.png (needs matplotlib: pip install -e '.[bench]');
+the last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import GraphConfig, load_config, with_targets  # noqa: E402
+from pipeline.executor import Pipeline  # noqa: E402
+from pipeline.frames import Frame  # noqa: E402
+from pipeline.graph import build_graph  # noqa: E402
+from pipeline.io.sinks import NullSink  # noqa: E402
+from pipeline.io.synthetic import SyntheticSource  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+NO_FPS_CAP = 1000.0  # targets.fps: out of the way, so the offered load reaches the graph
+
+
+class LatencySink(NullSink):
+    """Keeps (delivery time s, end-to-end latency ms) of every delivered frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[float, float]] = []
+
+    async def write(self, frame: Frame) -> None:
+        await super().write(frame)
+        if not frame.dropped:
+            now = time.monotonic_ns()
+            self.samples.append((now / 1e9, (now - frame.capture_ns) / 1e6))
+
+
+def source(fps: float, *, live: bool, frames: int | None, scene: str) -> SyntheticSource:
+    return SyntheticSource(fps=Fraction(fps).limit_denominator(1000), frames=frames, live=live, scene=scene)
+
+
+async def measure_capacity(config: GraphConfig, frames: int, scene: str) -> float:
+    """Frames per second of the graph with the source unpaced and quality fixed at full."""
+    sink = LatencySink()
+    pipeline = Pipeline(
+        build_graph(with_targets(config, quality="off")), source(30, live=False, frames=frames, scene=scene), sink
+    )
+    start = time.monotonic()
+    await pipeline.run()
+    return sink.frames / (time.monotonic() - start)
+
+
+async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mode: str) -> dict:
+    sink = LatencySink()
+    pipeline = Pipeline(
+        build_graph(with_targets(config, quality=mode)), source(fps, live=True, frames=None, scene=scene), sink
+    )
+    task = asyncio.create_task(pipeline.run())
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    pipeline.request_stop()
+    report = await task
+    settled = [latency for t, latency in sink.samples if t >= started + seconds / 2]
+    delivered = len(settled)
+    quality = report["quality"]
+    return {
+        "p50": float(np.percentile(settled, 50)) if settled else float("nan"),
+        "p99": float(np.percentile(settled, 99)) if settled else float("nan"),
+        "fps": delivered / (seconds / 2),
+        "drops": sum(report["frames"]["dropped"].values()),
+        "rung": quality.get("rung", "full"),
+        "changes": quality.get("changes", 0),
+    }
+
+
+def plot(path: Path, loads: list[float], on: list[dict], off: list[dict], budget_ms: float, capacity: float) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install -e '.[bench]')"
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    for runs, label, colour in ((on, "scheduler on", "tab:blue"), (off, "scheduler off", "tab:red")):
+        top.plot(loads, [r["p99"] for r in runs], "o-", color=colour, label=f"p99, {label}")
+        top.plot(loads, [r["p50"] for r in runs], "o--", color=colour, alpha=0.6, label=f"p50, {label}")
+        bottom.plot(loads, [r["fps"] for r in runs], "o-", color=colour, label=label)
+    top.axhline(budget_ms, color="black", linewidth=1, linestyle=":", label=f"budget {budget_ms:g} ms")
+    top.set_yscale("log")
+    top.set_ylabel("end-to-end latency (ms)")
+    top.legend(fontsize=8)
+    top.set_title(f"default graph, capacity {capacity:.1f} fps on this machine")
+    bottom.plot(loads, [load * capacity for load in loads], ":", color="grey", label="offered")
+    bottom.set_xlabel("offered load (× capacity)")
+    bottom.set_ylabel("delivered fps")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return f"plot: {path.relative_to(ROOT)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load and mode; the second half is measured")
+    parser.add_argument("--budget-ms", type=float, default=50.0)
+    parser.add_argument("--loads", default="0.5,1,1.5,2,3,4", help="offered loads, × the measured capacity")
+    parser.add_argument("--capacity-frames", type=int, default=240, help="frames to measure the capacity on")
+    parser.add_argument("--scene", choices=["face", "card"], default="face", help="face: the emotion stage has a face")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    loads = [float(x) for x in args.loads.split(",")]
+    config = with_targets(load_config("default"), latency_ms=args.budget_ms, fps=NO_FPS_CAP)
+    torch.set_grad_enabled(False)
+
+    asyncio.run(measure_capacity(config, 30, args.scene))  # warm up models and caches
+    capacity = asyncio.run(measure_capacity(config, args.capacity_frames, args.scene))
+    on, off = [], []
+    for load in loads:
+        on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live")))
+        off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off")))
+
+    print(f"default graph on a live synthetic source ({args.scene}), {args.device}; capacity {capacity:.1f} fps")
+    print(f"budget {args.budget_ms:g} ms; latency of delivered frames over the second half of {args.seconds:g} s")
+    head = f"{'load':>5} {'offered':>8} | {'p50 on':>7} {'p99 on':>7} {'fps on':>7} {'rung at end':<27}"
+    print(head + f" | {'p50 off':>7} {'p99 off':>8} {'fps off':>7}")
+    for load, a, b in zip(loads, on, off, strict=True):
+        print(
+            f"{load:>5.1f} {load * capacity:>8.1f} | {a['p50']:>7.1f} {a['p99']:>7.1f} {a['fps']:>7.1f} "
+            f"{a['rung']:<27} | {b['p50']:>7.1f} {b['p99']:>8.1f} {b['fps']:>7.1f}"
+        )
+    met = all(r["p99"] <= args.budget_ms for r in on)
+    print(f"target p99 <= {args.budget_ms:g} ms at every load with the scheduler on: {'met' if met else 'NOT met'}")
+    print(plot(RESULTS / "latency_under_load.png", loads, on, off, args.budget_ms, capacity))
+    print(
+        json.dumps(
+            {
+                "budget_ms": args.budget_ms,
+                "capacity_fps": round(capacity, 2),
+                "load": loads,
+                "p99_ms_on": [round(r["p99"], 2) for r in on],
+                "p99_ms_off": [round(r["p99"], 2) for r in off],
+                "p50_ms_on": [round(r["p50"], 2) for r in on],
+                "p50_ms_off": [round(r["p50"], 2) for r in off],
+                "fps_on": [round(r["fps"], 2) for r in on],
+                "fps_off": [round(r["fps"], 2) for r in off],
+                "rung_on": [r["rung"] for r in on],
+                "target_met": met,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
