@@ -209,6 +209,7 @@ class FrameScheduler:
             self.apply(settings_at(self.ladder, change.rung))
         if change is not None or now_s - self._last_point_s >= TIMELINE_EVERY_S:
             p95 = self.controller.p95_ms(now_s) if change is None else change.p95_ms
+            p95 = round(p95, 2) if p95 is not None else None
             self.timeline.append((round(now_s - self._started_s, 3), self.controller.rung_name, p95, round(fps, 2)))
             self._last_point_s = now_s
 
