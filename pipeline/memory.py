@@ -1,0 +1,676 @@
+"""The model manager: which models are in device memory, which wait in host memory, which on disk.
+
+Several models share one device. Each is registered with a loader (which builds it from its
+weights file: the disk level), a priority and a zone. `acquire(name)` returns the model on the
+device it was placed on, loading or restoring it first, and pins it until `release(name)`; a
+pinned model (in use by a frame in flight) is never evicted.
+
+Placement, in order: the model's zone on the device with the most free room (weighted by the
+device's speed); the `flexible` zone; evicting lower-valued models from those zones; host memory
+on the CPU if the model may fall back there; else `ModelMemoryError`, naming the model, the
+bytes it needs and the bytes free.
+
+Eviction value (greedy-dual-size-frequency, with priority): a model's value is
+`inflation + weight(priority) × uses × reload cost / size`, where the reload cost is what
+bringing it back would take from the level it would drop to (host memory or disk, measured),
+and `inflation` rises to the value of each model evicted, so models not used for a while age
+out (recency) while often-used, costly, small, important models stay. `critical` models are
+never evicted; `high` ones only under pressure (the device past its warning threshold) or to
+make room for a model at least as important.
+
+An evicted model moves down a level: to (pinned) host memory when the host budget has room, else
+back to its weights file; it comes back from the fastest level that still holds it.
+
+Thresholds act on real readings where there are some (`torch.cuda.mem_get_info` on CUDA) and on
+the accounted bytes against the profile's budget otherwise: past `warning`, nothing is
+preloaded; past `critical`, low-priority models are unloaded, largest first, until back under
+`warning`.
+
+All methods are thread-safe (one lock): stages call `acquire` from their worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pipeline.device_profiles import MB, DeviceProfile
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+Priority = Literal["low", "medium", "high", "critical"]
+PRIORITY_WEIGHT = {"low": 1.0, "medium": 2.0, "high": 4.0, "critical": 8.0}
+HOST_BANDWIDTH = 8e9  # bytes/s host → device, the estimate before a restore has been timed
+Policy = Literal["score", "lru"]
+
+
+class ModelMemoryError(PipelineError):
+    """A model that fits nowhere: not on any device, not on the CPU (or not allowed there)."""
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor in the module's state (parameters, buffers, packed int8 weights)."""
+    total = 0
+
+    def add(value: Any) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, tuple | list):
+            for item in value:
+                add(item)
+
+    for value in module.state_dict().values():
+        add(value)
+    return total
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the manager may load: what builds it, how much it matters, where it goes."""
+
+    name: str
+    loader: Callable[[], nn.Module]  # builds it on the CPU from its weights file
+    priority: Priority = "medium"
+    zone: str = "flexible"
+    cpu_fallback: bool = True  # may run on the CPU when no device has room
+
+
+@dataclass
+class DevicePool:
+    """One device's memory for models: zones with capacities, and what is placed in each."""
+
+    key: str  # "cuda:0", "cpu", or any name for a simulated device
+    device: torch.device  # where models placed here run
+    zones: dict[str, int]  # zone → capacity, bytes
+    total: int  # the device's memory, bytes (thresholds are shares of this)
+    reserved: int = 0  # bytes taken before any model (context, framework, frame buffers)
+    speed: float = 1.0
+    warning: float = 0.75
+    critical: float = 0.85
+    fragmentation_limit: int = 512 * MB
+    host: bool = False  # the machine's own memory (the cpu profile): nothing to fall back to from it
+    used: dict[str, int] = field(default_factory=dict)  # zone → bytes placed
+    peak: int = 0  # the most bytes ever placed here at once (reserved included)
+
+    @classmethod
+    def from_profile(cls, profile: DeviceProfile, device: torch.device, key: str | None = None) -> DevicePool:
+        return cls(
+            key=key or str(device),
+            device=device,
+            zones=profile.zone_bytes(),
+            total=profile.memory_mb * MB,
+            reserved=profile.reserved_mb * MB,
+            speed=profile.speed,
+            warning=profile.warning,
+            critical=profile.critical,
+            fragmentation_limit=profile.fragmentation_mb * MB,
+            host=device.type == "cpu",
+        )
+
+    def free(self, zone: str) -> int:
+        return self.zones.get(zone, 0) - self.used.get(zone, 0)
+
+    @property
+    def placed(self) -> int:
+        return sum(self.used.values())
+
+    @property
+    def real(self) -> bool:
+        """A CUDA device whose memory can be read (a simulated pool is accounted only)."""
+        return self.device.type == "cuda" and self.key.startswith("cuda")
+
+    def in_use(self) -> float:
+        """Share of the device's memory in use: read from the driver on CUDA, accounted otherwise."""
+        if self.real:
+            free, total = torch.cuda.mem_get_info(self.device)
+            return 1.0 - free / total
+        return (self.reserved + self.placed) / self.total
+
+    def level(self) -> str:
+        share = self.in_use()
+        return "critical" if share >= self.critical else "warning" if share >= self.warning else "ok"
+
+    def add(self, zone: str, nbytes: int) -> None:
+        self.used[zone] = self.used.get(zone, 0) + nbytes
+        self.peak = max(self.peak, self.reserved + self.placed)
+
+    def remove(self, zone: str, nbytes: int) -> None:
+        self.used[zone] -= nbytes
+
+
+@dataclass(eq=False)
+class Entry:
+    """One registered model and where it is."""
+
+    spec: ModelSpec
+    module: nn.Module | None = None
+    # device: placed in a pool; host: evicted, waiting in host memory; cpu: running on the CPU for want
+    # of device room (a fallback); disk: only its weights file
+    level: Literal["device", "host", "cpu", "disk"] = "disk"
+    pool: DevicePool | None = None  # on the device level: where
+    zone: str | None = None
+    nbytes: int = 0  # measured after the first load (at its current precision)
+    load_peak: int = 0  # the most bytes the load took on the device (CUDA), else nbytes
+    load_s: float = 0.0  # measured: weights file → ready
+    restore_s: float | None = None  # measured: host memory → device
+    precision: str = "fp32"
+    pins: int = 0  # frames in flight using it
+    uses: int = 0
+    last_use: float = 0.0
+    value: float = 0.0  # eviction value (higher stays)
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    fallbacks: int = 0
+    restores: int = 0
+    loads: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class ModelManager:
+    """Loads, places, evicts and unloads models; see the module docstring."""
+
+    def __init__(
+        self,
+        pools: list[DevicePool],
+        *,
+        host_budget: int = 0,
+        policy: Policy = "score",
+        idle_unload_s: float = 900.0,
+        preload: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if not pools:
+            raise ValueError("the model manager needs at least one device pool")
+        self.pools = pools
+        self.host_budget = host_budget
+        self.host_used = 0
+        self.host_peak = 0
+        self.policy = policy
+        self.idle_unload_s = idle_unload_s
+        self.preload_enabled = preload
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self.fallback_used = 0  # bytes of models running on the CPU for want of device room
+        self.copies = 0  # uses of a model on another device than the frame's (an input copy each)
+        self.cache_releases = 0
+        self.fragmentation = 0  # bytes reserved but not allocated, at the last check
+        self._inflation = 0.0
+        self._lock = threading.RLock()
+        self._next: dict[str, Counter[str]] = defaultdict(Counter)  # model → models used right after it
+        self._last_used: str | None = None
+        self.events: list[str] = []
+
+    @classmethod
+    def from_profile(cls, profile: DeviceProfile, device: torch.device, **options: Any) -> ModelManager:
+        options.setdefault("idle_unload_s", profile.idle_unload_s)
+        options.setdefault("preload", profile.preload)
+        pool = DevicePool.from_profile(profile, device)
+        return cls([pool], host_budget=profile.host_mb * MB if device.type == "cuda" else 0, **options)
+
+    # ----------------------------------------------------------------- registry
+
+    def register(self, spec: ModelSpec) -> None:
+        with self._lock:
+            if spec.name in self.entries:
+                raise ValueError(f"model {spec.name!r} is registered already")
+            if not any(spec.zone in pool.zones for pool in self.pools):
+                raise ValueError(f"model {spec.name!r}: no device has a zone {spec.zone!r}")
+            self.entries[spec.name] = Entry(spec)
+
+    def ensure(self, spec: ModelSpec) -> None:
+        """Register `spec` unless a model of that name is registered (sessions share models)."""
+        with self._lock:
+            if spec.name not in self.entries:
+                self.register(spec)
+
+    # ----------------------------------------------------------------- use
+
+    def acquire(self, name: str, *, on: torch.device | None = None) -> nn.Module:
+        """The model, ready on its device, pinned until `release(name)`. `on`: the device the
+        caller's data is on; a model placed elsewhere costs a copy of the input (counted)."""
+        with self._lock:
+            entry = self._entry(name)
+            if entry.level in ("device", "cpu"):  # resident (a fallback tries the device again in `housekeeping`)
+                entry.hits += 1
+            else:
+                entry.misses += 1
+                self._bring_back(entry)
+            entry.pins += 1
+            self._touch(entry)
+            if on is not None and entry.module is not None and self.device_of(name) != on:
+                self.copies += 1
+            assert entry.module is not None
+            return entry.module
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            entry = self._entry(name)
+            if entry.pins <= 0:
+                raise RuntimeError(f"model {name!r} released more often than acquired")
+            entry.pins -= 1
+
+    @contextlib.contextmanager
+    def use(self, name: str, *, on: torch.device | None = None) -> Iterator[nn.Module]:
+        """`with manager.use("fer") as model:` — acquire, and release however the block ends."""
+        module = self.acquire(name, on=on)
+        try:
+            yield module
+        finally:
+            self.release(name)
+
+    def device_of(self, name: str) -> torch.device | None:
+        """Where the model runs now (None when not loaded)."""
+        entry = self._entry(name)
+        if entry.level == "device" and entry.pool is not None:
+            return entry.pool.device
+        if entry.level == "cpu":
+            return torch.device("cpu")
+        return None
+
+    # ----------------------------------------------------------------- placement
+
+    def _bring_back(self, entry: Entry) -> None:
+        """Load or restore `entry` onto a device (or the CPU as a fallback)."""
+        if entry.module is None:  # on disk: build it from its weights file
+            started = time.perf_counter()
+            module = entry.spec.loader()
+            if entry.precision != "fp32":
+                module = _convert(module, entry.precision)
+            entry.load_s = time.perf_counter() - started
+            entry.nbytes = module_bytes(module)
+            entry.loads += 1
+            self._place(entry, module, from_host=False)
+            return
+        module = entry.module  # in host memory (or running on the CPU: try the device again)
+        self._host_remove(entry)
+        self._place(entry, module, from_host=True)
+
+    def _place(self, entry: Entry, module: nn.Module, *, from_host: bool) -> None:
+        spot = self._find_room(entry)
+        if spot is None:
+            self._fall_back(entry, module)
+            return
+        pool, zone = spot
+        started = time.perf_counter()
+        before = torch.cuda.memory_allocated(pool.device) if pool.real else 0
+        if pool.real:
+            torch.cuda.reset_peak_memory_stats(pool.device)
+        module = module.to(pool.device)
+        if pool.real:
+            torch.cuda.synchronize(pool.device)
+            entry.load_peak = max(entry.nbytes, torch.cuda.max_memory_allocated(pool.device) - before)
+        else:
+            entry.load_peak = entry.nbytes
+        if from_host:
+            entry.restore_s = time.perf_counter() - started
+            entry.restores += 1
+        entry.module, entry.level, entry.pool, entry.zone = module, "device", pool, zone
+        pool.add(zone, entry.nbytes)
+
+    def _zones_for(self, entry: Entry) -> list[str]:
+        return [entry.spec.zone] + (["flexible"] if entry.spec.zone != "flexible" else [])
+
+    def _pools_by_room(self, zone: str) -> list[DevicePool]:
+        return sorted((p for p in self.pools if zone in p.zones), key=lambda p: p.free(zone) * p.speed, reverse=True)
+
+    def _find_room(self, entry: Entry) -> tuple[DevicePool, str] | None:
+        """Its zone, then flexible, on the roomiest device; then the same after evicting."""
+        need = entry.nbytes
+        for zone in self._zones_for(entry):
+            for pool in self._pools_by_room(zone):
+                if pool.free(zone) >= need and pool.zones[zone] >= need:
+                    return pool, zone
+        for zone in self._zones_for(entry):
+            for pool in self._pools_by_room(zone):
+                victims = self._victims(pool, zone, need - pool.free(zone), entry.spec.priority)
+                if victims is not None:
+                    for victim in victims:
+                        self._evict(victim, reason=f"room for {entry.name}")
+                    return pool, zone
+        return None
+
+    def _evictable(self, entry: Entry, requester: Priority, pool: DevicePool) -> bool:
+        priority = entry.spec.priority
+        if entry.pins or priority == "critical":
+            return False
+        if priority == "high":
+            return requester in ("high", "critical") or pool.level() != "ok"
+        return True
+
+    def _victims(self, pool: DevicePool, zone: str, need: int, requester: Priority) -> list[Entry] | None:
+        """The lowest-valued models in `zone` of `pool` that free `need` bytes, or None if they cannot."""
+        candidates = [
+            e
+            for e in self.entries.values()
+            if e.level == "device" and e.pool is pool and e.zone == zone and self._evictable(e, requester, pool)
+        ]
+        order = (lambda e: e.last_use) if self.policy == "lru" else (lambda e: e.value)
+        chosen, freed = [], 0
+        for candidate in sorted(candidates, key=order):
+            if freed >= need:
+                break
+            chosen.append(candidate)
+            freed += candidate.nbytes
+        return chosen if freed >= need else None
+
+    def _fall_back(self, entry: Entry, module: nn.Module) -> None:
+        free = {f"{p.key}/{z}": p.free(z) for z in self._zones_for(entry) for p in self.pools if z in p.zones}
+        where = ", ".join(f"{k}: {v / MB:.1f} MB free" for k, v in free.items())
+        if not entry.spec.cpu_fallback or any(pool.host for pool in self.pools):
+            raise ModelMemoryError(
+                f"model {entry.name!r} needs {entry.nbytes / MB:.1f} MB ({entry.nbytes} bytes) and does not fit "
+                f"({where}){'' if entry.spec.cpu_fallback else '; it may not run on the CPU'}"
+            )
+        entry.module, entry.level, entry.pool, entry.zone = module.to("cpu"), "cpu", None, None
+        entry.fallbacks += 1
+        self.fallback_used += entry.nbytes
+        self._note(f"{entry.name}: no device room ({where}); running on the CPU")
+
+    # ----------------------------------------------------------------- eviction and levels
+
+    def _evict(self, entry: Entry, *, reason: str) -> None:
+        """Move a device-level model down: to host memory if the host budget has room, else to disk."""
+        assert entry.level == "device" and entry.pool is not None and entry.zone is not None
+        entry.pool.remove(entry.zone, entry.nbytes)
+        entry.evictions += 1
+        self._inflation = max(self._inflation, entry.value)
+        to_host = self.host_budget and self._host_room(entry.nbytes)
+        if to_host:
+            module = entry.module
+            assert module is not None
+            module = module.to("cpu")
+            if entry.pool.real:
+                _pin(module)
+            entry.module, entry.level = module, "host"
+            self.host_used += entry.nbytes
+            self.host_peak = max(self.host_peak, self.host_used)
+        else:
+            entry.module, entry.level = None, "disk"
+        self._note(f"{entry.name}: evicted to {entry.level} ({reason})")
+        entry.pool, entry.zone = None, None
+
+    def _host_room(self, nbytes: int) -> bool:
+        """Make room in host memory by sending its least recently used models to disk; False if it cannot."""
+        if nbytes > self.host_budget:
+            return False
+        waiting = sorted((e for e in self.entries.values() if e.level == "host"), key=lambda e: e.last_use)
+        for entry in waiting:
+            if self.host_used + nbytes <= self.host_budget:
+                break
+            self._host_remove(entry)
+            entry.module, entry.level = None, "disk"
+        return self.host_used + nbytes <= self.host_budget
+
+    def _host_remove(self, entry: Entry) -> None:
+        """Stop counting a host-memory or CPU-fallback model against host memory."""
+        if entry.level == "cpu":
+            self.fallback_used -= entry.nbytes
+        elif entry.level == "host":
+            self.host_used -= entry.nbytes
+
+    def unload(self, name: str) -> bool:
+        """Send a model back to its weights file now (unless it is in use); True if it was loaded."""
+        with self._lock:
+            entry = self._entry(name)
+            if entry.pins or entry.level == "disk":
+                return False
+            if entry.level == "device":
+                assert entry.pool is not None and entry.zone is not None
+                entry.pool.remove(entry.zone, entry.nbytes)
+            else:
+                self._host_remove(entry)
+            entry.module, entry.level, entry.pool, entry.zone = None, "disk", None, None
+            return True
+
+    def unload_idle(self) -> list[str]:
+        """Unload every model unused for `idle_unload_s` (not pinned); the names unloaded."""
+        if not self.idle_unload_s:
+            return []
+        with self._lock:
+            now = self.clock()
+            idle = [
+                e.name
+                for e in self.entries.values()
+                if e.level != "disk" and not e.pins and now - e.last_use >= self.idle_unload_s
+            ]
+            done = [name for name in idle if self.unload(name)]
+            for name in done:
+                self._note(f"{name}: unloaded after {self.idle_unload_s:g} s unused")
+            return done
+
+    def relieve(self) -> list[str]:
+        """Past a device's critical threshold: unload its low-priority models, largest first, until under
+        the warning threshold. The names unloaded."""
+        done = []
+        with self._lock:
+            for pool in sorted(self.pools, key=lambda p: p.speed):  # the slower device is relieved first
+                if pool.level() != "critical":
+                    continue
+                low = sorted(
+                    (e for e in self.entries.values() if e.pool is pool and e.spec.priority == "low" and not e.pins),
+                    key=lambda e: e.nbytes,
+                    reverse=True,
+                )
+                for entry in low:
+                    if pool.level() == "ok":
+                        break
+                    self._evict(entry, reason=f"{pool.key} past its critical threshold")
+                    done.append(entry.name)
+                    if pool.real:
+                        torch.cuda.empty_cache()  # so the driver's reading shows what was freed
+        return done
+
+    def retry_fallbacks(self) -> list[str]:
+        """Move models running on the CPU for want of room back to a device that has room now."""
+        moved = []
+        with self._lock:
+            for entry in self.entries.values():
+                if entry.level != "cpu" or entry.pins:
+                    continue
+                fits = any(
+                    pool.free(zone) >= entry.nbytes
+                    for zone in self._zones_for(entry)
+                    for pool in self.pools
+                    if zone in pool.zones
+                )
+                if fits:
+                    self._bring_back(entry)
+                    moved.append(entry.name)
+        return moved
+
+    def housekeeping(self) -> None:
+        """The timer's round: idle unloading, relief past the critical threshold, fallbacks moved back
+        to a device with room, and preloading the predicted next model."""
+        self.unload_idle()
+        self.relieve()
+        self.retry_fallbacks()
+        self.preload_predicted()
+
+    async def watch(self, period_s: float = 1.0) -> None:
+        """`housekeeping` every `period_s`, off the event loop (a load may take a while). Run as a task."""
+        while True:
+            await asyncio.sleep(period_s)
+            await asyncio.to_thread(self.housekeeping)
+
+    # ----------------------------------------------------------------- prediction
+
+    def predicted_next(self, after: str) -> str | None:
+        """The model most often used right after `after` so far, if any."""
+        following = self._next.get(after)
+        return following.most_common(1)[0][0] if following else None
+
+    def preload_predicted(self) -> str | None:
+        """Load the model the usage history predicts next, if it is on disk or in host memory and fits
+        without evicting anything, and no device is past its warning threshold. Its name, or None."""
+        if not self.preload_enabled or self._last_used is None:
+            return None
+        with self._lock:
+            name = self.predicted_next(self._last_used)
+            if name is None:
+                return None
+            entry = self.entries[name]
+            if entry.level == "device" or entry.nbytes == 0:  # resident already, or never measured
+                return None
+            if any(pool.level() != "ok" for pool in self.pools):
+                return None
+            fits = any(
+                pool.free(zone) >= entry.nbytes
+                for zone in self._zones_for(entry)
+                for pool in self.pools
+                if zone in pool.zones
+            )
+            if not fits:
+                return None
+            self._bring_back(entry)
+            self._note(f"{name}: preloaded (usually follows {self._last_used})")
+            return name
+
+    # ----------------------------------------------------------------- precision and housekeeping
+
+    def set_precision(self, name: str, precision: str) -> None:
+        """Hold the model at `precision` (the scheduler's rung); its size is measured again.
+
+        Lowering converts what is loaded; going back to fp32 reloads from the weights file.
+        """
+        with self._lock:
+            entry = self._entry(name)
+            if entry.precision == precision:
+                return
+            if entry.pins:
+                raise RuntimeError(f"model {name!r} is in use; change its precision between frames")
+            if precision == "fp32" or entry.level != "device":
+                self.unload(name)  # the next acquire builds it afresh at this precision
+            else:
+                self._convert_in_place(entry, precision)
+            entry.precision = precision
+
+    def _convert_in_place(self, entry: Entry, precision: str) -> None:
+        assert entry.pool is not None and entry.zone is not None and entry.module is not None
+        module = _convert(entry.module, precision)
+        nbytes = module_bytes(module)
+        entry.pool.remove(entry.zone, entry.nbytes)
+        entry.pool.add(entry.zone, nbytes)
+        entry.module, entry.nbytes = module, nbytes
+
+    def between_frames(self) -> None:
+        """Release cached device blocks when fragmentation (reserved − allocated) passes the limit."""
+        for pool in self.pools:
+            if not pool.real:
+                continue
+            fragmentation = torch.cuda.memory_reserved(pool.device) - torch.cuda.memory_allocated(pool.device)
+            self.fragmentation = fragmentation
+            if fragmentation > pool.fragmentation_limit:
+                torch.cuda.empty_cache()
+                self.cache_releases += 1
+
+    def _touch(self, entry: Entry) -> None:
+        entry.uses += 1
+        entry.last_use = self.clock()
+        cost = self._reload_cost(entry)
+        size_mb = max(entry.nbytes / MB, 1e-3)
+        entry.value = self._inflation + PRIORITY_WEIGHT[entry.spec.priority] * entry.uses * cost / size_mb
+        if self._last_used is not None and self._last_used != entry.name:
+            self._next[self._last_used][entry.name] += 1
+        self._last_used = entry.name
+
+    def _reload_cost(self, entry: Entry) -> float:
+        """Seconds to bring it back from where an eviction would send it now."""
+        if self.host_budget and entry.nbytes <= self.host_budget:
+            return entry.restore_s if entry.restore_s is not None else entry.nbytes / HOST_BANDWIDTH
+        return max(entry.load_s, 1e-6)
+
+    def _entry(self, name: str) -> Entry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(self.entries) or "none"
+            raise KeyError(f"model {name!r} is not registered (registered: {known})") from None
+
+    def _note(self, message: str) -> None:
+        log.info("models: %s", message)
+        self.events.append(message)
+        del self.events[:-100]
+
+    # ----------------------------------------------------------------- report
+
+    def status(self) -> dict[str, Any]:
+        """What is loaded where, with counters: for the run report and /api/resource/status."""
+        with self._lock:
+            entries = list(self.entries.values())
+            return {
+                "policy": self.policy,
+                "devices": [
+                    {
+                        "key": pool.key,
+                        "zones_mb": {z: round(c / MB, 1) for z, c in pool.zones.items()},
+                        "used_mb": {z: round(u / MB, 3) for z, u in pool.used.items()},
+                        "reserved_mb": round(pool.reserved / MB, 1),
+                        "peak_mb": round(pool.peak / MB, 3),
+                        "in_use": round(pool.in_use(), 4),
+                        "level": pool.level(),
+                    }
+                    for pool in self.pools
+                ],
+                "host": {"budget_mb": round(self.host_budget / MB, 1), "used_mb": round(self.host_used / MB, 3)},
+                "models": [
+                    {
+                        "name": e.name,
+                        "priority": e.spec.priority,
+                        "level": e.level,
+                        "device": str(self.device_of(e.name)) if self.device_of(e.name) is not None else None,
+                        "zone": e.zone,
+                        "size_mb": round(e.nbytes / MB, 3),
+                        "precision": e.precision,
+                        "load_s": round(e.load_s, 4),
+                        "last_use_s_ago": round(self.clock() - e.last_use, 3) if e.uses else None,
+                        "uses": e.uses,
+                        "hits": e.hits,
+                        "misses": e.misses,
+                        "evictions": e.evictions,
+                        "fallbacks": e.fallbacks,
+                        "loads": e.loads,
+                        "restores": e.restores,
+                    }
+                    for e in entries
+                ],
+                "totals": {
+                    key: sum(getattr(e, key) for e in entries)
+                    for key in ("hits", "misses", "evictions", "fallbacks", "loads", "restores")
+                },
+                "copies": self.copies,
+                "fragmentation_mb": round(self.fragmentation / MB, 3),
+                "cache_releases": self.cache_releases,
+                "events": self.events[-20:],
+            }
+
+
+def _convert(module: nn.Module, precision: str) -> nn.Module:
+    from models.precision import with_precision
+
+    device = next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).device
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 dynamic quantization runs on the CPU")
+    return with_precision(module, precision)
+
+
+def _pin(module: nn.Module) -> None:
+    """Page-lock a CPU module's tensors, so a restore to the GPU is one DMA copy."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        tensor.data = tensor.data.pin_memory()
