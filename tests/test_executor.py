@@ -73,7 +73,7 @@ def test_source_failing_mid_stream_keeps_what_it_gave(run):
 
 def test_live_source_drops_oldest_unstarted_frames_when_stages_fall_behind(run):
     stages = [{"name": "slow", "type": "jitter", "options": {"max_ms": 8.0}}]
-    graph = graph_of(stages, ring={"slots": 3})
+    graph = graph_of(stages, ring={"slots": 3}, quality={"mode": "off"})  # the ring alone, no scheduler
     sink = RecordingSink()
     report = run(Pipeline(graph, IndexSource(200, live=True, fps=1000), sink).run())
     assert sink.indices == list(range(200))  # every frame reaches the sink, in order (dropped ones as markers)

@@ -10,6 +10,7 @@ from conftest import IndexSource, RecordingSink
 from stage_kit import graph_of
 
 from pipeline.executor import Pipeline
+from pipeline.frame_scheduler import LATE, OVER_TARGET, THINNED
 from pipeline.ringbuffer import RING_FULL, RingBuffer
 
 
@@ -122,7 +123,8 @@ def test_no_slot_leaks_after_ten_thousand_frames_with_random_delays_and_failures
     else:
         assert report["frames"]["in"] == 10_000
         assert report["frames"]["out"] + sum(report["frames"]["dropped"].values()) == 10_000
-        assert set(report["frames"]["dropped"]) <= {RING_FULL}
+        # A live run: the ring reclaims, and the scheduler may drop late frames and thin the source.
+        assert set(report["frames"]["dropped"]) <= {RING_FULL, LATE, THINNED, OVER_TARGET}
 
 
 def test_ring_lives_on_the_requested_device():
