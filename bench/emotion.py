@@ -81,8 +81,12 @@ def run(width: int, height: int, faces: int, detect_every: int, frames: int, dev
     stage = emotion_module.Emotion("emotion", options=emotion_module.EmotionOptions(detect_every=detect_every))
     stage.setup(StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info))
     totals: dict[str, float] = defaultdict(float)
-    stage._detector.detect = Timed(stage._detector.detect, "detection", totals, device)
-    stage._classifier.forward = Timed(stage._classifier.forward, "classification", totals, device)
+    # The stage's own run's models: its manager holds them resident (there is room), so these are
+    # the objects every frame gets.
+    detector = stage.models.acquire(stage._detector_name)
+    classifier = stage.models.acquire(emotion_module.CLASSIFIER)
+    detector.detect = Timed(detector.detect, "detection", totals, device)
+    classifier.forward = Timed(classifier.forward, "classification", totals, device)
     timed_ops = type(
         "TimedOps", (), {"prepare_input": staticmethod(Timed(ops.prepare_input, "preparation", totals, device))}
     )
@@ -106,7 +110,9 @@ def run(width: int, height: int, faces: int, detect_every: int, frames: int, dev
         wall = time.perf_counter() - began
     finally:
         emotion_module.ops = original_ops
-        stage._detector.detect = stage._detector.detect.fn
+        del detector.detect, classifier.forward
+        stage.models.release(stage._detector_name)
+        stage.models.release(emotion_module.CLASSIFIER)
     parts = {name: totals[name] for name in ("detection", "preparation", "classification")}
     parts["other"] = max(0.0, wall - sum(parts.values()))
     return {

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.config import load_config, with_lines_to_say, with_targets
 from pipeline.device import resolve_device
+from pipeline.device_profiles import load_profile, profile_names
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
 from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest, default_output
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="default", help="graph config: a YAML path or a name in configs/. Default: default"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N. Default: auto (cuda if present)")
+    parser.add_argument(
+        "--device-profile",
+        metavar="NAME",
+        help=(
+            f"memory plan and limits for the device: {', '.join(profile_names())} (configs/devices/), or a YAML path. "
+            "Default: detected from the GPU's name and memory; cpu without a GPU"
+        ),
+    )
     parser.add_argument("--frames", type=int, metavar="N", help="stop after N frames (all of a file by default)")
     parser.add_argument("--realtime", action="store_true", help="pace a file at its own frame rate, like a live source")
     parser.add_argument("--size", metavar="WxH", help="picture size to ask a webcam for, e.g. 1280x720")
@@ -131,6 +140,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     return JobOptions(
         config=config,
         device=device,
+        device_profile=load_profile(args.device_profile) if args.device_profile else None,
         frames=args.frames,
         realtime=args.realtime,
         capture=CaptureRequest(size=size, fps=args.fps),

@@ -57,8 +57,9 @@ class QualityConfig(_Strict):
     climb_after_s: float = Field(CLIMB_AFTER_S, ge=0.0, le=600.0)  # sustained margin before a step up
     climb_margin: float = Field(CLIMB_MARGIN, gt=0.0, lt=1.0)  # "margin": p95 under this × the budget
     climb_busy: float = Field(CLIMB_BUSY, gt=0.0, le=1.0)  # ... and the busiest stage busy less than this
-    gpu_memory_max: float = Field(0.90, gt=0.0, le=1.0)  # used share of GPU memory that forces a step down
-    gpu_temperature_max_c: float = Field(83.0, gt=0.0, le=120.0)  # GPU temperature that forces a step down
+    # Used share of GPU memory, and GPU temperature, that force a step down; None: the device profile's.
+    gpu_memory_max: float | None = Field(None, gt=0.0, le=1.0)
+    gpu_temperature_max_c: float | None = Field(None, gt=0.0, le=120.0)
 
     @field_validator("ladder", mode="before")
     @classmethod

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from pipeline.device import Lane, configure_cpu_threads, cpu_nice, cuda_stream_priority
+from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import PipelineError, SinkError, SourceError
 from pipeline.frame_scheduler import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.frames import Frame
 from pipeline.gpu_health import GpuHealth
 from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
+from pipeline.memory import ModelManager
 from pipeline.metrics import QueueStats, RunMetrics
 from pipeline.ringbuffer import FullPolicy, RingBuffer
 from pipeline.scratch import ScratchPool
@@ -69,12 +71,17 @@ class Pipeline:
         *,
         device: torch.device | str = "cpu",
         metrics: RunMetrics | None = None,
+        models: ModelManager | None = None,
+        device_profile: DeviceProfile | None = None,
     ):
         self.graph = graph
         self.source = source
         self.sink = sink
         self.device = torch.device(device)
         self.metrics = metrics or RunMetrics()
+        self.profile = device_profile or detect_profile(self.device)
+        # The models stages load: passed in when several sessions share them, else this run's own.
+        self.models = models if models is not None else ModelManager.for_device(self.device, self.profile)
         config = graph.config
         policy = config.ring.policy
         if policy == "auto":
@@ -140,6 +147,8 @@ class Pipeline:
             self._tasks.append(asyncio.create_task(self._sample(), name="sampler"))
             if self.scheduler is not None:
                 self._tasks.append(asyncio.create_task(self.scheduler.control(), name="scheduler"))
+            if self.models.entries:
+                self._tasks.append(asyncio.create_task(self.models.watch(), name="models"))
             for running in self._running.values():
                 for worker in range(running.node.spec.workers):
                     task = asyncio.create_task(self._work(running), name=f"{running.node.name}#{worker}")
@@ -171,6 +180,8 @@ class Pipeline:
             leaked_slots=self.ring.in_use,
             scratch={name: r.scratch.stats() for name, r in self._running.items()},
             quality=self.scheduler.report() if self.scheduler is not None else {"enabled": False},
+            models=self.models.status(),
+            device_profile=self.profile.name,
         )
 
     def _start_stages(self) -> None:
@@ -206,6 +217,7 @@ class Pipeline:
                 inputs=node.inputs,
                 stream=self.source.info,
                 shared=self.shared,
+                models=self.models,
             )
             try:
                 stage.setup(ctx)
@@ -224,6 +236,7 @@ class Pipeline:
                 source_fps=float(fps) if fps else None,
                 sink=self.sink,
                 gpu=GpuHealth(self.device) if self.device.type == "cuda" else None,
+                profile=self.profile,
             )
             if self.scheduler.deadlines:
                 for name, running in self._running.items():

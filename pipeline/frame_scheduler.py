@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import GraphConfig
+from pipeline.device_profiles import DeviceProfile
 from pipeline.frames import Frame
 from pipeline.gpu_health import GpuHealth, pressure
 from pipeline.graph import Graph
@@ -88,6 +89,7 @@ class FrameScheduler:
         source_fps: float | None,
         sink: Any,
         gpu: GpuHealth | None = None,
+        profile: DeviceProfile | None = None,
     ):
         config = graph.config
         self.config = config
@@ -96,6 +98,11 @@ class FrameScheduler:
         self.live = live
         self.sink = sink
         self.gpu = gpu
+        quality = config.quality
+        self.gpu_memory_max = quality.gpu_memory_max or (profile.gpu_memory_max if profile else 0.90)
+        self.gpu_temperature_max_c = quality.gpu_temperature_max_c or (
+            profile.gpu_temperature_max_c if profile else 83.0
+        )
         self.budget_ms = config.targets.latency_ms
         self.budget_ns = int(config.targets.latency_ms * 1e6)
         self.deadlines = live  # a file run drops nothing
@@ -199,8 +206,8 @@ class FrameScheduler:
         if self.gpu is not None:
             why = pressure(
                 self.gpu.read(),
-                memory_max=self.quality.gpu_memory_max,
-                temperature_max_c=self.quality.gpu_temperature_max_c,
+                memory_max=self.gpu_memory_max,
+                temperature_max_c=self.gpu_temperature_max_c,
             )
         change = self.controller.decide(now_s, pressure=why)
         if change is not None:

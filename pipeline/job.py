@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.config import GraphConfig
+from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
 from pipeline.graph import build_graph
@@ -34,6 +35,7 @@ from pipeline.io.factory import (
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import EncoderSettings
 from pipeline.io.window import WINDOW, WindowSink
+from pipeline.memory import ModelManager
 from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
@@ -53,6 +55,7 @@ class JobOptions:
     capture: CaptureRequest = field(default_factory=CaptureRequest)
     settings: EncoderSettings = field(default_factory=EncoderSettings)
     analytics: Path | None = None  # JSONL sidecar
+    device_profile: DeviceProfile | None = None  # None: detected from the device
 
 
 @dataclass
@@ -102,12 +105,14 @@ async def run_job(
     progress: Progress | None = None,
     on_start: Callable[[Pipeline], None] | None = None,
     keep_partial_when_interrupted: bool = False,
+    models: ModelManager | None = None,
 ) -> JobResult:
     """Run one source to one output. Bad input is a failed result, not an exception.
 
     `on_start` gets the pipeline before it runs (to wire Ctrl-C to it). An interrupted run's
     output is finalized and renamed to the final name, unless `keep_partial_when_interrupted`
-    (folder runs, where a final name means "complete, skip it next time").
+    (folder runs, where a final name means "complete, skip it next time"). `models`: a model
+    manager to share with other runs (a folder's files), so models load once.
     """
     source = open_source(
         source_spec,
@@ -123,7 +128,14 @@ async def run_job(
         sink = open_sink(output_spec, settings=options.settings, device=options.device, path=writing)
         if options.analytics is not None:
             sink = AnalyticsSink(sink, options.analytics)
-        pipeline = Pipeline(build_graph(options.config), source, sink, device=options.device)
+        pipeline = Pipeline(
+            build_graph(options.config),
+            source,
+            sink,
+            device=options.device,
+            models=models,
+            device_profile=options.device_profile,
+        )
         window = sink.inner if isinstance(sink, AnalyticsSink) else sink
         if isinstance(window, WindowSink):
             window.on_close = pipeline.request_stop  # closing the window stops the run, as Ctrl-C does
@@ -238,6 +250,7 @@ async def run_folder(
 ) -> list[JobResult]:
     """Process each item in turn; one bad file does not stop the rest. `stopped()` ends the folder early."""
     results: list[JobResult] = []
+    models = ModelManager.for_device(options.device, options.device_profile)  # loaded once for every file
     for item in items:
         if stopped():
             break
@@ -257,6 +270,7 @@ async def run_folder(
                 progress=progress,
                 on_start=on_start,
                 keep_partial_when_interrupted=True,
+                models=models,
             )
         except (SourceError, SinkError) as exc:  # this file's input or output: the rest still run
             result = JobResult(str(item.source), str(item.output), "failed", str(exc))

@@ -84,8 +84,14 @@ class ModelSpec:
     name: str
     loader: Callable[[], nn.Module]  # builds it on the CPU from its weights file
     priority: Priority = "medium"
-    zone: str = "flexible"
+    zone: str | None = None  # None: the zone named like its priority (critical, high), else flexible
     cpu_fallback: bool = True  # may run on the CPU when no device has room
+
+    def zone_in(self, pools: list[DevicePool]) -> str:
+        if self.zone is not None:
+            return self.zone
+        named = self.priority if self.priority in ("critical", "high") else "flexible"
+        return named if any(named in pool.zones for pool in pools) else "flexible"
 
 
 @dataclass
@@ -107,8 +113,11 @@ class DevicePool:
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile, device: torch.device, key: str | None = None) -> DevicePool:
+        if key is None:
+            simulated = profile.kind == "cuda" and device.type != "cuda"
+            key = f"{profile.name} (simulated on {device})" if simulated else str(device)
         return cls(
-            key=key or str(device),
+            key=key,
             device=device,
             zones=profile.zone_bytes(),
             total=profile.memory_mb * MB,
@@ -117,7 +126,7 @@ class DevicePool:
             warning=profile.warning,
             critical=profile.critical,
             fragmentation_limit=profile.fragmentation_mb * MB,
-            host=device.type == "cpu",
+            host=profile.kind == "cpu",  # a GPU's profile on a CPU device: a simulated card, accounted only
         )
 
     def free(self, zone: str) -> int:
@@ -156,6 +165,7 @@ class Entry:
     """One registered model and where it is."""
 
     spec: ModelSpec
+    home: str = "flexible"  # the zone it goes to first
     module: nn.Module | None = None
     # device: placed in a pool; host: evicted, waiting in host memory; cpu: running on the CPU for want
     # of device room (a fallback); disk: only its weights file
@@ -167,6 +177,7 @@ class Entry:
     load_s: float = 0.0  # measured: weights file → ready
     restore_s: float | None = None  # measured: host memory → device
     precision: str = "fp32"
+    pending_precision: str | None = None  # asked for while in use: applied at the last release
     pins: int = 0  # frames in flight using it
     uses: int = 0
     last_use: float = 0.0
@@ -222,7 +233,14 @@ class ModelManager:
         options.setdefault("idle_unload_s", profile.idle_unload_s)
         options.setdefault("preload", profile.preload)
         pool = DevicePool.from_profile(profile, device)
-        return cls([pool], host_budget=profile.host_mb * MB if device.type == "cuda" else 0, **options)
+        return cls([pool], host_budget=profile.host_mb * MB if profile.kind == "cuda" else 0, **options)
+
+    @classmethod
+    def for_device(cls, device: torch.device, profile: DeviceProfile | None = None, **options: Any) -> ModelManager:
+        """A manager for `device` with its profile (detected when not given)."""
+        from pipeline.device_profiles import detect_profile
+
+        return cls.from_profile(profile or detect_profile(device), device, **options)
 
     # ----------------------------------------------------------------- registry
 
@@ -230,9 +248,10 @@ class ModelManager:
         with self._lock:
             if spec.name in self.entries:
                 raise ValueError(f"model {spec.name!r} is registered already")
-            if not any(spec.zone in pool.zones for pool in self.pools):
-                raise ValueError(f"model {spec.name!r}: no device has a zone {spec.zone!r}")
-            self.entries[spec.name] = Entry(spec)
+            zone = spec.zone_in(self.pools)
+            if not any(zone in pool.zones for pool in self.pools):
+                raise ValueError(f"model {spec.name!r}: no device has a zone {zone!r}")
+            self.entries[spec.name] = Entry(spec, home=zone)
 
     def ensure(self, spec: ModelSpec) -> None:
         """Register `spec` unless a model of that name is registered (sessions share models)."""
@@ -265,6 +284,9 @@ class ModelManager:
             if entry.pins <= 0:
                 raise RuntimeError(f"model {name!r} released more often than acquired")
             entry.pins -= 1
+            if entry.pins == 0 and entry.pending_precision is not None:
+                precision, entry.pending_precision = entry.pending_precision, None
+                self.set_precision(name, precision)
 
     @contextlib.contextmanager
     def use(self, name: str, *, on: torch.device | None = None) -> Iterator[nn.Module]:
@@ -325,7 +347,7 @@ class ModelManager:
         pool.add(zone, entry.nbytes)
 
     def _zones_for(self, entry: Entry) -> list[str]:
-        return [entry.spec.zone] + (["flexible"] if entry.spec.zone != "flexible" else [])
+        return [entry.home] + (["flexible"] if entry.home != "flexible" else [])
 
     def _pools_by_room(self, zone: str) -> list[DevicePool]:
         return sorted((p for p in self.pools if zone in p.zones), key=lambda p: p.free(zone) * p.speed, reverse=True)
@@ -547,14 +569,17 @@ class ModelManager:
     def set_precision(self, name: str, precision: str) -> None:
         """Hold the model at `precision` (the scheduler's rung); its size is measured again.
 
-        Lowering converts what is loaded; going back to fp32 reloads from the weights file.
+        Lowering converts what is loaded; going back to fp32 reloads from the weights file. A
+        model in use by a frame changes when that frame is done with it.
         """
         with self._lock:
             entry = self._entry(name)
+            if entry.pins:
+                entry.pending_precision = precision if precision != entry.precision else None
+                return
+            entry.pending_precision = None
             if entry.precision == precision:
                 return
-            if entry.pins:
-                raise RuntimeError(f"model {name!r} is in use; change its precision between frames")
             if precision == "fp32" or entry.level != "device":
                 self.unload(name)  # the next acquire builds it afresh at this precision
             else:

@@ -51,6 +51,9 @@ class StageContext:
     # run before it in the graph (e.g. the voice stage's speech queue, which the context stage,
     # downstream, feeds). Keys are service names ("speech").
     shared: dict[str, Any] = field(default_factory=dict)
+    # The model manager (pipeline.memory.ModelManager) stages get their models from; shared by
+    # every session of the process. None: a stage on its own makes one for its device.
+    models: Any = None
 
 
 def missing(reason: str) -> dict[str, Any]:

@@ -193,6 +193,7 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
     asyncio.run(pipeline.run())
     stage = pipeline._running["emotion"].runner.stage
     assert stage.precision == "int8" and stage._detect_size[1] == 160
+    assert stage.models.entries[stage._detector_name].precision == "int8"  # the manager converted it
     records = [json.loads(line)["emotion"] for line in analytics.read_text().splitlines()]
     assert [bool(r.get("held")) for r in records] == [False, True, True] * 3
     for index, record in enumerate(records):

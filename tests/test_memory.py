@@ -8,6 +8,7 @@ its size, as reading a weights file does, so measured reload costs are ordered l
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -318,3 +319,73 @@ def test_a_bad_profile_is_one_clear_error(tmp_path):
     bad.write_text("name: bad\nkind: cuda\nmemory_mb: 1000\nzones: {flexible: 2000}\n")
     with pytest.raises(ConfigError, match="exceed memory"):
         load_profile(bad)
+
+
+def test_a_precision_change_asked_for_while_in_use_waits_for_the_frame_to_finish():
+    manager = ModelManager([pool(flexible=2)])
+    manager.register(spec("m", 1))
+    model = manager.acquire("m")
+    manager.set_precision("m", "fp16")
+    assert model.weight.dtype == torch.float32 and manager.entries["m"].precision == "fp32"  # not under the frame
+    manager.release("m")
+    assert manager.entries["m"].precision == "fp16"
+    with manager.use("m") as model:
+        assert model.weight.dtype == torch.float16
+
+
+def test_models_go_to_the_zone_named_like_their_priority():
+    manager = ModelManager([pool(flexible=2, critical=2, high=2)])
+    manager.register(spec("c", 1, priority="critical"))
+    manager.register(spec("h", 1, priority="high"))
+    manager.register(spec("m", 1))
+    for name in "chm":
+        with manager.use(name):
+            pass
+    assert {e.name: e.zone for e in manager.entries.values()} == {"c": "critical", "h": "high", "m": "flexible"}
+
+
+# ------------------------------------------------------------------ in a real run
+
+
+def run_sample(profile, frames: int = 20, analytics=None) -> dict:
+    from pipeline.config import load_config
+    from pipeline.job import JobOptions, run_job
+
+    options = JobOptions(
+        config=load_config("default"),
+        device=torch.device("cpu"),
+        frames=frames,
+        device_profile=profile,
+        analytics=analytics,
+    )
+    result = asyncio.run(run_job("sample", "null", options))
+    assert result.status == "ok", result.reason
+    return result.report
+
+
+def test_the_6gb_profile_runs_the_full_graph_without_passing_its_budget():
+    profile = load_profile("rtx3060-laptop-6gb")
+    report = run_sample(profile)
+    models = report["models"]
+    (device,) = models["devices"]
+    assert report["device_profile"] == "rtx3060-laptop-6gb" and "simulated" in device["key"]
+    assert device["peak_mb"] <= profile.memory_mb  # at no moment more than the card has
+    for zone, used in device["used_mb"].items():
+        assert used <= device["zones_mb"][zone]
+    assert {m["name"] for m in models["models"]} == {"mtcnn(min_face=20)", "fer"}
+    assert all(m["level"] == "device" and m["zone"] == "high" for m in models["models"])
+    assert models["totals"]["fallbacks"] == 0 and models["totals"]["evictions"] == 0
+    assert models["totals"]["hits"] + models["totals"]["misses"] == 2 * 20  # both models, every frame
+
+
+def test_a_card_too_small_for_the_detector_runs_it_on_the_cpu_and_still_finds_the_face(tmp_path):
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("name: tiny\nkind: cuda\nmemory_mb: 4\nreserved_mb: 1\nzones: {high: 1, flexible: 1}\n")
+    report = run_sample(load_profile(tiny), frames=6, analytics=tmp_path / "faces.jsonl")
+    models = {m["name"]: m for m in report["models"]["models"]}
+    assert models["mtcnn(min_face=20)"]["level"] == "cpu" and models["mtcnn(min_face=20)"]["fallbacks"] == 1
+    assert models["fer"]["level"] == "device"  # 0.2 MB: it fits
+    assert report["models"]["devices"][0]["peak_mb"] <= 4
+    assert report["stages"]["emotion"]["errors"] == 0
+    records = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(len(r["emotion"]["faces"]) == 1 for r in records)

@@ -20,6 +20,7 @@ Annotation, under the stage's name in the analytics line:
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -29,14 +30,16 @@ from pydantic import Field
 from kernels import ops
 from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
-from models.precision import PRECISIONS, input_dtype, with_precision
+from models.precision import PRECISIONS
 from pipeline.frames import Frame
+from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
+CLASSIFIER = "fer"  # the expression model's name in the model manager
 PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # MTCNN takes raw 0..255
 
 
@@ -72,8 +75,14 @@ class Emotion(ComputeStage):
         self._colour = stream.colour.kernel_args(stream.height)
         self._frame_size = (stream.width, stream.height)
         self.set_detect_width(options.detect_width)
-        self._full_precision = (load_mtcnn(ctx.device, min_face=options.min_face), load_fer(ctx.device))
-        self._variants: dict[str, tuple[Any, Any, torch.dtype]] = {}
+        # Both models live in the model manager, shared with other sessions of this process; each
+        # frame pins them while it uses them, so they are never evicted under it.
+        self.models = ctx.models if ctx.models is not None else ModelManager.for_device(ctx.device)
+        self._detector_name = f"mtcnn(min_face={options.min_face})"
+        self.models.ensure(
+            ModelSpec(self._detector_name, functools.partial(load_mtcnn, "cpu", min_face=options.min_face), "high")
+        )
+        self.models.ensure(ModelSpec(CLASSIFIER, load_fer, "high"))
         self.set_precision(options.precision)
         self._tracker = FaceTracker(
             match_iou=options.match_iou,
@@ -104,24 +113,20 @@ class Emotion(ComputeStage):
         self._detect_size = (max(2, round(frame_h * width / frame_w)), width)
 
     def set_precision(self, precision: str) -> None:
-        """Run at `precision` from the next frame on (the scheduler's knob); variants are made once and kept.
+        """Run at `precision` from the next frame on (the scheduler's knob). The model manager
+        converts the models (and accounts their new size); a model a frame is using changes
+        when that frame is done with it.
 
+        int8 quantizes the detector's dense layers (CPU) and leaves the all-convolutional
+        classifier at fp32; fp16/bf16 convert both on a GPU, the classifier only on a CPU.
         Measured cost in accuracy: see `models.precision`.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        if precision not in self._variants:
-            assert self.ctx is not None
-            on_gpu = self.ctx.device.type == "cuda"
-            detector_precision = precision if precision == "int8" or on_gpu else "fp32"
-            classifier_precision = "fp32" if precision == "int8" else precision
-            detector, classifier = self._full_precision
-            self._variants[precision] = (
-                with_precision(detector, detector_precision),
-                with_precision(classifier, classifier_precision),
-                input_dtype(classifier_precision),
-            )
-        self._detector, self._classifier, self._classifier_dtype = self._variants[precision]
+        assert self.ctx is not None
+        on_gpu = self.ctx.device.type == "cuda"
+        self.models.set_precision(self._detector_name, precision if precision == "int8" or on_gpu else "fp32")
+        self.models.set_precision(CLASSIFIER, "fp32" if precision == "int8" else precision)
         self.precision = precision
 
     def compute(self, frame: Frame) -> dict[str, Any]:
@@ -131,22 +136,10 @@ class Emotion(ComputeStage):
         """Frames in index order. Detection and tracking go frame by frame (they carry state);
         the faces of all the frames are classified in one batch; the smoothed labels are then
         settled frame by frame, so the result is what one frame at a time gives."""
-        seen: list[tuple[Frame, list[tuple[Track, Track]]]] = []  # (track, as it was on that frame) per frame
-        held: set[int] = set()  # frames the cadence skips: they carry the result before them
-        with torch.no_grad():
-            for frame in frames:
-                if not frame.has_image:
-                    continue
-                if self._cadence > 1 and frame.index % self._cadence:
-                    held.add(frame.index)
-                    continue
-                if self._seen % self.options.detect_every == 0:
-                    tracks = self._tracker.update(*self._detect(frame.image))
-                else:
-                    tracks = self._tracker.update(None)
-                self._seen += 1
-                seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
-            readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
+        # Frames the cadence skips carry the result before them; frames without pixels get none.
+        held = {f.index for f in frames if f.has_image and self._cadence > 1 and f.index % self._cadence}
+        work = [f for f in frames if f.has_image and f.index not in held]
+        seen, readings = self._look(work) if work else ([], [])
         records: dict[int, dict[str, Any]] = {}
         for frame, faces in seen:
             for track, face in faces:
@@ -164,11 +157,35 @@ class Emotion(ComputeStage):
             results.append(record)
         return results
 
-    def _detect(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _look(self, frames: list[Frame]) -> tuple[list[tuple[Frame, list[tuple[Track, Track]]]], list[np.ndarray]]:
+        """Detect (every `detect_every`th frame looked at) and track, frame by frame, and read every
+        tracked face's expression in one classifier batch; the models are pinned meanwhile.
+        Returns, per frame, (track, the track as it was on that frame) for each face; and the readings."""
+        assert self.ctx is not None
+        device = self.ctx.device
+        seen = []
+        with (
+            torch.no_grad(),
+            self.models.use(self._detector_name, on=device) as detector,
+            self.models.use(CLASSIFIER, on=device) as classifier,
+        ):
+            for frame in frames:
+                if self._seen % self.options.detect_every == 0:
+                    tracks = self._tracker.update(*self._detect(detector, frame.image))
+                else:
+                    tracks = self._tracker.update(None)
+                self._seen += 1
+                seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
+            readings = self._classify(
+                classifier, [(frame.image, [face for _, face in faces]) for frame, faces in seen if faces]
+            )
+        return seen, readings
+
+    def _detect(self, detector: Any, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""
         height, width = self._detect_size
         small = ops.prepare_input(image, layout=self._layout, size=(height, width), **PIXELS_0_255, **self._colour)
-        faces = self._detector.detect(small[0])
+        faces = detector.detect(small[0].to(_device_of(detector)))  # a model that fell back to the CPU: a copy
         self.detections += 1
         scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
         order = torch.argsort(faces.scores, descending=True)[: self.options.max_faces].cpu()
@@ -176,10 +193,11 @@ class Emotion(ComputeStage):
         landmarks = faces.landmarks.cpu()[order].numpy() * scale
         return boxes, faces.scores.cpu()[order].numpy(), landmarks
 
-    def _classify(self, pictures: list[tuple[torch.Tensor, list[Track]]]) -> list[np.ndarray]:
+    def _classify(self, classifier: Any, pictures: list[tuple[torch.Tensor, list[Track]]]) -> list[np.ndarray]:
         """Class probabilities of every face, frame after frame, from one classifier batch."""
         if not pictures:
             return []
+        weights = next(classifier.parameters())  # its precision and place, as the manager holds it now
         crops = []
         for image, faces in pictures:
             boxes = torch.from_numpy(np.stack([face.box for face in faces]).astype(np.float32)).to(image.device)
@@ -190,12 +208,16 @@ class Emotion(ComputeStage):
                     size=(INPUT_SIZE, INPUT_SIZE),
                     boxes=boxes,
                     gray=True,
-                    dtype=self._classifier_dtype,
+                    dtype=weights.dtype,
                     **FER_NORMALIZE,
                     **self._colour,
                 )
             )
-        return list(self._classifier(torch.cat(crops)).float().cpu().numpy())
+        return list(classifier(torch.cat(crops).to(weights.device)).float().cpu().numpy())
+
+
+def _device_of(module: Any) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _face_record(track: Track) -> dict[str, Any]:
