@@ -237,10 +237,25 @@ class ModelManager:
 
     @classmethod
     def for_device(cls, device: torch.device, profile: DeviceProfile | None = None, **options: Any) -> ModelManager:
-        """A manager for `device` with its profile (detected when not given)."""
+        """A manager for `device` with its profile (detected when not given).
+
+        On a machine with several GPUs every one of them gets a pool (the run's device first,
+        with `profile`; the others with their own detected profiles), each weighted by its
+        streaming-multiprocessor count, so models spread to where there is room and speed, and
+        a model placed off the frames' device costs a counted copy of its input.
+        """
         from pipeline.device_profiles import detect_profile
 
-        return cls.from_profile(profile or detect_profile(device), device, **options)
+        manager = cls.from_profile(profile or detect_profile(device), device, **options)
+        if device.type == "cuda" and torch.cuda.device_count() > 1:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            others = [torch.device("cuda", i) for i in range(torch.cuda.device_count()) if i != index]
+            for other in others:
+                manager.pools.append(DevicePool.from_profile(detect_profile(other), other))
+            counts = [torch.cuda.get_device_properties(pool.device).multi_processor_count for pool in manager.pools]
+            for pool, sms in zip(manager.pools, counts, strict=True):
+                pool.speed = sms / max(counts)
+        return manager
 
     # ----------------------------------------------------------------- registry
 
@@ -519,11 +534,13 @@ class ModelManager:
 
     def housekeeping(self) -> None:
         """The timer's round: idle unloading, relief past the critical threshold, fallbacks moved back
-        to a device with room, and preloading the predicted next model."""
+        to a device with room, preloading the predicted next model, and releasing cached device
+        blocks when fragmentation passes the limit (frames in flight keep their own blocks)."""
         self.unload_idle()
         self.relieve()
         self.retry_fallbacks()
         self.preload_predicted()
+        self.between_frames()
 
     async def watch(self, period_s: float = 1.0) -> None:
         """`housekeeping` every `period_s`, off the event loop (a load may take a while). Run as a task."""
@@ -662,6 +679,7 @@ class ModelManager:
                         "device": str(self.device_of(e.name)) if self.device_of(e.name) is not None else None,
                         "zone": e.zone,
                         "size_mb": round(e.nbytes / MB, 3),
+                        "load_peak_mb": round(e.load_peak / MB, 3),
                         "precision": e.precision,
                         "load_s": round(e.load_s, 4),
                         "last_use_s_ago": round(self.clock() - e.last_use, 3) if e.uses else None,

@@ -260,6 +260,9 @@ def test_two_devices_models_go_where_there_is_room_and_the_slower_is_relieved_fi
     manager.acquire("a", on=torch.device("cpu"))
     assert manager.copies == 0  # same device as the data
     manager.release("a")
+    with manager.use("a", on=torch.device("cuda", 1)):  # the frame lives on another device
+        pass
+    assert manager.copies == 1  # the input crosses over: counted as a copy
 
 
 def test_precision_follows_the_rung_and_the_accounted_size_with_it():
@@ -389,3 +392,22 @@ def test_a_card_too_small_for_the_detector_runs_it_on_the_cpu_and_still_finds_th
     assert report["stages"]["emotion"]["errors"] == 0
     records = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(len(r["emotion"]["faces"]) == 1 for r in records)
+
+
+def test_every_gpu_of_a_machine_gets_a_pool_weighted_by_its_speed(monkeypatch):
+    """Two cards, faked at the torch.cuda calls the manager makes (no GPU here): pools for both,
+    the run's device first, speeds from their multiprocessor counts."""
+    from types import SimpleNamespace
+
+    cards = {0: ("NVIDIA GeForce RTX 4090", 24564, 128), 1: ("NVIDIA GeForce RTX 3060 Laptop GPU", 6144, 30)}
+
+    def properties(device):
+        name, mb, sms = cards[torch.device(device).index]
+        return SimpleNamespace(name=name, total_memory=mb * MB, multi_processor_count=sms)
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    manager = ModelManager.for_device(torch.device("cuda", 0))
+    assert [p.key for p in manager.pools] == ["cuda:0", "cuda:1"]
+    assert [round(p.speed, 3) for p in manager.pools] == [1.0, round(30 / 128, 3)]
+    assert manager.pools[1].zones == load_profile("rtx3060-laptop-6gb").zone_bytes()
