@@ -14,6 +14,7 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_argument(
         "--preset", metavar="NAME", help="speed preset, e.g. ultrafast … veryslow (x264), p1 … p7 (NVENC)"
     )
+    serving = parser.add_argument_group("serving browsers (WebRTC)")
+    serving.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the page and WebRTC sessions instead of running one source: a browser sends its camera and "
+        "microphone and gets the processed video, the avatar's voice and live analytics back",
+    )
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on. Default: 127.0.0.1 (this machine)")
+    serving.add_argument("--port", type=int, default=8080, help="Default: 8080")
+    serving.add_argument(
+        "--token", help="required on /offer and POSTs when --host is not loopback. Default: generated and printed"
+    )
+    serving.add_argument("--max-sessions", type=int, default=4, metavar="N", help="sessions at once. Default: 4")
     scheduling = parser.add_argument_group("latency and quality (the frame scheduler)")
     scheduling.add_argument(
         "--quality",
@@ -165,6 +179,7 @@ class _Stopper:
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
         self.requested = False
+        self.on_request: Callable[[], None] | None = None  # serving: stop the server
 
     def attach(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -173,6 +188,8 @@ class _Stopper:
 
     def __call__(self) -> None:
         self.requested = True
+        if self.on_request is not None:
+            self.on_request()
         if self.pipeline is not None:
             self.pipeline.request_stop()
 
@@ -185,12 +202,38 @@ async def run(args: argparse.Namespace) -> int:
     for sig in stop_signals:
         loop.add_signal_handler(sig, stopper)
     try:
+        if args.serve:
+            return await _serve(args, options, stopper)
         if is_folder_job(args.source):
             return await _run_folder(args, options, stopper)
         return await _run_single(args, options, stopper)
     finally:
         for sig in stop_signals:
             loop.remove_signal_handler(sig)
+
+
+async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
+    from pipeline.webrtc.server import Server, serve
+
+    try:
+        server = Server(
+            options.config,
+            device=options.device,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            max_sessions=args.max_sessions,
+            profile=options.device_profile,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    stop = asyncio.Event()
+    stopper.on_request = stop.set
+    try:
+        await serve(server, stop)
+    except OSError as exc:
+        raise SinkError(f"--serve: cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
+    return EXIT_OK
 
 
 async def _run_single(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:

@@ -112,6 +112,10 @@ class Pipeline:
         self.shared: dict[str, Any] = {}  # services stages offer each other for this run (StageContext.shared)
         self.scheduler: FrameScheduler | None = None  # set up with the stages when this run schedules
 
+    def stages_of(self, type_name: str) -> list[Any]:
+        """The running stages of one type (e.g. "voice"), to act on at run time."""
+        return [r.runner.stage for r in self._running.values() if r.runner.stage.type_name == type_name]
+
     # ----------------------------------------------------------------- control
 
     def request_stop(self) -> None:

@@ -152,6 +152,16 @@ class FrameScheduler:
         self._last_point_s = -float("inf")
         self.pressure_steps = 0
 
+    def set_budget(self, latency_ms: float) -> None:
+        """A new latency target from now on (a command at run time); the window starts afresh."""
+        if latency_ms <= 0:
+            raise ValueError(f"latency budget must be > 0 ms, got {latency_ms}")
+        self.budget_ms = latency_ms
+        self.budget_ns = int(latency_ms * 1e6)
+        self._miss_ms = MISS_FACTOR * latency_ms
+        self.controller.budget_ms = latency_ms
+        self.controller.reset_window()
+
     # ----------------------------------------------------------------- hooks on the data path
 
     def admit(self, frame: Frame) -> None:

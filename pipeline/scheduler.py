@@ -174,6 +174,13 @@ class QualityController:
             self._margin_since_s = None  # within budget but no margin: stay
         return None
 
+    def reset_window(self) -> None:
+        """Forget the measurements so far (taken under other conditions, e.g. another budget)."""
+        self._samples.clear()
+        self._busy.clear()
+        self._previous_p95 = None
+        self._margin_since_s = None
+
     def _climb_failed(self, now_s: float) -> bool:
         """The last change was a climb into the current rung, made just now, and it is over budget already."""
         return (

@@ -100,6 +100,10 @@ class Avatar(ComputeStage):
     Options = AvatarOptions
     inputs = ("emotion", "voice")
 
+    def set_layout(self, layout: str) -> None:
+        """Switch between pip, replace and side from the next frame on (a command from the page)."""
+        self.options = self.options.model_copy(update={"layout": AvatarOptions(layout=layout).layout})
+
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
         stream = ctx.stream

@@ -1,0 +1,231 @@
+"""The WebRTC server: the page, `/offer`, and status endpoints, on aiohttp.
+
+`POST /offer` takes `{"sdp", "type"}` as JSON and answers the same, as aiortc's example server
+does, so any standard client can connect. Each offer gets a `Session` (its own pipeline run);
+the models are shared by all of them through one model manager.
+
+Safety by default: the server binds to 127.0.0.1. On any other address a token is required on
+`/offer` and on every POST (`Authorization: Bearer TOKEN`, or `?token=TOKEN`): given with
+`--token` or generated and printed at start. Bad requests get a 4xx with a JSON reason (wrong
+content type 415, body over `MAX_BODY` 413, malformed JSON or SDP 400, missing or wrong token
+401); over `--max-sessions` a 503; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from pipeline.config import GraphConfig
+from pipeline.device_profiles import DeviceProfile, detect_profile
+from pipeline.errors import one_line
+from pipeline.memory import ModelManager
+from pipeline.webrtc.ice import limit_ice_to
+from pipeline.webrtc.session import Session
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY = 64 * 1024  # bytes: an SDP offer is a few kB
+DEFAULT_MAX_SESSIONS = 4
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+class Server:
+    """Serves sessions for one graph config on one device."""
+
+    def __init__(
+        self,
+        config: GraphConfig,
+        *,
+        device: torch.device,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        profile: DeviceProfile | None = None,
+    ):
+        if max_sessions < 1:
+            raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
+        self.config = config
+        self.device = device
+        self.host = host
+        self.port = port
+        self.local = is_loopback(host)
+        self.token = token if token or self.local else secrets.token_urlsafe(18)
+        self.max_sessions = max_sessions
+        self.profile = profile or detect_profile(device)
+        self.models = ModelManager.for_device(device, self.profile)
+        self.sessions: set[Session] = set()
+        self.sessions_total = 0
+        self.refused = 0
+        self.started_s = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self.app = self._make_app()
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.add_routes(
+            [
+                web.get("/", self._page),
+                web.static("/static", STATIC),
+                web.post("/offer", self._offer),
+                web.get("/api/performance/status", self._performance),
+                web.get("/api/resource/status", self._resource),
+                web.post("/api/performance/targets", self._targets),
+            ]
+        )
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self.local:
+            limit_ice_to(["127.0.0.1"])  # a loopback server offers loopback candidates, and only those
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else []  # the port when 0 was asked
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("serving on http://%s:%d/ (%d session(s) at most)", self.host, self.port, self.max_sessions)
+        if not self.local:
+            log.warning("listening beyond this machine: every offer must carry the token %s", self.token)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await asyncio.gather(*(session.close("server stopping") for session in list(self.sessions)))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ----------------------------------------------------------------- requests
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        given = request.query.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer ") :]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any] | web.Response:
+        if request.content_type != "application/json":
+            return _error(415, f"expected application/json, got {request.content_type or 'no content type'}")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _error(413, f"body over {MAX_BODY} bytes")
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body over {MAX_BODY} bytes")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "expected a JSON object")
+        return body
+
+    async def _page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+        body = await self._read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        if body.get("type") != "offer" or not isinstance(body.get("sdp"), str) or "m=" not in body["sdp"]:
+            return _error(400, 'expected {"sdp": "<an SDP offer>", "type": "offer"}')
+        if len(self.sessions) >= self.max_sessions:
+            self.refused += 1
+            return _error(503, f"all {self.max_sessions} session(s) are taken; try again later")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
+        session = Session(
+            pc, self.config, device=self.device, models=self.models, profile=self.profile, on_closed=self._closed
+        )
+        self.sessions.add(session)
+        self.sessions_total += 1
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot take
+            await session.close("bad offer")
+            return _error(400, f"the offer could not be used: {one_line(exc)}")
+        session.start()
+        log.info("session %d: started (%d running)", session.id, len(self.sessions))
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    def _closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    async def _performance(self, request: web.Request) -> web.Response:
+        return web.json_response(self.performance())
+
+    async def _resource(self, request: web.Request) -> web.Response:
+        return web.json_response(self.models.status())
+
+    async def _targets(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "a token is required")
+        body = await self._read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            latency_ms = float(body["latency_ms"])
+            if latency_ms <= 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            return _error(400, 'expected {"latency_ms": a number > 0}')
+        changed = 0
+        for session in self.sessions:
+            if session.pipeline is not None and session.pipeline.scheduler is not None:
+                session.pipeline.scheduler.set_budget(latency_ms)
+                changed += 1
+        return web.json_response({"latency_ms": latency_ms, "sessions": changed})
+
+    def performance(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.monotonic() - self.started_s, 1),
+            "sessions": [session.status() for session in self.sessions],
+            "sessions_total": self.sessions_total,
+            "refused": self.refused,
+            "max_sessions": self.max_sessions,
+            "budget_ms": self.config.targets.latency_ms,
+        }
+
+
+async def serve(server: Server, stop: asyncio.Event) -> None:
+    """Run `server` until `stop` is set (Ctrl-C)."""
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,240 @@
+"""One browser connection: its peer connection, its own pipeline run, and its data channel.
+
+The browser's tracks become the run's source; the processed video, the mixed audio and the
+analytics go back on the same connection. Models are shared with every other session through
+the server's model manager; everything else (tracks, ring buffer, stages' state, context) is
+the session's own and is freed when the peer disconnects, fails or goes silent.
+
+The data channel (label `analytics`, opened by the browser) carries one compact JSON message per
+delivered frame, at most `max_messages_per_s`; the events of frames in between (context and
+voice events) are carried by the next message, so none is lost. It takes commands as JSON:
+`{"type": "say", "text": …}`, `{"type": "layout", "layout": "pip"|"replace"|"side"}`,
+`{"type": "targets", "latency_ms": …}`; each is answered with `{"type": "ack"|"error", …}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from aiortc import RTCPeerConnection
+
+from pipeline.config import GraphConfig
+from pipeline.device_profiles import DeviceProfile
+from pipeline.errors import one_line
+from pipeline.executor import Pipeline
+from pipeline.frames import Frame
+from pipeline.graph import build_graph
+from pipeline.memory import ModelManager
+from pipeline.webrtc.tracks import PeerSink, TrackSource, first_picture
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES_PER_S = 15.0
+_ids = itertools.count(1)
+
+
+class Session:
+    """A peer connection and the pipeline run that serves it."""
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        config: GraphConfig,
+        *,
+        device: torch.device,
+        models: ModelManager,
+        profile: DeviceProfile | None = None,
+        max_messages_per_s: float = MAX_MESSAGES_PER_S,
+        on_closed: Callable[[Session], None] | None = None,
+    ):
+        self.id = next(_ids)
+        self.pc = pc
+        self.config = config
+        self.device = device
+        self.models = models
+        self.profile = profile
+        self.on_closed = on_closed
+        self.sink = PeerSink(on_frame=self._frame_out)
+        self.pipeline: Pipeline | None = None
+        self.report: dict[str, Any] | None = None
+        self.channel: Any = None
+        self.started_s = time.monotonic()
+        self.closed = asyncio.Event()
+        self.error: str | None = None
+        self._video: Any = None
+        self._audio: Any = None
+        self._run: asyncio.Task | None = None
+        self._min_gap_s = 1.0 / max_messages_per_s
+        self._last_sent_s = 0.0
+        self._pending_events: list[dict[str, Any]] = []
+        self._latest: dict[str, Any] = {}
+        self.messages_sent = 0
+        pc.addTrack(self.sink.video)
+        pc.addTrack(self.sink.audio)
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_channel)
+        pc.on("connectionstatechange", self._on_state)
+
+    # ----------------------------------------------------------------- peer events
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "video" and self._video is None:
+            self._video = track
+        elif track.kind == "audio" and self._audio is None:
+            self._audio = track
+
+    def _on_channel(self, channel: Any) -> None:
+        if channel.label != "analytics":
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.close(f"connection {self.pc.connectionState}")
+
+    # ----------------------------------------------------------------- the run
+
+    def start(self) -> None:
+        """Begin serving once the answer is sent: the run starts with the first picture."""
+        self._run = asyncio.create_task(self._serve(), name=f"session-{self.id}")
+
+    async def _serve(self) -> None:
+        try:
+            if self._video is None:
+                raise RuntimeError("the offer has no video track")
+            first = await first_picture(self._video)
+            source = TrackSource(self._video, self._audio, first)
+            self.pipeline = Pipeline(
+                build_graph(self.config),
+                source,
+                self.sink,
+                device=self.device,
+                models=self.models,
+                device_profile=self.profile,
+            )
+            self.report = await self.pipeline.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = one_line(exc)
+            log.warning("session %d: %s", self.id, self.error)
+        finally:
+            asyncio.get_running_loop().create_task(self.close("the run ended"))
+
+    async def close(self, why: str = "closed") -> None:
+        """End the run (its output is finalized), close the connection, free everything. Idempotent."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        log.info("session %d: closing (%s)", self.id, why)
+        run, self._run = self._run, None
+        if self.pipeline is not None and run is not None and not run.done():
+            self.pipeline.request_stop()
+            self.pipeline.request_stop()  # a live peer: nothing to drain for
+        if run is not None and run is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(run, 10)
+        await self.pc.close()
+        if self.on_closed is not None:
+            self.on_closed(self)
+
+    # ----------------------------------------------------------------- analytics out
+
+    def _frame_out(self, frame: Frame, latency_ms: float) -> None:
+        for key in ("context", "voice"):
+            annotation = frame.annotations.get(key)
+            if isinstance(annotation, dict) and annotation.get("events"):
+                self._pending_events.extend(annotation["events"])
+        now = time.monotonic()
+        if now - self._last_sent_s < self._min_gap_s:
+            return
+        message = frame.to_json()
+        for key in ("context", "voice"):  # their events go in one list, gathered since the last message
+            if isinstance(message.get(key), dict):
+                message[key] = {k: v for k, v in message[key].items() if k != "events"}
+        message["events"] = self._pending_events
+        message["latency_ms"] = round(latency_ms, 2)
+        metrics = self.pipeline.metrics if self.pipeline is not None else None
+        if metrics is not None:
+            message["fps"] = round(metrics.frames_out / max(now - self.started_s, 1e-3), 2)
+        self._latest = message
+        if self._send(message):
+            self._pending_events = []
+            self._last_sent_s = now
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return False
+        channel.send(json.dumps(message, separators=(",", ":")))
+        self.messages_sent += 1
+        return True
+
+    # ----------------------------------------------------------------- commands in
+
+    def _on_message(self, text: Any) -> None:
+        try:
+            command = json.loads(text)
+            if not isinstance(command, dict):
+                raise ValueError("a command is a JSON object")
+            done = self.command(command)
+            self._send({"type": "ack", "command": command.get("type"), **done})
+        except (ValueError, TypeError, KeyError) as exc:
+            self._send({"type": "error", "error": one_line(exc)})
+
+    def command(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one command from the page; a ValueError says what was wrong with it."""
+        kind = command.get("type")
+        pipeline = self.pipeline
+        if pipeline is None:
+            raise ValueError("the session has not started yet")
+        if kind == "say":
+            text = str(command.get("text", "")).strip()
+            if not text:
+                raise ValueError("say: no text")
+            voices = pipeline.stages_of("voice")
+            if not voices:
+                raise ValueError("say: this graph has no voice stage")
+            voices[0].say(text[:500])
+            return {"text": text[:500]}
+        if kind == "layout":
+            avatars = pipeline.stages_of("avatar")
+            if not avatars:
+                raise ValueError("layout: this graph has no avatar stage")
+            for avatar in avatars:
+                avatar.set_layout(str(command.get("layout")))
+            return {"layout": command.get("layout")}
+        if kind == "targets":
+            latency_ms = float(command["latency_ms"])
+            if pipeline.scheduler is None:
+                raise ValueError("targets: the scheduler is off for this session")
+            pipeline.scheduler.set_budget(latency_ms)
+            return {"latency_ms": latency_ms}
+        raise ValueError(f"unknown command type {kind!r} (say, layout, targets)")
+
+    # ----------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        metrics = self.pipeline.metrics if self.pipeline is not None else None
+        scheduler = self.pipeline.scheduler if self.pipeline is not None else None
+        return {
+            "id": self.id,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.started_s, 1),
+            "frames_in": metrics.frames_in if metrics else 0,
+            "frames_out": metrics.frames_out if metrics else 0,
+            "dropped": dict(metrics.drops) if metrics else {},
+            "e2e_p95_ms": round(metrics.end_to_end.percentile_ns(0.95) / 1e6, 2) if metrics else None,
+            "rung": scheduler.controller.rung_name if scheduler else None,
+            "messages_sent": self.messages_sent,
+            "error": self.error,
+        }

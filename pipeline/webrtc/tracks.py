@@ -1,0 +1,249 @@
+"""A peer's tracks as the pipeline's source, and the pipeline's output as tracks for the peer.
+
+`TrackSource` turns the browser's video track into frames in ring slots (scaled to the size of
+the first frame, since a browser changes resolution as its bandwidth estimate moves) and its
+audio track into each frame's audio chunk: all the sound received since the frame before,
+resampled to 48 kHz mono. A peer that sends nothing for `silence_s` ends the source, so a
+vanished browser frees its session.
+
+`PeerSink` hands each processed frame to two outgoing tracks. The video track keeps no backlog:
+it holds at most the newest picture, so a slow encoder or network sees fresh frames, never a
+queue. The audio track keeps every chunk (sound is never dropped) up to `MAX_AUDIO_QUEUE_S`,
+past which the oldest goes: a peer that stopped reading must not grow memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from pipeline.frames import AudioChunk, Frame
+from pipeline.io.base import Sink, Source, StreamInfo
+from pipeline.io.sinks import host_pixels
+from pipeline.pixels import Colour, PixelFormat
+from pipeline.ringbuffer import RingBuffer
+
+log = logging.getLogger(__name__)
+
+AUDIO_RATE = 48000  # Hz: what Opus carries, and what the pipeline's audio runs at
+VIDEO_CLOCK = fractions.Fraction(1, 90000)  # RTP's video clock
+WEBRTC_COLOUR = Colour(
+    matrix=6, primaries=6, transfer=6, range=1
+)  # BT.601, limited range: what VP8/H.264 decoders give
+SILENCE_S = 10.0  # a peer that sends no video for this long is gone
+MAX_AUDIO_QUEUE_S = 0.5  # outgoing sound waiting for the sender beyond this is cut, oldest first
+
+
+async def first_picture(track: MediaStreamTrack, timeout_s: float = SILENCE_S) -> av.VideoFrame:
+    """The first decoded frame of a peer's video track (its size fixes the session's)."""
+    return await asyncio.wait_for(track.recv(), timeout_s)
+
+
+class TrackSource(Source):
+    """Frames from a peer's video track, with the sound of its audio track (if any) attached."""
+
+    live = True
+
+    def __init__(
+        self,
+        video: MediaStreamTrack,
+        audio: MediaStreamTrack | None,
+        first: av.VideoFrame,
+        *,
+        fps: float = 30.0,
+        silence_s: float = SILENCE_S,
+    ):
+        self.video = video
+        self.audio = audio
+        self.silence_s = silence_s
+        width, height = first.width & ~1, first.height & ~1
+        self._first: av.VideoFrame | None = first
+        self._info = StreamInfo(
+            width=width,
+            height=height,
+            fps=fractions.Fraction(fps).limit_denominator(1001),
+            time_base=VIDEO_CLOCK,
+            audio_rate=AUDIO_RATE if audio is not None else None,
+            audio_channels=1 if audio is not None else 0,
+            pixel_format=PixelFormat.YUV420P,
+            colour=WEBRTC_COLOUR,
+            description=f"WebRTC peer {width}x{height}",
+        )
+        self._sound: deque[np.ndarray] = deque()  # received since the last frame, 48 kHz mono float32
+        self._sound_at = 0  # samples handed out so far (the next chunk's pts)
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        self.pictures_scaled = 0  # frames that arrived at another size than the first
+        self.audio_frames = 0
+
+    @property
+    def info(self) -> StreamInfo:
+        return self._info
+
+    async def _listen(self) -> None:
+        """Move the peer's sound into the buffer the next frame takes it from."""
+        assert self.audio is not None
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self.audio.recv()
+                self.audio_frames += 1
+                for block in self._resampler.resample(frame):
+                    self._sound.append(block.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+
+    def _take_sound(self) -> AudioChunk | None:
+        if self.audio is None:
+            return None
+        blocks = [self._sound.popleft() for _ in range(len(self._sound))]
+        samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+        chunk = AudioChunk(torch.from_numpy(samples).unsqueeze(0), AUDIO_RATE, self._sound_at)
+        self._sound_at += samples.shape[0]
+        return chunk
+
+    async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        listener = asyncio.create_task(self._listen()) if self.audio is not None else None
+        width, height = self._info.width, self._info.height
+        index = 0
+        try:
+            while True:
+                picture, self._first = self._first, None
+                if picture is None:
+                    try:
+                        picture = await asyncio.wait_for(self.video.recv(), self.silence_s)
+                    except (MediaStreamError, TimeoutError):
+                        return  # the peer hung up, or went silent
+                if picture.width != width or picture.height != height:
+                    self.pictures_scaled += 1
+                pixels = picture.reformat(width=width, height=height, format="yuv420p").to_ndarray()
+                lease = await ring.acquire()
+                lease.tensor.copy_(torch.from_numpy(pixels))
+                yield Frame(
+                    index=index,
+                    pts=int(picture.pts or 0),
+                    time_base=picture.time_base or VIDEO_CLOCK,
+                    capture_ns=time.monotonic_ns(),
+                    lease=lease,
+                    audio=self._take_sound(),
+                )
+                index += 1
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    def stats(self) -> dict[str, Any]:
+        return {"pictures_scaled": self.pictures_scaled, "audio_frames": self.audio_frames}
+
+
+class OutgoingVideo(MediaStreamTrack):
+    """The processed picture: `recv` gives the newest frame written, never a queue of old ones."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latest: av.VideoFrame | None = None
+        self._ready = asyncio.Event()
+        self.replaced = 0  # frames overwritten before the sender took them
+
+    def put(self, picture: av.VideoFrame) -> None:
+        if self._latest is not None:
+            self.replaced += 1
+        self._latest = picture
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._ready.wait()
+        picture, self._latest = self._latest, None
+        self._ready.clear()
+        assert picture is not None
+        return picture
+
+
+class OutgoingAudio(MediaStreamTrack):
+    """The processed sound (the user's, ducked, with the avatar's voice): every chunk, in order."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: deque[av.AudioFrame] = deque()
+        self._queued = 0  # samples waiting
+        self._ready = asyncio.Event()
+        self.cut = 0  # samples cut because the sender stopped reading
+
+    def put(self, chunk: av.AudioFrame) -> None:
+        self._chunks.append(chunk)
+        self._queued += chunk.samples
+        while self._queued > MAX_AUDIO_QUEUE_S * AUDIO_RATE and len(self._chunks) > 1:
+            old = self._chunks.popleft()
+            self._queued -= old.samples
+            self.cut += old.samples
+        self._ready.set()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        while not self._chunks:
+            self._ready.clear()
+            await self._ready.wait()
+        chunk = self._chunks.popleft()
+        self._queued -= chunk.samples
+        return chunk
+
+
+class PeerSink(Sink):
+    """Writes processed frames to the outgoing tracks and their annotations to `on_frame`."""
+
+    low_latency = True
+
+    def __init__(self, on_frame: Callable[[Frame, float], None] | None = None):
+        self.video = OutgoingVideo()
+        self.audio = OutgoingAudio()
+        self.on_frame = on_frame  # (frame, end-to-end ms) → e.g. the data channel
+        self.frames = 0
+        self.dropped = 0
+        self._audio_pts = 0
+
+    async def open(self, info: StreamInfo) -> None:
+        self.info = info
+
+    async def write(self, frame: Frame) -> None:
+        chunk = frame.audio
+        if chunk is not None and chunk.samples.shape[-1]:
+            samples = chunk.samples[:1].detach().cpu().numpy()
+            pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)  # aiortc's Opus encoder takes s16
+            sound = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout="mono")
+            sound.sample_rate = chunk.sample_rate
+            sound.pts = self._audio_pts
+            sound.time_base = fractions.Fraction(1, chunk.sample_rate)
+            self._audio_pts += samples.shape[-1]
+            self.audio.put(sound)
+        if frame.has_image:
+            events = [e for e in frame.events.values() if e is not None]
+            pixels = host_pixels(frame.image, events)
+            picture = av.VideoFrame.from_ndarray(pixels, format="yuv420p")  # a copy: the slot goes back
+            picture.pts = frame.pts
+            picture.time_base = frame.time_base
+            self.video.put(picture)
+            self.frames += 1
+        else:
+            self.dropped += 1
+        if self.on_frame is not None:
+            self.on_frame(frame, (time.monotonic_ns() - frame.capture_ns) / 1e6)
+
+    async def close(self) -> None:
+        self.video.stop()
+        self.audio.stop()

@@ -1,0 +1,196 @@
+"""The WebRTC server against a real aiortc client on 127.0.0.1: media both ways, analytics, commands.
+
+The server and the client run in the test's event loop; ICE is limited to loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import numpy as np
+import pytest
+import torch
+from webrtc_kit import Client
+
+from pipeline.config import load_config
+from pipeline.webrtc.server import MAX_BODY, Server
+
+pytest.importorskip("skimage", reason="the test face comes from scikit-image")
+
+
+async def started_server(**options) -> Server:
+    options.setdefault("device", torch.device("cpu"))
+    server = Server(load_config("default"), port=0, **options)
+    await server.start()
+    return server
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
+    async def scenario():
+        server = await started_server()
+        client = Client()
+        try:
+            assert await client.connect(server.url) is None
+            # Processed frames come back, at about the rate sent.
+            await client.wait_for(lambda: len(client.frames) >= 10, what="processed video")
+            first_t = client.frames[-1][0]
+            count = len(client.frames)
+            await asyncio.sleep(3.0)
+            fps = (len(client.frames) - count) / (client.frames[-1][0] - first_t)
+            # The face's emotion arrives on the data channel.
+            message = await client.wait_for(
+                lambda: next((m for m in client.messages if (m.get("emotion") or {}).get("faces")), None),
+                what="a face in the analytics",
+            )
+            face = message["emotion"]["faces"][0]
+            # The avatar speaks on command, once the user has stopped (or the user would interrupt it).
+            await client.wait_for(
+                lambda: client.speech.speech_ends_s + 1.0 < asyncio.get_running_loop().time() - started_at,
+                what="the end of the user's sentence",
+            )
+            said_at = asyncio.get_running_loop().time()
+            client.send({"type": "say", "text": "Nice to meet you, this is the avatar speaking."})
+            ack = await client.wait_for(
+                lambda: next((m for m in client.messages if m.get("type") == "ack"), None), what="the ack"
+            )
+            speaking = await client.wait_for(
+                lambda: next(
+                    (
+                        m
+                        for m in client.messages
+                        if (m.get("voice") or {}).get("text", "") and "avatar" in m["voice"]["text"]
+                    ),
+                    None,
+                ),
+                what="the avatar speaking in the analytics",
+            )
+            await asyncio.sleep(1.5)
+            voice = np.concatenate([s for t, s in client.sound if t > said_at + 0.3] or [np.zeros(1)])
+            status = server.performance()
+            return server, client, fps, face, ack, speaking, voice, status
+        finally:
+            await client.close()
+            await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+            await server.stop()
+
+    started_at = 0.0
+
+    async def timed():
+        nonlocal started_at
+        started_at = asyncio.get_running_loop().time()
+        return await scenario()
+
+    server, client, fps, face, ack, speaking, voice, status = asyncio.run(timed())
+    assert fps >= 15, fps  # sent at 30 fps; on a 2-core box the full graph and both VP8 ends share the cores
+    frame = client.frames[-1][1]
+    assert (frame.width, frame.height) == (320, 240)
+    assert face["label"] == "happy" and face["probs"]["happy"] > 0.5
+    assert ack["command"] == "say"
+    assert speaking["voice"]["avatar_speaking"] is True
+    assert rms(voice) > 0.01, "the returned audio should carry the avatar's voice"
+    assert len(status["sessions"]) == 1 and status["sessions"][0]["frames_out"] > 30
+    assert not server.sessions  # disconnect freed it
+
+
+def test_disconnect_frees_the_session_its_ring_and_its_tasks():
+    async def scenario():
+        server = await started_server()
+        client = Client(audio=False)
+        await client.connect(server.url)
+        await client.wait_for(lambda: len(client.frames) >= 5, what="processed video")
+        (session,) = server.sessions
+        pipeline = session.pipeline
+        await client.close()
+        await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+        await asyncio.sleep(0.2)
+        leftover = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await server.stop()
+        return session, pipeline, leftover
+
+    session, pipeline, leftover = asyncio.run(scenario())
+    assert pipeline.ring.in_use == 0
+    assert session.sink.video.readyState == "ended" and session.sink.audio.readyState == "ended"
+    assert not [name for name in leftover if name.startswith(("session-", "source", "scheduler", "sampler"))]
+    assert session.report is not None and session.report["leaked_slots"] == 0
+
+
+def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
+    async def scenario():
+        server = await started_server(token="secret", max_sessions=1)
+        url = server.url
+        replies = {}
+        async with aiohttp.ClientSession() as http:
+
+            async def post(name, **kwargs):
+                async with http.post(f"{url}/offer", **kwargs) as reply:
+                    replies[name] = (reply.status, (await reply.json()).get("error", ""))
+
+            auth = {"Authorization": "Bearer secret"}
+            await post("no token", json={"sdp": "v=0", "type": "offer"})
+            await post("wrong token", json={"sdp": "v=0", "type": "offer"}, headers={"Authorization": "Bearer nope"})
+            await post("text", data="hello", headers={**auth, "Content-Type": "text/plain"})
+            await post("not json", data="{oops", headers={**auth, "Content-Type": "application/json"})
+            await post("not an offer", json={"sdp": "v=0", "type": "answer"}, headers=auth)
+            await post("bad sdp", json={"sdp": "v=0\r\nm=garbage\r\n", "type": "offer"}, headers=auth)
+            big = json.dumps({"sdp": "m=" + "x" * MAX_BODY, "type": "offer"})
+            await post("too big", data=big, headers={**auth, "Content-Type": "application/json"})
+            async with http.get(f"{url}/api/resource/status") as reply:
+                resource = await reply.json()
+            async with http.get(f"{url}/") as reply:
+                page = await reply.text()
+        first, second = Client(audio=False), Client(audio=False)
+        await first.connect(url, token="secret")
+        refused = await second.connect(url, token="secret")
+        replies["over the limit"] = (refused.status, "")
+        await first.close()
+        await second.close()
+        await first.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+        await server.stop()
+        return replies, resource, page
+
+    replies, resource, page = asyncio.run(scenario())
+    assert replies["no token"][0] == 401 and "token" in replies["no token"][1]
+    assert replies["wrong token"][0] == 401
+    assert replies["text"][0] == 415 and "application/json" in replies["text"][1]
+    assert replies["not json"][0] == 400
+    assert replies["not an offer"][0] == 400
+    assert replies["bad sdp"][0] == 400 and "offer" in replies["bad sdp"][1]
+    assert replies["too big"][0] == 413
+    assert replies["over the limit"][0] == 503
+    assert "models" in resource and "devices" in resource
+    assert "<video" in page and "/static/app.js" in page
+
+
+def test_commands_that_make_no_sense_are_refused_on_the_channel():
+    async def scenario():
+        server = await started_server()
+        client = Client(audio=False)
+        try:
+            await client.connect(server.url)
+            await client.wait_for(lambda: len(client.messages) >= 2, what="analytics")
+            client.send({"type": "layout", "layout": "side"})
+            client.send({"type": "layout", "layout": "upside-down"})
+            client.send({"type": "dance"})
+            client.send({"type": "targets", "latency_ms": 80})
+            await client.wait_for(
+                lambda: sum(m.get("type") in ("ack", "error") for m in client.messages) >= 4, what="four answers"
+            )
+            (session,) = server.sessions
+            avatar = session.pipeline.stages_of("avatar")[0]
+            budget = session.pipeline.scheduler.budget_ms
+            return [m for m in client.messages if m.get("type") in ("ack", "error")], avatar.options.layout, budget
+        finally:
+            await client.close()
+            await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+            await server.stop()
+
+    answers, layout, budget = asyncio.run(scenario())
+    assert [a["type"] for a in answers] == ["ack", "error", "error", "ack"]
+    assert "unknown command" in answers[2]["error"]
+    assert layout == "side" and budget == 80.0
