@@ -17,6 +17,7 @@ import numpy as np
 SUB_BUCKETS_BITS = 4  # 16 buckets per power of two: about 3% relative error on a percentile
 _SUB = 1 << SUB_BUCKETS_BITS
 _BUCKETS = 64 * _SUB
+BUCKET_COUNT = _BUCKETS  # buckets in every LatencyHistogram (for exporters reading `counts`)
 
 
 def bucket_index(values_ns: np.ndarray) -> np.ndarray:

@@ -194,3 +194,87 @@ def test_commands_that_make_no_sense_are_refused_on_the_channel():
     assert [a["type"] for a in answers] == ["ack", "error", "error", "ack"]
     assert "unknown command" in answers[2]["error"]
     assert layout == "side" and budget == 80.0
+
+
+def metric_names(text: str) -> set[str]:
+    """Every metric the exposition declares (`# TYPE` lines, so also those with no samples yet)."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            for suffix in ("_bucket", "_sum", "_count", "_created"):
+                name = name.removesuffix(suffix)
+            names.add(name)
+    return names
+
+
+def test_metrics_count_frames_and_latency_and_the_models_and_survive_the_session():
+    async def scenario():
+        server = await started_server()
+        client = Client(audio=False)
+        async with aiohttp.ClientSession() as http:
+
+            async def scrape() -> str:
+                async with http.get(f"{server.url}/metrics") as reply:
+                    assert reply.headers["Content-Type"].startswith("text/plain")
+                    return await reply.text()
+
+            async def post(path: str, body: dict) -> tuple[int, dict]:
+                async with http.post(f"{server.url}{path}", json=body) as reply:
+                    return reply.status, await reply.json()
+
+            empty = await scrape()
+            await client.connect(server.url)
+            await client.wait_for(lambda: len(client.frames) >= 20, what="processed video")
+            during = await scrape()
+            unknown = await post("/api/resource/unload", {"model": "nope"})
+            unloaded = await post("/api/resource/unload", {"model": "fer"})
+            loaded = await post("/api/resource/load", {"model": "fer"})
+            await client.close()
+            await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+            after = await scrape()
+        await server.stop()
+        return empty, during, after, unknown, unloaded, loaded
+
+    empty, during, after, unknown, unloaded, loaded = asyncio.run(scenario())
+    assert "pipeline_sessions 0.0" in empty
+    assert "pipeline_sessions 1.0" in during
+    assert 'pipeline_stage_latency_seconds_count{stage="emotion"}' in during
+    assert 'pipeline_model_requests_total{model="fer",result="hit"}' in during
+    out_during = float(
+        next(line.split()[-1] for line in during.splitlines() if line.startswith("pipeline_frames_out_total"))
+    )
+    out_after = float(
+        next(line.split()[-1] for line in after.splitlines() if line.startswith("pipeline_frames_out_total"))
+    )
+    assert out_during >= 20 and out_after >= out_during  # the ended session's frames still count
+    e2e = [
+        line for line in after.splitlines() if line.startswith('pipeline_end_to_end_latency_seconds_bucket{le="+Inf"}')
+    ]
+    assert e2e and float(e2e[0].split()[-1]) == out_after
+    assert unknown[0] == 404 and "registered" in unknown[1]["error"]
+    assert unloaded[0] in (200, 409)  # 409 when a frame was using it at that moment
+    assert loaded == (200, {"model": "fer", "device": "cpu"})
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_server_exports():
+    import re
+    from pathlib import Path
+
+    from pipeline.webrtc.prometheus import exposition
+
+    server = Server(load_config("default"), device=torch.device("cpu"), port=0)
+    exported = metric_names(exposition(server).decode())
+    dashboard = json.loads(
+        (Path(__file__).resolve().parent.parent / "configs/grafana/pipeline-dashboard.json").read_text()
+    )
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\bpipeline_[a-z_]+", target["expr"]):
+                for suffix in ("_bucket", "_sum", "_count"):
+                    name = name.removesuffix(suffix)
+                used.add(name)
+    assert used and used <= exported, used - exported

@@ -32,6 +32,7 @@ from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc.ice import limit_ice_to
+from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
 from pipeline.webrtc.session import Session
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class Server:
         self.sessions_total = 0
         self.refused = 0
         self.started_s = time.monotonic()
+        self.retired = Retired()  # what ended sessions measured (counters only grow)
+        self._fps_mark: tuple[float, int] = (time.monotonic(), 0)
+        self._fps = 0.0
         self._runner: web.AppRunner | None = None
         self.app = self._make_app()
 
@@ -94,6 +98,9 @@ class Server:
                 web.get("/api/performance/status", self._performance),
                 web.get("/api/resource/status", self._resource),
                 web.post("/api/performance/targets", self._targets),
+                web.post("/api/resource/load", self._load),
+                web.post("/api/resource/unload", self._unload),
+                web.get("/metrics", self._metrics),
             ]
         )
         app.on_shutdown.append(self._on_shutdown)
@@ -184,7 +191,61 @@ class Server:
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
 
     def _closed(self, session: Session) -> None:
+        if session in self.sessions and session.pipeline is not None:
+            self.retired.add(session.pipeline.metrics)
         self.sessions.discard(session)
+
+    def frames_out(self) -> int:
+        return self.retired.frames_out + sum(
+            s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
+        )
+
+    def fps(self) -> float:
+        """Delivered frames per second over all sessions, since the last reading a second or more ago."""
+        now, out = time.monotonic(), self.frames_out()
+        then, before = self._fps_mark
+        if now - then >= 1.0:
+            self._fps = (out - before) / (now - then)
+            self._fps_mark = (now, out)
+        return round(self._fps, 2)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=exposition(self), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _model_request(self, request: web.Request) -> str | web.Response:
+        if not self._authorized(request):
+            return _error(401, "a token is required")
+        body = await self._read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        name = body.get("model")
+        if not isinstance(name, str) or name not in self.models.entries:
+            known = ", ".join(self.models.entries) or "none yet (models register when a session starts)"
+            return _error(404, f"no model {name!r}; registered: {known}")
+        return name
+
+    async def _load(self, request: web.Request) -> web.Response:
+        name = await self._model_request(request)
+        if isinstance(name, web.Response):
+            return name
+
+        def load() -> None:
+            with self.models.use(name):
+                pass
+
+        try:
+            await asyncio.to_thread(load)
+        except Exception as exc:  # ModelMemoryError included: it does not fit anywhere
+            return _error(409, one_line(exc))
+        return web.json_response({"model": name, "device": str(self.models.device_of(name))})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        name = await self._model_request(request)
+        if isinstance(name, web.Response):
+            return name
+        if not self.models.unload(name):
+            return _error(409, f"model {name!r} is in use by a frame, or not loaded")
+        return web.json_response({"model": name, "level": "disk"})
 
     async def _performance(self, request: web.Request) -> web.Response:
         return web.json_response(self.performance())
@@ -219,6 +280,8 @@ class Server:
             "refused": self.refused,
             "max_sessions": self.max_sessions,
             "budget_ms": self.config.targets.latency_ms,
+            "fps": self.fps(),
+            "frames_out": self.frames_out(),
         }
 
 
