@@ -278,3 +278,23 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exports():
                     name = name.removesuffix(suffix)
                 used.add(name)
     assert used and used <= exported, used - exported
+
+
+def test_an_offer_with_video_only_gets_video_back_and_a_valid_answer():
+    """A client that offers no audio section: the answer must not add one (browsers reject it)."""
+
+    async def scenario():
+        server = await started_server()
+        client = Client(audio=None)
+        try:
+            assert await client.connect(server.url) is None
+            await client.wait_for(lambda: len(client.frames) >= 5, what="processed video")
+            return client.pc.remoteDescription.sdp.count("\nm="), len(client.frames)
+        finally:
+            await client.close()
+            await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+            await server.stop()
+
+    sections, frames = asyncio.run(scenario())
+    assert sections == 2  # video and the data channel, as offered
+    assert frames >= 5

@@ -77,14 +77,16 @@ class SpeechTrack(AudioStreamTrack):
 class Client:
     """One peer: sends the face and speech, keeps what comes back."""
 
-    def __init__(self, *, audio: bool = True):
+    def __init__(self, *, audio: bool | None = True):
+        """`audio`: True sends speech; False only receives (a browser without a microphone);
+        None offers no audio section at all."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.face = FaceTrack()
         self.speech = SpeechTrack() if audio else None
         self.pc.addTrack(self.face)
         if self.speech is not None:
             self.pc.addTrack(self.speech)
-        else:
+        elif audio is False:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("analytics")
         self.messages: list[dict[str, Any]] = []

@@ -31,6 +31,7 @@ from pipeline.config import GraphConfig
 from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
 from pipeline.memory import ModelManager
+from pipeline.webrtc import receive
 from pipeline.webrtc.ice import limit_ice_to
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
 from pipeline.webrtc.session import Session
@@ -66,6 +67,7 @@ class Server:
         token: str | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         profile: DeviceProfile | None = None,
+        prompt_receive: bool = True,
     ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
@@ -76,6 +78,7 @@ class Server:
         self.local = is_loopback(host)
         self.token = token if token or self.local else secrets.token_urlsafe(18)
         self.max_sessions = max_sessions
+        self.prompt_receive = prompt_receive  # False: aiortc's receive path as it is (for comparison)
         self.profile = profile or detect_profile(device)
         self.models = ModelManager.for_device(device, self.profile)
         self.sessions: set[Session] = set()
@@ -182,6 +185,9 @@ class Server:
         self.sessions_total += 1
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            if self.prompt_receive:
+                receive.install(pc)  # each received frame goes to the decoder on its last packet
+            session.attach_outgoing()
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot take
             await session.close("bad offer")

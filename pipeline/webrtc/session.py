@@ -77,11 +77,20 @@ class Session:
         self._pending_events: list[dict[str, Any]] = []
         self._latest: dict[str, Any] = {}
         self.messages_sent = 0
-        pc.addTrack(self.sink.video)
-        pc.addTrack(self.sink.audio)
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_channel)
         pc.on("connectionstatechange", self._on_state)
+
+    def attach_outgoing(self) -> list[str]:
+        """Send the processed tracks on the offer's own video and audio sections (call after the
+        remote description is set): an answer may not add sections the offer lacks. The kinds sent."""
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        sent = []
+        for track in (self.sink.video, self.sink.audio):
+            if track.kind in kinds:
+                self.pc.addTrack(track)  # aiortc reuses the offered transceiver of that kind
+                sent.append(track.kind)
+        return sent
 
     # ----------------------------------------------------------------- peer events
 

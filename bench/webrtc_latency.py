@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Glass-to-glass latency through WebRTC: a plain aiortc relay, our empty graph, our full graph.
+
+Headless Chromium (Debian's, driven by Playwright) sends a canvas whose pixels carry the time
+they were drawn (a 20-bit barcode of the page's clock, bench/webrtc_latency.html) and reads the
+time back from every frame it receives, so one clock measures the whole round trip: canvas →
+encode → network → the server's receive path and work → encode → network → decode → video.
+Three servers answer in turn, in the same run and browser:
+
+- relay: a plain aiortc server written as aiortc's example server is (the received track sent
+  back through `MediaRelay`), aiortc's receive path unchanged;
+- passthrough: our server with an empty graph (configs/passthrough.yaml);
+- full: our server with the default graph (emotion, voice, avatar, context, meters);
+- passthrough, stock receive: the empty graph again with aiortc's own jitter buffer, to show
+  what releasing each frame on its last packet (pipeline/webrtc/receive.py) saves.
+
+At 640×480 and 1280×720: median and p95 of the round trip and received fps, over `--seconds`
+after `--warmup`. Targets: passthrough's median below the relay's; full at most 15 ms above
+passthrough's. The last line is one JSON object for 640×480.
+
+    python bench/webrtc_latency.py [--seconds 8] [--warmup 3] [--sizes 640x480,1280x720]
+
+Needs Debian's Chromium (apt install chromium) and the dev extra (playwright).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config, with_targets  # noqa: E402
+from pipeline.webrtc.ice import limit_ice_to  # noqa: E402
+from pipeline.webrtc.server import Server  # noqa: E402
+
+PAGE = Path(__file__).resolve().parent / "webrtc_latency.html"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-renderer-backgrounding",
+    "--disable-background-timer-throttling",
+]
+
+
+async def bench_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PAGE)
+
+
+class Relay:
+    """aiortc's example server, reduced to what matters here: send the received video back."""
+
+    def __init__(self) -> None:
+        from aiortc.contrib.media import MediaRelay
+
+        self.relay = MediaRelay()
+        self.pcs: set = set()
+        self.app = web.Application()
+        self.app.add_routes([web.get("/bench", bench_page), web.post("/offer", self.offer)])
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def offer(self, request: web.Request) -> web.Response:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        params = await request.json()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pcs.add(pc)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "video":
+                pc.addTrack(self.relay.subscribe(track))
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(pc.close() for pc in self.pcs))
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Ours:
+    def __init__(self, config_name: str, *, prompt_receive: bool = True) -> None:
+        # Budget out of reach: the scheduler must not lower quality or drop frames here; this
+        # measures what the graph costs, not how the scheduler would trade it away.
+        config = with_targets(load_config(config_name), latency_ms=10_000)
+        self.server = Server(config, device=torch.device("cpu"), port=0, prompt_receive=prompt_receive)
+        self.server.app.router.add_get("/bench", bench_page)
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.url = self.server.url
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+async def measure(browser, target, width: int, height: int, warmup_s: float, seconds: float) -> dict:
+    await target.start()
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{target.url}/bench?w={width}&h={height}")
+        await page.wait_for_function("window.results.state !== 'starting'", timeout=20_000)
+        state = await page.evaluate("window.results.state")
+        if state != "connected":
+            raise RuntimeError(state)
+        await asyncio.sleep(warmup_s)
+        start = await page.evaluate("[performance.now(), window.results.frames]")
+        await asyncio.sleep(seconds)
+        results = await page.evaluate("window.results")
+        end = await page.evaluate("[performance.now(), window.results.frames]")
+    finally:
+        await page.close()
+        await target.stop()
+    latencies = [ms for t, ms in results["samples"] if t >= start[0]]
+    if not latencies:
+        raise RuntimeError("no frame came back with a readable time code")
+    return {
+        "median_ms": float(np.median(latencies)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "fps": (end[1] - start[1]) / ((end[0] - start[0]) / 1000),
+        "frames": len(latencies),
+        "undecodable": results["undecodable"],
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
+    from playwright.async_api import async_playwright
+
+    limit_ice_to(["127.0.0.1"])
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    results: dict = {}
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=args.chromium, headless=True, args=FLAGS)
+        try:
+            for width, height in sizes:
+                targets = (
+                    ("relay", Relay),
+                    ("passthrough", lambda: Ours("passthrough")),
+                    ("full", lambda: Ours("default")),
+                    # Ours again with aiortc's receive path as it is: what the prompt jitter buffer saves.
+                    ("passthrough, stock receive", lambda: Ours("passthrough", prompt_receive=False)),
+                )
+                for name, make in targets:
+                    results[(name, width, height)] = await measure(
+                        browser, make(), width, height, args.warmup, args.seconds
+                    )
+        finally:
+            await browser.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not Path(args.chromium).exists():
+        sys.exit(f"no Chromium at {args.chromium} (apt install chromium)")
+    results = asyncio.run(run(args))
+    print(
+        f"glass-to-glass round trip, headless Chromium on loopback, {args.seconds:g} s after {args.warmup:g} s warm-up"
+    )
+    print(f"{'size':<10}{'server':<28}{'median ms':>10}{'p95 ms':>9}{'fps':>7}")
+    for (name, width, height), r in results.items():
+        print(f"{f'{width}x{height}':<10}{name:<28}{r['median_ms']:>10.1f}{r['p95_ms']:>9.1f}{r['fps']:>7.1f}")
+    first = next(key for key in results if key[0] == "relay")[1:]
+    relay, passthrough, full = (results[(name, *first)] for name in ("relay", "passthrough", "full"))
+    added = full["median_ms"] - passthrough["median_ms"]
+    print(
+        f"{first[0]}x{first[1]}: passthrough vs relay median {passthrough['median_ms'] - relay['median_ms']:+.1f} ms "
+        f"(target < 0); full graph adds {added:.1f} ms (target <= 15)"
+    )
+    print(
+        json.dumps(
+            {
+                "relay_median_ms": round(relay["median_ms"], 2),
+                "passthrough_median_ms": round(passthrough["median_ms"], 2),
+                "full_median_ms": round(full["median_ms"], 2),
+                "added_ms": round(added, 2),
+                "fps": round(full["fps"], 2),
+                "relay_fps": round(relay["fps"], 2),
+                "passthrough_fps": round(passthrough["fps"], 2),
+                "passthrough_stock_receive_median_ms": round(
+                    results[("passthrough, stock receive", *first)]["median_ms"], 2
+                ),
+                "size": f"{first[0]}x{first[1]}",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
