@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pipeline.batching import Batcher
 from pipeline.device_profiles import MB, DeviceProfile
 from pipeline.errors import PipelineError
 
@@ -227,6 +228,7 @@ class ModelManager:
         self._next: dict[str, Counter[str]] = defaultdict(Counter)  # model → models used right after it
         self._last_used: str | None = None
         self.events: list[str] = []
+        self._batchers: dict[str, Batcher] = {}
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile, device: torch.device, **options: Any) -> ModelManager:
@@ -273,6 +275,21 @@ class ModelManager:
         with self._lock:
             if spec.name not in self.entries:
                 self.register(spec)
+
+    def batcher(self, name: str, **options: Any) -> Batcher:
+        """The one `Batcher` of model `name` (made on first ask): calls from every session that shares
+        this manager are gathered into one, run with the model pinned, at its current precision."""
+        with self._lock:
+            batcher = self._batchers.get(name)
+            if batcher is None:
+
+                def run(inputs: torch.Tensor) -> torch.Tensor:
+                    with self.use(name, on=inputs.device) as model, torch.no_grad():
+                        weights = next(itertools.chain(model.parameters(), model.buffers()))
+                        return model(inputs.to(weights.device, weights.dtype))
+
+                batcher = self._batchers[name] = Batcher(run, **options)
+            return batcher
 
     # ----------------------------------------------------------------- use
 
@@ -700,6 +717,10 @@ class ModelManager:
                 "copies": self.copies,
                 "fragmentation_mb": round(self.fragmentation / MB, 3),
                 "cache_releases": self.cache_releases,
+                "batchers": {
+                    name: {"users": b.users, "calls": b.calls, "requests": b.requests, "rows": b.rows}
+                    for name, b in self._batchers.items()
+                },
                 "events": self.events[-20:],
             }
 

@@ -378,7 +378,9 @@ def test_the_6gb_profile_runs_the_full_graph_without_passing_its_budget():
     assert {m["name"] for m in models["models"]} == {"mtcnn(min_face=20)", "fer"}
     assert all(m["level"] == "device" and m["zone"] == "high" for m in models["models"])
     assert models["totals"]["fallbacks"] == 0 and models["totals"]["evictions"] == 0
-    assert models["totals"]["hits"] + models["totals"]["misses"] == 2 * 20  # both models, every frame
+    requests = {m["name"]: m["hits"] + m["misses"] for m in models["models"]}
+    assert requests["mtcnn(min_face=20)"] == 20  # taken for every frame
+    assert requests["fer"] >= 20  # every frame, and again by the classifier's batcher for each call
 
 
 def test_a_card_too_small_for_the_detector_runs_it_on_the_cpu_and_still_finds_the_face(tmp_path):

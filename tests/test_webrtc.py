@@ -298,3 +298,30 @@ def test_an_offer_with_video_only_gets_video_back_and_a_valid_answer():
     sections, frames = asyncio.run(scenario())
     assert sections == 2  # video and the data channel, as offered
     assert frames >= 5
+
+
+def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_calls():
+    async def scenario():
+        server = await started_server()
+        clients = [Client(audio=False), Client(audio=False)]
+        try:
+            for client in clients:
+                assert await client.connect(server.url) is None
+            for client in clients:
+                await client.wait_for(lambda c=client: len(c.frames) >= 30, what="processed video", timeout_s=30)
+            users_while = server.models.status()["batchers"]["fer"]["users"]
+        finally:
+            for client in clients:
+                await client.close()
+            await clients[0].wait_for(lambda: not server.sessions, what="the sessions to end", timeout_s=15)
+            await server.stop()
+        return users_while, server.models.status()
+
+    users_while, status = asyncio.run(scenario())
+    assert users_while == 2
+
+    models = {m["name"]: m for m in status["models"]}
+    assert models["fer"]["loads"] == 1 and models["mtcnn(min_face=20)"]["loads"] == 1  # loaded once, shared
+    batched = status["batchers"]["fer"]
+    assert batched["users"] == 0  # both sessions left it when they ended
+    assert batched["calls"] < batched["requests"]  # some calls carried both sessions' faces

@@ -83,6 +83,9 @@ class Emotion(ComputeStage):
             ModelSpec(self._detector_name, functools.partial(load_mtcnn, "cpu", min_face=options.min_face), "high")
         )
         self.models.ensure(ModelSpec(CLASSIFIER, load_fer, "high"))
+        # Face crops from every session sharing the manager go through the classifier together.
+        self._batcher = self.models.batcher(CLASSIFIER)
+        self._batcher.join()
         self.set_precision(options.precision)
         self._tracker = FaceTracker(
             match_iou=options.match_iou,
@@ -94,6 +97,12 @@ class Emotion(ComputeStage):
         self._cadence = 1  # the stage runs on 1 frame in this many (the scheduler's knob)
         self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
+
+    def teardown(self) -> None:
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            batcher.leave()
+            self._batcher = None
 
     def apply_quality(self, settings: QualitySettings) -> None:
         self._cadence = settings.inference_every
@@ -213,7 +222,7 @@ class Emotion(ComputeStage):
                     **self._colour,
                 )
             )
-        return list(classifier(torch.cat(crops).to(weights.device)).float().cpu().numpy())
+        return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
 
 
 def _device_of(module: Any) -> torch.device:
