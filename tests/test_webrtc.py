@@ -325,3 +325,25 @@ def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_cal
     batched = status["batchers"]["fer"]
     assert batched["users"] == 0  # both sessions left it when they ended
     assert batched["calls"] < batched["requests"]  # some calls carried both sessions' faces
+
+
+def test_a_peer_that_goes_silent_is_let_go():
+    """The connection stays up but the camera stops: after `silence_s` the session ends by itself."""
+
+    async def scenario():
+        server = await started_server(silence_s=1.0)
+        client = Client(audio=False)
+        try:
+            await client.connect(server.url)
+            await client.wait_for(lambda: len(client.frames) >= 5, what="processed video")
+            (session,) = server.sessions
+            client.face.stop()  # the camera goes away; the peer connection does not
+            await client.wait_for(lambda: not server.sessions, what="the silent session to end", timeout_s=15)
+            return session
+        finally:
+            await client.close()
+            await server.stop()
+
+    session = asyncio.run(scenario())
+    assert session.closed.is_set() and session.pipeline.ring.in_use == 0
+    assert session.report is not None and session.report["frames"]["out"] >= 5

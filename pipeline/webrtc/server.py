@@ -35,6 +35,7 @@ from pipeline.webrtc import receive
 from pipeline.webrtc.ice import limit_ice_to
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
 from pipeline.webrtc.session import Session
+from pipeline.webrtc.tracks import SILENCE_S
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Server:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         profile: DeviceProfile | None = None,
         prompt_receive: bool = True,
+        silence_s: float = SILENCE_S,
     ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
@@ -79,6 +81,7 @@ class Server:
         self.token = token if token or self.local else secrets.token_urlsafe(18)
         self.max_sessions = max_sessions
         self.prompt_receive = prompt_receive  # False: aiortc's receive path as it is (for comparison)
+        self.silence_s = silence_s  # a peer that sends no video this long is gone
         self.profile = profile or detect_profile(device)
         self.models = ModelManager.for_device(device, self.profile)
         self.sessions: set[Session] = set()
@@ -179,7 +182,13 @@ class Server:
             return _error(503, f"all {self.max_sessions} session(s) are taken; try again later")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
         session = Session(
-            pc, self.config, device=self.device, models=self.models, profile=self.profile, on_closed=self._closed
+            pc,
+            self.config,
+            device=self.device,
+            models=self.models,
+            profile=self.profile,
+            silence_s=self.silence_s,
+            on_closed=self._closed,
         )
         self.sessions.add(session)
         self.sessions_total += 1

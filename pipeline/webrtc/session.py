@@ -33,7 +33,7 @@ from pipeline.executor import Pipeline
 from pipeline.frames import Frame
 from pipeline.graph import build_graph
 from pipeline.memory import ModelManager
-from pipeline.webrtc.tracks import PeerSink, TrackSource, first_picture
+from pipeline.webrtc.tracks import SILENCE_S, PeerSink, TrackSource, first_picture
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Session:
         models: ModelManager,
         profile: DeviceProfile | None = None,
         max_messages_per_s: float = MAX_MESSAGES_PER_S,
+        silence_s: float = SILENCE_S,
         on_closed: Callable[[Session], None] | None = None,
     ):
         self.id = next(_ids)
@@ -62,6 +63,7 @@ class Session:
         self.models = models
         self.profile = profile
         self.on_closed = on_closed
+        self.silence_s = silence_s
         self.sink = PeerSink(on_frame=self._frame_out)
         self.pipeline: Pipeline | None = None
         self.report: dict[str, Any] | None = None
@@ -120,8 +122,8 @@ class Session:
         try:
             if self._video is None:
                 raise RuntimeError("the offer has no video track")
-            first = await first_picture(self._video)
-            source = TrackSource(self._video, self._audio, first)
+            first = await first_picture(self._video, self.silence_s)
+            source = TrackSource(self._video, self._audio, first, silence_s=self.silence_s)
             self.pipeline = Pipeline(
                 build_graph(self.config),
                 source,
