@@ -1,11 +1,13 @@
-"""The page in a real browser: Debian's Chromium, headless, with a fake camera showing a real face.
+"""The page in real browsers, headless: Debian's Chromium and Debian's Firefox ESR.
 
 Chromium reads the camera from a Y4M file made here (the astronaut, public domain) and the
 microphone from a WAV of eSpeak NG speech. The test opens the page, presses Start, and checks
-that processed video plays and that analytics naming the face's expression arrive.
+that processed video plays and that analytics naming the face's expression arrive. Firefox has
+no file-backed camera, only its synthetic one (a colour pattern and a tone): there the test
+checks that the page connects, the processed video plays and the analytics arrive.
 
-Without Chromium (`/usr/bin/chromium`) the test skips, so a developer can run the suite without
-a browser; CI sets REQUIRE_BROWSER=1 and installs Chromium, and there a missing browser fails.
+Without a browser the test skips, so a developer can run the suite without one; CI sets
+REQUIRE_BROWSER=1 and installs both, and there a missing browser fails.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from pipeline.webrtc.server import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("REQUIRE_BROWSER") == "1"
-if not Path(CHROMIUM).exists() and not REQUIRED:
-    pytest.skip("no Chromium here (apt install chromium; CI always runs this)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.async_api", reason="the dev extra installs playwright")
 pytestmark = pytest.mark.browser
+
+
+def needs(browser: str, path: str) -> None:
+    if not Path(path).exists() and not REQUIRED:
+        pytest.skip(f"no {browser} here (apt install {Path(path).name}; CI always runs this)")
+
 
 FLAGS = [
     "--no-sandbox",
@@ -80,6 +85,8 @@ def speech_wav(path: Path) -> Path:
 
 
 def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path):
+    needs("Chromium", CHROMIUM)
+    playwright = pytest.importorskip("playwright.async_api", reason="the dev extra installs playwright")
     pytest.importorskip("skimage", reason="the test face comes from scikit-image")
     camera = face_y4m(tmp_path / "face.y4m")
     microphone = speech_wav(tmp_path / "speech.wav")
@@ -134,3 +141,35 @@ def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path
 async def _until(check) -> None:
     while not check():
         await asyncio.sleep(0.1)
+
+
+def test_the_page_in_firefox_plays_processed_video_and_shows_analytics(tmp_path):
+    from bidi_kit import FIREFOX, Firefox
+
+    needs("Firefox", FIREFOX)
+
+    async def scenario():
+        server = Server(load_config("default"), device=torch.device("cpu"), port=0)
+        await server.start()
+        try:
+            async with Firefox(tmp_path / "profile") as firefox:
+                await firefox.navigate(server.url)
+                await firefox.wait_for("document.getElementById('camera').options.length > 0")
+                await firefox.evaluate("document.getElementById('start').click()")
+                await firefox.wait_for("document.getElementById('video').videoWidth > 0")
+                shown_at = await firefox.evaluate("document.getElementById('video').currentTime")
+                await asyncio.sleep(2.0)
+                played = await firefox.evaluate("document.getElementById('video').currentTime") - shown_at
+                message = await firefox.wait_for("window.lastAnalytics")
+                panel = await firefox.evaluate("document.getElementById('latency').textContent")
+                sessions_while = len(server.sessions)
+            await asyncio.wait_for(_until(lambda: not server.sessions), 15)
+            return played, message, panel, sessions_while
+        finally:
+            await server.stop()
+
+    played, message, panel, sessions_while = asyncio.run(scenario())
+    assert sessions_while == 1
+    assert played > 1.0
+    assert "emotion" in message and message["latency_ms"] > 0
+    assert panel.endswith(" ms")
