@@ -27,7 +27,7 @@ from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest, default_output
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings
 from pipeline.io.window import WINDOW, display_available
-from pipeline.job import JobOptions, JobResult, is_folder_job, plan_folder, run_folder, run_job
+from pipeline.job import JobOptions, JobResult, is_folder_job, plan_batch, run_folder, run_job
 from pipeline.metrics import write_report
 from pipeline.progress import Progress
 
@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a line for the avatar to speak (repeatable; needs a voice stage in the graph and eSpeak NG)",
     )
     parser.add_argument("--overwrite", action="store_true", help="folder runs: redo outputs that already exist")
+    parser.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help=(
+            "folder and list runs: one Ray task per file across a cluster (auto: the cluster running here, else a "
+            "local one; or its address, e.g. ray://head:10001). Inputs and outputs must be on a path every worker sees"
+        ),
+    )
     parser.add_argument("--report", metavar="PATH", help="write the run report (JSON): latency, fps, drops, stages")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Default: info"
@@ -201,6 +209,8 @@ async def run(args: argparse.Namespace) -> int:
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     for sig in stop_signals:
         loop.add_signal_handler(sig, stopper)
+    if args.ray and not is_folder_job(args.source):
+        raise SourceError(f"--ray: needs a folder or a list (.txt) as --source, not {args.source}")
     try:
         if args.serve:
             return await _serve(args, options, stopper)
@@ -262,8 +272,10 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
     if output_dir.suffix and extension == output_dir.suffix.lower():
         raise SinkError(f"--output {args.output}: a folder --source needs a folder --output, not a file")
     analytics_dir = options.analytics
-    items = plan_folder(Path(args.source), output_dir, extension=extension, analytics_dir=analytics_dir)
+    items = plan_batch(args.source, output_dir, extension=extension, analytics_dir=analytics_dir)
     log.info("%d video(s) in %s -> %s", len(items), args.source, output_dir)
+    if args.ray:
+        return _run_on_ray(args, options, items, stopper)
     progress = Progress(files=len(items))
     try:
         results = await run_folder(
@@ -274,6 +286,28 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
             on_start=stopper.attach,
             stopped=lambda: stopper.requested,
         )
+    finally:
+        progress.close()
+    if args.report:
+        write_report(_folder_report(results), args.report)
+    return _folder_exit(results, len(items), stopper.requested)
+
+
+def _run_on_ray(args: argparse.Namespace, options: JobOptions, items: list, stopper: _Stopper) -> int:
+    from pipeline.cluster.batch import ClusterProgress, run_on_ray
+
+    progress = ClusterProgress(len(items))
+    try:
+        results = run_on_ray(
+            items,
+            options,
+            address=args.ray,
+            overwrite=args.overwrite,
+            progress=progress,
+            stopped=lambda: stopper.requested,
+        )
+    except ConnectionError as exc:
+        raise SourceError(f"--ray {args.ray}: cannot reach the cluster ({exc})") from None
     finally:
         progress.close()
     if args.report:

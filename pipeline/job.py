@@ -41,6 +41,7 @@ from pipeline.progress import Progress
 log = logging.getLogger("pipeline")
 
 PARTIAL = ".partial"  # inserted before the extension of an output being written
+LIST_SUFFIX = ".txt"  # a --source with this suffix lists videos, one path per line
 PROGRESS_EVERY_S = 0.25  # s between progress updates
 
 
@@ -282,4 +283,45 @@ async def run_folder(
 
 
 def is_folder_job(source_spec: str) -> bool:
-    return not is_url(source_spec) and Path(source_spec).is_dir()
+    """A folder of videos, or a list of them (a .txt file, one path per line)."""
+    if is_url(source_spec):
+        return False
+    path = Path(source_spec)
+    return path.is_dir() or (path.suffix.lower() == LIST_SUFFIX and path.is_file())
+
+
+def plan_list(list_file: Path, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
+    """Every video a list file names (one path per line, relative to the list's folder; blank lines
+    and lines starting with # skipped), each to `output_dir/<its name><extension>`."""
+    base = list_file.parent
+    sources = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line) if Path(line).is_absolute() else base / line
+        if not path.is_file():
+            raise SourceError(f"{list_file} line {number}: {line}: no such file")
+        sources.append(path)
+    if not sources:
+        raise SourceError(f"--source {list_file}: the list names no videos")
+    stems = [p.stem for p in sources]
+    clash = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if clash is not None:
+        raise SourceError(f"--source {list_file}: two inputs named {clash!r} would write the same output")
+    return [
+        FolderItem(
+            source=path,
+            output=output_dir / (path.stem + extension),
+            analytics=analytics_dir / (path.stem + ".jsonl") if analytics_dir is not None else None,
+        )
+        for path in sources
+    ]
+
+
+def plan_batch(source_spec: str, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
+    """`plan_folder` for a folder, `plan_list` for a list file."""
+    path = Path(source_spec)
+    if path.is_dir():
+        return plan_folder(path, output_dir, extension=extension, analytics_dir=analytics_dir)
+    return plan_list(path, output_dir, extension=extension, analytics_dir=analytics_dir)

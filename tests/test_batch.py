@@ -108,3 +108,21 @@ def test_a_folder_run_stopped_mid_file_keeps_that_file_as_partial_and_playable(t
     frames = probe(partial)["video_frames"]
     assert 0 < frames < 20
     assert frames == results[0].frames_out
+
+
+def test_a_list_file_names_the_videos_to_run(tmp_path):
+    source = folder(tmp_path)
+    listing = tmp_path / "todo.txt"
+    listing.write_text(f"# tonight\nin/a.mp4\n\n{source / 'b.mkv'}\n")
+    out = tmp_path / "out"
+    assert main(["--source", str(listing), "--output", str(out)]) == EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4"]
+
+
+def test_a_list_naming_a_missing_file_or_ray_without_a_folder_is_one_line(tmp_path, caplog):
+    listing = tmp_path / "todo.txt"
+    listing.write_text("nowhere.mp4\n")
+    assert main(["--source", str(listing), "--output", str(tmp_path / "out")]) == EXIT_USAGE
+    assert "todo.txt line 1: nowhere.mp4: no such file" in caplog.text
+    assert main(["--source", "sample", "--ray", "auto"]) == EXIT_USAGE
+    assert "--ray: needs a folder or a list" in caplog.text
