@@ -99,7 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument(
         "--token", help="required on /offer and POSTs when --host is not loopback. Default: generated and printed"
     )
-    serving.add_argument("--max-sessions", type=int, default=4, metavar="N", help="sessions at once. Default: 4")
+    serving.add_argument(
+        "--max-sessions", type=int, default=4, metavar="N", help="sessions at once (with --ray: per worker). Default: 4"
+    )
+    serving.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="with --serve --ray: session worker actors to start (each owns its models and sessions). "
+        "Default: one per GPU in the cluster, or 2 without GPUs",
+    )
     scheduling = parser.add_argument_group("latency and quality (the frame scheduler)")
     scheduling.add_argument(
         "--quality",
@@ -132,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|ADDRESS",
         help=(
             "folder and list runs: one Ray task per file across a cluster (auto: the cluster running here, else a "
-            "local one; or its address, e.g. ray://head:10001). Inputs and outputs must be on a path every worker sees"
+            "local one; or its address, e.g. ray://head:10001). Inputs and outputs must be on a path every worker "
+            "sees. With --serve: sessions are placed on Ray worker actors"
         ),
     )
     parser.add_argument("--report", metavar="PATH", help="write the run report (JSON): latency, fps, drops, stages")
@@ -209,7 +219,7 @@ async def run(args: argparse.Namespace) -> int:
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     for sig in stop_signals:
         loop.add_signal_handler(sig, stopper)
-    if args.ray and not is_folder_job(args.source):
+    if args.ray and not args.serve and not is_folder_job(args.source):
         raise SourceError(f"--ray: needs a folder or a list (.txt) as --source, not {args.source}")
     try:
         if args.serve:
@@ -223,9 +233,23 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
-    from pipeline.webrtc.server import Server, serve
+    from pipeline.webrtc.server import Server, is_loopback, serve
 
     try:
+        placer = None
+        if args.ray:
+            from pipeline.cluster.batch import connect
+            from pipeline.cluster.live import RayPlacer
+
+            gpus = int(connect(args.ray).get("GPU", 0))
+            placer = RayPlacer(
+                options.config,
+                workers=args.ray_workers or gpus or 2,
+                capacity=args.max_sessions,
+                device="cuda" if gpus else "cpu",
+                address=args.ray,
+                ice_addresses=["127.0.0.1"] if is_loopback(args.host) else None,
+            )
         server = Server(
             options.config,
             device=options.device,
@@ -234,6 +258,7 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
             token=args.token,
             max_sessions=args.max_sessions,
             profile=options.device_profile,
+            placer=placer,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

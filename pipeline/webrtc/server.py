@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from pipeline.config import GraphConfig
-from pipeline.device_profiles import DeviceProfile, detect_profile
+from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import one_line
 from pipeline.memory import ModelManager
-from pipeline.webrtc import receive
+from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
 from pipeline.webrtc.ice import limit_ice_to
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
 from pipeline.webrtc.session import Session
@@ -70,6 +69,7 @@ class Server:
         profile: DeviceProfile | None = None,
         prompt_receive: bool = True,
         silence_s: float = SILENCE_S,
+        placer: Any = None,
     ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
@@ -80,15 +80,19 @@ class Server:
         self.local = is_loopback(host)
         self.token = token if token or self.local else secrets.token_urlsafe(18)
         self.max_sessions = max_sessions
-        self.prompt_receive = prompt_receive  # False: aiortc's receive path as it is (for comparison)
-        self.silence_s = silence_s  # a peer that sends no video this long is gone
-        self.profile = profile or detect_profile(device)
-        self.models = ModelManager.for_device(device, self.profile)
-        self.sessions: set[Session] = set()
-        self.sessions_total = 0
+        # Sessions live here, or with `placer` (Ray worker actors) on other processes and machines.
+        self.sessions_host = SessionHost(
+            config,
+            device=device,
+            capacity=max_sessions,
+            profile=profile,
+            prompt_receive=prompt_receive,
+            silence_s=silence_s,
+        )
+        self.profile = self.sessions_host.profile
+        self.placer = placer
         self.refused = 0
         self.started_s = time.monotonic()
-        self.retired = Retired()  # what ended sessions measured (counters only grow)
         self._fps_mark: tuple[float, int] = (time.monotonic(), 0)
         self._fps = 0.0
         self._runner: web.AppRunner | None = None
@@ -124,7 +128,12 @@ class Server:
         sockets = site._server.sockets if site._server is not None else []  # the port when 0 was asked
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("serving on http://%s:%d/ (%d session(s) at most)", self.host, self.port, self.max_sessions)
+        where = (
+            f"on {len(self.placer.workers)} Ray worker(s), {self.max_sessions} session(s) each"
+            if self.placer is not None
+            else f"{self.max_sessions} session(s) at most"
+        )
+        log.info("serving on http://%s:%d/ (%s)", self.host, self.port, where)
         if not self.local:
             log.warning("listening beyond this machine: every offer must carry the token %s", self.token)
 
@@ -134,7 +143,9 @@ class Server:
             self._runner = None
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        await asyncio.gather(*(session.close("server stopping") for session in list(self.sessions)))
+        await self.sessions_host.close()
+        if self.placer is not None:
+            await self.placer.close()
 
     @property
     def url(self) -> str:
@@ -177,43 +188,35 @@ class Server:
             return body
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str) or "m=" not in body["sdp"]:
             return _error(400, 'expected {"sdp": "<an SDP offer>", "type": "offer"}')
-        if len(self.sessions) >= self.max_sessions:
-            self.refused += 1
-            return _error(503, f"all {self.max_sessions} session(s) are taken; try again later")
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
-        session = Session(
-            pc,
-            self.config,
-            device=self.device,
-            models=self.models,
-            profile=self.profile,
-            silence_s=self.silence_s,
-            on_closed=self._closed,
-        )
-        self.sessions.add(session)
-        self.sessions_total += 1
+        where = self.placer if self.placer is not None else self.sessions_host
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
-            if self.prompt_receive:
-                receive.install(pc)  # each received frame goes to the decoder on its last packet
-            session.attach_outgoing()
-            await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot take
-            await session.close("bad offer")
-            return _error(400, f"the offer could not be used: {one_line(exc)}")
-        session.start()
-        log.info("session %d: started (%d running)", session.id, len(self.sessions))
-        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+            answer = await where.answer(body["sdp"])
+        except HostFull as exc:
+            self.refused += 1
+            return _error(503, str(exc))
+        except BadOffer as exc:
+            return _error(400, str(exc))
+        return web.json_response(answer)
 
-    def _closed(self, session: Session) -> None:
-        if session in self.sessions and session.pipeline is not None:
-            self.retired.add(session.pipeline.metrics)
-        self.sessions.discard(session)
+    @property
+    def sessions(self) -> set[Session]:
+        """The sessions of this process (with Ray, those on the workers are in `performance()`)."""
+        return self.sessions_host.sessions
+
+    @property
+    def models(self) -> ModelManager:
+        return self.sessions_host.models
+
+    @property
+    def retired(self) -> Retired:
+        return self.sessions_host.retired
+
+    @property
+    def sessions_total(self) -> int:
+        return self.sessions_host.sessions_total
 
     def frames_out(self) -> int:
-        return self.retired.frames_out + sum(
-            s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
-        )
+        return self.sessions_host.frames_out()
 
     def fps(self) -> float:
         """Delivered frames per second over all sessions, since the last reading a second or more ago."""
@@ -297,6 +300,7 @@ class Server:
             "budget_ms": self.config.targets.latency_ms,
             "fps": self.fps(),
             "frames_out": self.frames_out(),
+            **({"workers": self.placer.status()} if self.placer is not None else {}),
         }
 
 

@@ -6,6 +6,15 @@ const token = new URLSearchParams(location.search).get("token");
 const latencies = []; // [time ms, end-to-end ms] over the last 10 s, for the sparkline
 let pc = null;
 let channel = null;
+let lastMessageAt = 0;
+const SILENT_MS = 5000; // connected but no analytics this long: the server is gone
+
+setInterval(() => {
+  if (pc && pc.connectionState === "connected" && lastMessageAt && performance.now() - lastMessageAt > SILENT_MS) {
+    setState("The server stopped answering; the session has ended.");
+    stop();
+  }
+}, 1000);
 
 async function listDevices() {
   // Labels are only shown once the page may use the devices; ask once, then list.
@@ -73,6 +82,7 @@ async function start() {
 }
 
 function stop() {
+  lastMessageAt = 0;
   if (pc) {
     pc.getSenders().forEach((s) => s.track && s.track.stop());
     pc.close();
@@ -88,6 +98,7 @@ function show(message) {
     if (message.type === "error") setState(`Command refused: ${message.error}`);
     return;
   }
+  lastMessageAt = performance.now();
   window.lastAnalytics = message; // for tests and the console
   $("fps").textContent = message.fps !== undefined ? message.fps.toFixed(1) : "–";
   $("latency").textContent = `${message.latency_ms.toFixed(1)} ms`;

@@ -1,0 +1,114 @@
+"""Where sessions live: a model manager, the sessions using it, and how many it may hold.
+
+The HTTP server has one `SessionHost` in its own process; with `--serve --ray`, each Ray
+worker actor has one instead, and the server only places offers on them. Either way an offer
+becomes a session here: a peer connection, its own pipeline run, the shared models.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from pipeline.config import GraphConfig
+from pipeline.device_profiles import DeviceProfile, detect_profile
+from pipeline.errors import one_line
+from pipeline.memory import ModelManager
+from pipeline.webrtc import receive
+from pipeline.webrtc.prometheus import Retired
+from pipeline.webrtc.session import Session
+from pipeline.webrtc.tracks import SILENCE_S
+
+log = logging.getLogger(__name__)
+
+
+class HostFull(Exception):
+    """Every session this host may hold is taken."""
+
+
+class BadOffer(ValueError):
+    """An SDP offer aiortc cannot take."""
+
+
+class SessionHost:
+    """Sessions on one process and device, sharing one model manager."""
+
+    def __init__(
+        self,
+        config: GraphConfig,
+        *,
+        device: torch.device,
+        capacity: int,
+        profile: DeviceProfile | None = None,
+        prompt_receive: bool = True,
+        silence_s: float = SILENCE_S,
+    ):
+        self.config = config
+        self.device = device
+        self.capacity = capacity
+        self.profile = profile or detect_profile(device)
+        self.models = ModelManager.for_device(device, self.profile)
+        self.prompt_receive = prompt_receive  # False: aiortc's receive path as it is (for comparison)
+        self.silence_s = silence_s  # a peer that sends no video this long is gone
+        self.sessions: set[Session] = set()
+        self.sessions_total = 0
+        self.retired = Retired()  # what ended sessions measured (counters only grow)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.sessions)
+
+    async def answer(self, sdp: str) -> dict[str, str]:
+        """Open a session for an SDP offer; its answer as {"sdp", "type"}."""
+        if self.free <= 0:
+            raise HostFull(f"all {self.capacity} session(s) are taken; try again later")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
+        session = Session(
+            pc,
+            self.config,
+            device=self.device,
+            models=self.models,
+            profile=self.profile,
+            silence_s=self.silence_s,
+            on_closed=self._closed,
+        )
+        self.sessions.add(session)
+        self.sessions_total += 1
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if self.prompt_receive:
+                receive.install(pc)  # each received frame goes to the decoder on its last packet
+            session.attach_outgoing()
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot take
+            await session.close("bad offer")
+            raise BadOffer(f"the offer could not be used: {one_line(exc)}") from None
+        session.start()
+        log.info("session %d: started (%d running)", session.id, len(self.sessions))
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    def _closed(self, session: Session) -> None:
+        if session in self.sessions and session.pipeline is not None:
+            self.retired.add(session.pipeline.metrics)
+        self.sessions.discard(session)
+
+    def frames_out(self) -> int:
+        return self.retired.frames_out + sum(
+            s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "free": self.free,
+            "sessions": [session.status() for session in self.sessions],
+            "sessions_total": self.sessions_total,
+            "frames_out": self.frames_out(),
+        }
+
+    async def close(self) -> None:
+        for session in list(self.sessions):
+            await session.close("host stopping")
