@@ -109,3 +109,18 @@ def test_a_bad_file_fails_alone_and_is_not_retried(cluster, tmp_path):
     assert results["clip0.mp4"].status == "ok"
     assert results["broken.mp4"].status == "failed" and results["broken.mp4"].reason
     assert not (tmp_path / "out" / "broken.mp4").exists()
+
+
+def test_without_ray_nothing_imports_it(tmp_path):
+    """A plain folder run (and everything the command line imports) loads no part of Ray."""
+    import subprocess
+    import sys
+
+    source = videos(tmp_path / "in", frames=(5,))
+    argv = ["--source", str(source), "--output", str(tmp_path / "out"), "--config", "passthrough"]
+    code = (
+        f"import sys; from pipeline.cli import main; code = main({argv!r}); assert code == 0, code; "
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
