@@ -229,6 +229,7 @@ class ModelManager:
         self._last_used: str | None = None
         self.events: list[str] = []
         self._batchers: dict[str, Batcher] = {}
+        self._watchers: list[object] = []  # the runs' watch tasks; the first does the rounds
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile, device: torch.device, **options: Any) -> ModelManager:
@@ -560,10 +561,20 @@ class ModelManager:
         self.between_frames()
 
     async def watch(self, period_s: float = 1.0) -> None:
-        """`housekeeping` every `period_s`, off the event loop (a load may take a while). Run as a task."""
-        while True:
-            await asyncio.sleep(period_s)
-            await asyncio.to_thread(self.housekeeping)
+        """`housekeeping` every `period_s`, off the event loop (a load may take a while). Run as a task.
+
+        Every run sharing the manager starts one; only the oldest still running does the work,
+        so ten sessions do not run ten rounds, and the round goes on while any run does.
+        """
+        token = object()
+        self._watchers.append(token)
+        try:
+            while True:
+                await asyncio.sleep(period_s)
+                if self._watchers[0] is token:
+                    await asyncio.to_thread(self.housekeeping)
+        finally:
+            self._watchers.remove(token)
 
     # ----------------------------------------------------------------- prediction
 

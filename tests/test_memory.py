@@ -413,3 +413,25 @@ def test_every_gpu_of_a_machine_gets_a_pool_weighted_by_its_speed(monkeypatch):
     assert [p.key for p in manager.pools] == ["cuda:0", "cuda:1"]
     assert [round(p.speed, 3) for p in manager.pools] == [1.0, round(30 / 128, 3)]
     assert manager.pools[1].zones == load_profile("rtx3060-laptop-6gb").zone_bytes()
+
+
+def test_runs_sharing_a_manager_share_one_housekeeping_round():
+    manager = ModelManager([pool()])
+    rounds = []
+    manager.housekeeping = lambda: rounds.append(1)  # count the rounds only
+
+    async def scenario():
+        watchers = [asyncio.create_task(manager.watch(0.05)) for _ in range(5)]
+        await asyncio.sleep(0.32)
+        first = len(rounds)
+        watchers[0].cancel()  # the leading run ends: another takes over
+        await asyncio.sleep(0.3)
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        return first, len(rounds)
+
+    first, total = asyncio.run(scenario())
+    assert 1 <= first <= 8  # about one round per period (6 here), not one per run (30)
+    assert total > first  # the round went on after the first run ended
+    assert manager._watchers == []
