@@ -230,13 +230,18 @@ def plan_folder(source_dir: Path, output_dir: Path, *, extension: str, analytics
     )
     if not videos:
         raise SourceError(f"--source {source_dir}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    return _items(videos, output_dir, extension, analytics_dir)
+
+
+def _items(sources: list[Path], output_dir: Path, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
+    """Each source to `output_dir/<its name><extension>`, its analytics to `analytics_dir/<its name>.jsonl`."""
     return [
         FolderItem(
-            source=video,
-            output=output_dir / (video.stem + extension),
-            analytics=analytics_dir / (video.stem + ".jsonl") if analytics_dir is not None else None,
+            source=path,
+            output=output_dir / (path.stem + extension),
+            analytics=analytics_dir / (path.stem + ".jsonl") if analytics_dir is not None else None,
         )
-        for video in videos
+        for path in sources
     ]
 
 
@@ -309,14 +314,7 @@ def plan_list(list_file: Path, output_dir: Path, *, extension: str, analytics_di
     clash = next((stem for stem in stems if stems.count(stem) > 1), None)
     if clash is not None:
         raise SourceError(f"--source {list_file}: two inputs named {clash!r} would write the same output")
-    return [
-        FolderItem(
-            source=path,
-            output=output_dir / (path.stem + extension),
-            analytics=analytics_dir / (path.stem + ".jsonl") if analytics_dir is not None else None,
-        )
-        for path in sources
-    ]
+    return _items(sources, output_dir, extension, analytics_dir)
 
 
 def plan_batch(source_spec: str, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
