@@ -212,14 +212,12 @@ class ModelManager:
             raise ValueError("the model manager needs at least one device pool")
         self.pools = pools
         self.host_budget = host_budget
-        self.host_used = 0
-        self.host_peak = 0
+        self.host_peak = 0  # the most bytes ever waiting in host memory at once
         self.policy = policy
         self.idle_unload_s = idle_unload_s
         self.preload_enabled = preload
         self.clock = clock
         self.entries: dict[str, Entry] = {}
-        self.fallback_used = 0  # bytes of models running on the CPU for want of device room
         self.copies = 0  # uses of a model on another device than the frame's (an input copy each)
         self.cache_releases = 0
         self.fragmentation = 0  # bytes reserved but not allocated, at the last check
@@ -230,6 +228,16 @@ class ModelManager:
         self.events: list[str] = []
         self._batchers: dict[str, Batcher] = {}
         self._watchers: list[object] = []  # the runs' watch tasks; the first does the rounds
+
+    @property
+    def host_used(self) -> int:
+        """Bytes of evicted models waiting in host memory."""
+        return sum(e.nbytes for e in self.entries.values() if e.level == "host")
+
+    @property
+    def fallback_used(self) -> int:
+        """Bytes of models running on the CPU for want of device room."""
+        return sum(e.nbytes for e in self.entries.values() if e.level == "cpu")
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile, device: torch.device, **options: Any) -> ModelManager:
@@ -353,8 +361,8 @@ class ModelManager:
             entry.loads += 1
             self._place(entry, module, from_host=False)
             return
-        module = entry.module  # in host memory (or running on the CPU: try the device again)
-        self._host_remove(entry)
+        # From host memory (or the CPU: the device again): it stops counting there before it is placed.
+        module, entry.module, entry.level = entry.module, None, "disk"
         self._place(entry, module, from_host=True)
 
     def _place(self, entry: Entry, module: nn.Module, *, from_host: bool) -> None:
@@ -387,17 +395,24 @@ class ModelManager:
 
     def _find_room(self, entry: Entry) -> tuple[DevicePool, str] | None:
         """Its zone, then flexible, on the roomiest device; then the same after evicting."""
+        room = self._room_without_evicting(entry)
+        if room is not None:
+            return room
         need = entry.nbytes
-        for zone in self._zones_for(entry):
-            for pool in self._pools_by_room(zone):
-                if pool.free(zone) >= need and pool.zones[zone] >= need:
-                    return pool, zone
         for zone in self._zones_for(entry):
             for pool in self._pools_by_room(zone):
                 victims = self._victims(pool, zone, need - pool.free(zone), entry.spec.priority)
                 if victims is not None:
                     for victim in victims:
                         self._evict(victim, reason=f"room for {entry.name}")
+                    return pool, zone
+        return None
+
+    def _room_without_evicting(self, entry: Entry) -> tuple[DevicePool, str] | None:
+        """Its zone, then flexible, on the roomiest device that holds it as things are."""
+        for zone in self._zones_for(entry):
+            for pool in self._pools_by_room(zone):
+                if pool.free(zone) >= entry.nbytes:
                     return pool, zone
         return None
 
@@ -435,7 +450,6 @@ class ModelManager:
             )
         entry.module, entry.level, entry.pool, entry.zone = module.to("cpu"), "cpu", None, None
         entry.fallbacks += 1
-        self.fallback_used += entry.nbytes
         self._note(f"{entry.name}: no device room ({where}); running on the CPU")
 
     # ----------------------------------------------------------------- eviction and levels
@@ -454,7 +468,6 @@ class ModelManager:
             if entry.pool.real:
                 _pin(module)
             entry.module, entry.level = module, "host"
-            self.host_used += entry.nbytes
             self.host_peak = max(self.host_peak, self.host_used)
         else:
             entry.module, entry.level = None, "disk"
@@ -469,16 +482,8 @@ class ModelManager:
         for entry in waiting:
             if self.host_used + nbytes <= self.host_budget:
                 break
-            self._host_remove(entry)
             entry.module, entry.level = None, "disk"
         return self.host_used + nbytes <= self.host_budget
-
-    def _host_remove(self, entry: Entry) -> None:
-        """Stop counting a host-memory or CPU-fallback model against host memory."""
-        if entry.level == "cpu":
-            self.fallback_used -= entry.nbytes
-        elif entry.level == "host":
-            self.host_used -= entry.nbytes
 
     def unload(self, name: str) -> bool:
         """Send a model back to its weights file now (unless it is in use); True if it was loaded."""
@@ -489,8 +494,6 @@ class ModelManager:
             if entry.level == "device":
                 assert entry.pool is not None and entry.zone is not None
                 entry.pool.remove(entry.zone, entry.nbytes)
-            else:
-                self._host_remove(entry)
             entry.module, entry.level, entry.pool, entry.zone = None, "disk", None, None
             return True
 
@@ -537,15 +540,7 @@ class ModelManager:
         moved = []
         with self._lock:
             for entry in self.entries.values():
-                if entry.level != "cpu" or entry.pins:
-                    continue
-                fits = any(
-                    pool.free(zone) >= entry.nbytes
-                    for zone in self._zones_for(entry)
-                    for pool in self.pools
-                    if zone in pool.zones
-                )
-                if fits:
+                if entry.level == "cpu" and not entry.pins and self._room_without_evicting(entry) is not None:
                     self._bring_back(entry)
                     moved.append(entry.name)
         return moved
@@ -595,15 +590,7 @@ class ModelManager:
             entry = self.entries[name]
             if entry.level == "device" or entry.nbytes == 0:  # resident already, or never measured
                 return None
-            if any(pool.level() != "ok" for pool in self.pools):
-                return None
-            fits = any(
-                pool.free(zone) >= entry.nbytes
-                for zone in self._zones_for(entry)
-                for pool in self.pools
-                if zone in pool.zones
-            )
-            if not fits:
+            if any(pool.level() != "ok" for pool in self.pools) or self._room_without_evicting(entry) is None:
                 return None
             self._bring_back(entry)
             self._note(f"{name}: preloaded (usually follows {self._last_used})")
@@ -640,15 +627,21 @@ class ModelManager:
         entry.module, entry.nbytes = module, nbytes
 
     def between_frames(self) -> None:
-        """Release cached device blocks when fragmentation (reserved − allocated) passes the limit."""
+        """Release cached device blocks when fragmentation (reserved − allocated) passes the limit.
+
+        `fragmentation` reports the total over every GPU, read before any release.
+        """
+        total = 0
         for pool in self.pools:
             if not pool.real:
                 continue
             fragmentation = torch.cuda.memory_reserved(pool.device) - torch.cuda.memory_allocated(pool.device)
-            self.fragmentation = fragmentation
+            total += fragmentation
             if fragmentation > pool.fragmentation_limit:
-                torch.cuda.empty_cache()
+                with torch.cuda.device(pool.device):  # empty_cache acts on the current device only
+                    torch.cuda.empty_cache()
                 self.cache_releases += 1
+        self.fragmentation = total
 
     def _touch(self, entry: Entry) -> None:
         entry.uses += 1
@@ -698,7 +691,12 @@ class ModelManager:
                     }
                     for pool in self.pools
                 ],
-                "host": {"budget_mb": round(self.host_budget / MB, 1), "used_mb": round(self.host_used / MB, 3)},
+                "host": {
+                    "budget_mb": round(self.host_budget / MB, 1),
+                    "used_mb": round(self.host_used / MB, 3),
+                    "peak_mb": round(self.host_peak / MB, 3),
+                    "cpu_fallback_mb": round(self.fallback_used / MB, 3),
+                },
                 "models": [
                     {
                         "name": e.name,

@@ -96,6 +96,7 @@ def test_critical_models_are_never_evicted_so_the_next_one_falls_back_to_the_cpu
     assert manager.entries["a"].level == "device"
     assert manager.entries["b"].level == "cpu" and manager.device_of("b") == torch.device("cpu")
     assert manager.entries["b"].fallbacks == 1 and manager.status()["totals"]["fallbacks"] == 1
+    assert manager.status()["host"]["cpu_fallback_mb"] == 2.0
     assert torch.equal(model(torch.ones(1, SIDE_1MB)), torch.full((1, 2 * SIDE_1MB), float(SIDE_1MB)))
 
 
@@ -223,6 +224,8 @@ def test_an_evicted_model_waits_in_host_memory_and_comes_back_from_there():
     with manager.use("c"):  # a goes down to host memory; b, waiting there longest, down to disk
         pass
     assert manager.entries["b"].level == "disk" and a.level == "host"
+    host = manager.status()["host"]
+    assert host["used_mb"] == 1.0 and host["peak_mb"] == 1.0  # never more than its 1 MB budget waiting
 
 
 def test_past_the_critical_threshold_low_priority_models_go_largest_first():
