@@ -168,16 +168,13 @@ class Emotion(ComputeStage):
 
     def _look(self, frames: list[Frame]) -> tuple[list[tuple[Frame, list[tuple[Track, Track]]]], list[np.ndarray]]:
         """Detect (every `detect_every`th frame looked at) and track, frame by frame, and read every
-        tracked face's expression in one classifier batch; the models are pinned meanwhile.
+        tracked face's expression in one classifier batch. The detector is pinned meanwhile; the
+        classifier is pinned by its batcher for the call it makes.
         Returns, per frame, (track, the track as it was on that frame) for each face; and the readings."""
         assert self.ctx is not None
         device = self.ctx.device
         seen = []
-        with (
-            torch.no_grad(),
-            self.models.use(self._detector_name, on=device) as detector,
-            self.models.use(CLASSIFIER, on=device) as classifier,
-        ):
+        with torch.no_grad(), self.models.use(self._detector_name, on=device) as detector:
             for frame in frames:
                 if self._seen % self.options.detect_every == 0:
                     tracks = self._tracker.update(*self._detect(detector, frame.image))
@@ -185,9 +182,7 @@ class Emotion(ComputeStage):
                     tracks = self._tracker.update(None)
                 self._seen += 1
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
-            readings = self._classify(
-                classifier, [(frame.image, [face for _, face in faces]) for frame, faces in seen if faces]
-            )
+            readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         return seen, readings
 
     def _detect(self, detector: Any, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,11 +197,14 @@ class Emotion(ComputeStage):
         landmarks = faces.landmarks.cpu()[order].numpy() * scale
         return boxes, faces.scores.cpu()[order].numpy(), landmarks
 
-    def _classify(self, classifier: Any, pictures: list[tuple[torch.Tensor, list[Track]]]) -> list[np.ndarray]:
-        """Class probabilities of every face, frame after frame, from one classifier batch."""
+    def _classify(self, pictures: list[tuple[torch.Tensor, list[Track]]]) -> list[np.ndarray]:
+        """Class probabilities of every face, frame after frame, from one classifier batch.
+
+        The crops are float32; the batcher brings them to the classifier's precision and device as
+        the manager holds it at the moment of the call (the same values as preparing them in it).
+        """
         if not pictures:
             return []
-        weights = next(classifier.parameters())  # its precision and place, as the manager holds it now
         crops = []
         for image, faces in pictures:
             boxes = torch.from_numpy(np.stack([face.box for face in faces]).astype(np.float32)).to(image.device)
@@ -217,7 +215,6 @@ class Emotion(ComputeStage):
                     size=(INPUT_SIZE, INPUT_SIZE),
                     boxes=boxes,
                     gray=True,
-                    dtype=weights.dtype,
                     **FER_NORMALIZE,
                     **self._colour,
                 )
