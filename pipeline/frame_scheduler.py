@@ -93,20 +93,16 @@ class FrameScheduler:
     ):
         config = graph.config
         self.config = config
-        self.quality = config.quality
+        self.quality = quality = config.quality
         self.metrics = metrics
         self.live = live
         self.sink = sink
         self.gpu = gpu
-        quality = config.quality
         self.gpu_memory_max = quality.gpu_memory_max or (profile.gpu_memory_max if profile else 0.90)
         self.gpu_temperature_max_c = quality.gpu_temperature_max_c or (
             profile.gpu_temperature_max_c if profile else 83.0
         )
-        self.budget_ms = config.targets.latency_ms
-        self.budget_ns = int(config.targets.latency_ms * 1e6)
         self.deadlines = live  # a file run drops nothing
-        self._miss_ms = MISS_FACTOR * self.budget_ms
         # Thinning to targets.fps: keep frame i when floor((i+1)·keep) > floor(i·keep).
         self._keep = min(1.0, config.targets.fps / source_fps) if live and source_fps else 1.0
         self._arrived = 0
@@ -137,7 +133,7 @@ class FrameScheduler:
             live=live,
         )
         self.controller = QualityController(
-            self.budget_ms,
+            config.targets.latency_ms,
             self.ladder,
             window_s=self.quality.window_s,
             down_cooldown_s=self.quality.down_cooldown_s,
@@ -156,11 +152,13 @@ class FrameScheduler:
         """A new latency target from now on (a command at run time); the window starts afresh."""
         if latency_ms <= 0:
             raise ValueError(f"latency budget must be > 0 ms, got {latency_ms}")
-        self.budget_ms = latency_ms
-        self.budget_ns = int(latency_ms * 1e6)
-        self._miss_ms = MISS_FACTOR * latency_ms
         self.controller.budget_ms = latency_ms
         self.controller.reset_window()
+
+    @property
+    def budget_ms(self) -> float:
+        """The latency target: the controller's, which a command may change at run time."""
+        return self.controller.budget_ms
 
     # ----------------------------------------------------------------- hooks on the data path
 
@@ -169,7 +167,7 @@ class FrameScheduler:
         frame.annotations["quality"] = self._annotation
         if not self.deadlines:
             return
-        frame.deadline_ns = frame.capture_ns + self.budget_ns
+        frame.deadline_ns = frame.capture_ns + int(self.controller.budget_ms * 1e6)
         arrived, self._arrived = self._arrived, self._arrived + 1
         if self._keep < 1.0 and int((arrived + 1) * self._keep) == int(arrived * self._keep):
             frame.drop(OVER_TARGET)
@@ -190,7 +188,7 @@ class FrameScheduler:
         if reason is None:
             self.controller.observe(now_ns / 1e9, latency_ms)
         elif reason in MISSES:
-            self.controller.observe(now_ns / 1e9, max(latency_ms, self._miss_ms))
+            self.controller.observe(now_ns / 1e9, max(latency_ms, MISS_FACTOR * self.controller.budget_ms))
 
     # ----------------------------------------------------------------- the control loop
 

@@ -216,6 +216,11 @@ class FolderItem:
     output: Path
     analytics: Path | None
 
+    def skipped(self) -> JobResult:
+        """The result of a file left alone because its output is there (a folder run redoes only
+        what is missing, unless --overwrite)."""
+        return JobResult(str(self.source), str(self.output), "skipped", "output exists (--overwrite redoes it)")
+
 
 def plan_folder(source_dir: Path, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
     """Every video in `source_dir` (not recursive), each to `output_dir/<same name><extension>`."""
@@ -261,9 +266,7 @@ async def run_folder(
         if stopped():
             break
         if item.output.exists() and not overwrite:
-            results.append(
-                JobResult(str(item.source), str(item.output), "skipped", "output exists (--overwrite redoes it)")
-            )
+            results.append(item.skipped())
             if progress is not None:
                 progress.end_file()
             continue

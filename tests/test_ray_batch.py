@@ -67,6 +67,8 @@ def test_a_folder_over_the_cluster_gives_what_one_process_gives(cluster, tmp_pat
         ours = (tmp_path / "ray-a" / f"{item.source.stem}.jsonl").read_text()
         assert ours == (tmp_path / "one-a" / f"{item.source.stem}.jsonl").read_text()  # the same analytics
     assert not list((tmp_path / "ray").glob("*.partial*"))
+    again = run_on_ray(items, options, address="auto")  # finished outputs are left alone, as on one machine
+    assert [r.status for r in again] == ["skipped"] * 3
 
 
 def _kill_the_worker_once_it_writes(out_dir, killed: list[int]) -> None:

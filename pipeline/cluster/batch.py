@@ -132,9 +132,7 @@ def run_on_ray(
     pending: dict[Any, int] = {}
     for index, item in enumerate(items):
         if item.output.exists() and not overwrite:
-            results[index] = JobResult(
-                str(item.source), str(item.output), "skipped", "output exists (--overwrite redoes it)"
-            )
+            results[index] = item.skipped()
             continue
         item_options = dataclasses.replace(options, analytics=item.analytics)
         pending[task.remote(item, item_options)] = index

@@ -45,12 +45,10 @@ class Totals:
         self.counts += histogram.counts
         self.total_ns += histogram.total_ns
 
-    def plus(self, histogram: LatencyHistogram | None) -> Totals:
-        both = Totals()
-        both.counts, both.total_ns = self.counts.copy(), self.total_ns
-        if histogram is not None:
-            both.add(histogram)
-        return both
+    def copy(self) -> Totals:
+        twin = Totals()
+        twin.counts, twin.total_ns = self.counts.copy(), self.total_ns
+        return twin
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative counts at BOUNDS_S (a bucket counts below a bound when its floor is)."""
@@ -96,13 +94,13 @@ class ServerCollector:
             "pipeline_stage_latency_seconds", "Time each stage took per frame", labels=["stage"]
         )
         for name in sorted(stage_names):
-            totals = retired.stages[name].plus(None)
+            totals = retired.stages[name].copy() if name in retired.stages else Totals()
             for metrics in live:
                 if name in metrics.stages:
                     totals.add(metrics.stages[name].latency)
             stage.add_metric([name], totals.buckets(), totals.total_ns / 1e9)
         yield stage
-        e2e = retired.end_to_end.plus(None)
+        e2e = retired.end_to_end.copy()
         for metrics in live:
             e2e.add(metrics.end_to_end)
         end_to_end = HistogramMetricFamily(
