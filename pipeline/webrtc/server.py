@@ -74,7 +74,6 @@ class Server:
         if max_sessions < 1:
             raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
         self.config = config
-        self.device = device
         self.host = host
         self.port = port
         self.local = is_loopback(host)
@@ -89,7 +88,6 @@ class Server:
             prompt_receive=prompt_receive,
             silence_s=silence_s,
         )
-        self.profile = self.sessions_host.profile
         self.placer = placer
         self.refused = 0
         self.started_s = time.monotonic()

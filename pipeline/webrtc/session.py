@@ -77,7 +77,6 @@ class Session:
         self._min_gap_s = 1.0 / max_messages_per_s
         self._last_sent_s = 0.0
         self._pending_events: list[dict[str, Any]] = []
-        self._latest: dict[str, Any] = {}
         self.messages_sent = 0
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_channel)
@@ -177,7 +176,6 @@ class Session:
         metrics = self.pipeline.metrics if self.pipeline is not None else None
         if metrics is not None:
             message["fps"] = round(metrics.frames_out / max(now - self.started_s, 1e-3), 2)
-        self._latest = message
         if self._send(message):
             self._pending_events = []
             self._last_sent_s = now
@@ -247,5 +245,7 @@ class Session:
             "e2e_p95_ms": round(metrics.end_to_end.percentile_ns(0.95) / 1e6, 2) if metrics else None,
             "rung": scheduler.controller.rung_name if scheduler else None,
             "messages_sent": self.messages_sent,
+            "video_replaced": self.sink.video.replaced,  # pictures the sender never took: no backlog kept
+            "audio_cut_samples": self.sink.audio.cut,
             "error": self.error,
         }
