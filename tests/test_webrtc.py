@@ -96,7 +96,6 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
     assert rms(voice) > 0.01, "the returned audio should carry the avatar's voice"
     assert len(status["sessions"]) == 1 and status["sessions"][0]["frames_out"] > 30
     assert status["sessions"][0]["audio_cut_samples"] == 0  # the peer kept reading: no sound was cut
-    assert status["sessions"][0]["video_replaced"] >= 0
     assert not server.sessions  # disconnect freed it
 
 
