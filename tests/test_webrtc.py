@@ -168,6 +168,73 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
     assert "<video" in page and "/static/app.js" in page
 
 
+def test_run_time_endpoints_need_the_token_and_new_targets_reach_running_and_later_sessions():
+    async def scenario():
+        server = await started_server(token="secret")
+        url, auth = server.url, {"Authorization": "Bearer secret"}
+        client = Client(audio=False)
+        later = Client(audio=False)
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def post(path: str, body, headers=None) -> tuple[int, dict]:
+                    data = body if isinstance(body, str) else json.dumps(body)
+                    headers = {"Content-Type": "application/json", **(headers or {})}
+                    async with http.post(f"{url}{path}", data=data, headers=headers) as reply:
+                        return reply.status, await reply.json()
+
+                refused = {
+                    path: await post(path, body)
+                    for path, body in (
+                        ("/api/performance/targets", {"latency_ms": 80}),
+                        ("/api/resource/load", {"model": "fer"}),
+                        ("/api/resource/unload", {"model": "fer"}),
+                    )
+                }
+                assert await client.connect(url, token="secret") is None
+                await client.wait_for(lambda: len(client.frames) >= 10, what="processed video")
+                (session,) = server.sessions
+                before = (session.pipeline.scheduler.budget_ms, session.pipeline.scheduler.target_fps)
+                bad = [
+                    await post("/api/performance/targets", body, auth)
+                    for body in ({}, {"fps": 0}, {"latency_ms": -1}, '{"fps": NaN}', '{"latency_ms": Infinity}')
+                ]
+                accepted = await post("/api/performance/targets", {"latency_ms": 80, "fps": 10}, auth)
+                after = (session.pipeline.scheduler.budget_ms, session.pipeline.scheduler.target_fps)
+                await asyncio.sleep(2.5)  # more than the fps window after the new target took effect
+                async with http.get(f"{url}/api/performance/status") as reply:
+                    status = (reply.status, await reply.json())
+                await client.close()
+                await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+                assert await later.connect(url, token="secret") is None
+                await later.wait_for(lambda: server.sessions and next(iter(server.sessions)).pipeline, what="a run")
+                (second,) = server.sessions
+                await later.wait_for(lambda: second.pipeline.scheduler is not None, what="its scheduler")
+                later_targets = (second.pipeline.scheduler.budget_ms, second.pipeline.scheduler.target_fps)
+            return refused, before, bad, accepted, after, status, later_targets
+        finally:
+            await client.close()
+            await later.close()
+            await later.wait_for(lambda: not server.sessions, what="the sessions to end", timeout_s=15)
+            await server.stop()
+
+    refused, before, bad, accepted, after, status, later_targets = asyncio.run(scenario())
+    for path, (code, body) in refused.items():
+        assert code == 401 and "token" in body["error"], path
+    assert before == (50.0, 120.0)  # the config's
+    assert [code for code, _ in bad] == [400] * 5 and all(body["error"] for _, body in bad)
+    assert accepted == (200, {"latency_ms": 80.0, "fps": 10.0, "sessions": 1})
+    assert after == (80.0, 10.0)
+    code, performance = status
+    assert code == 200 and performance["targets"] == {"latency_ms": 80.0, "fps": 10.0}
+    (running,) = performance["sessions"]
+    assert running["targets"] == {"latency_ms": 80.0, "fps": 10.0}
+    assert 0 < running["fps"] <= 13  # thinned to 10 fps from the 30 sent (a frame or so of slack in a window)
+    emotion = running["stages_ms"]["emotion"]
+    assert 0 < emotion["p50"] <= emotion["p95"]
+    assert later_targets == (80.0, 10.0)  # a session started after the change starts with it
+
+
 def test_commands_that_make_no_sense_are_refused_on_the_channel():
     async def scenario():
         server = await started_server()
