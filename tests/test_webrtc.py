@@ -15,6 +15,8 @@ import torch
 from webrtc_kit import Client
 
 from pipeline.config import load_config
+from pipeline.webrtc import receive
+from pipeline.webrtc.receive import PromptJitterBuffer
 from pipeline.webrtc.server import MAX_BODY, Server
 
 pytest.importorskip("skimage", reason="the test face comes from scikit-image")
@@ -99,26 +101,45 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
     assert not server.sessions  # disconnect freed it
 
 
+def describe(task: asyncio.Task) -> str:
+    coro = task.get_coro()
+    return f"{task.get_name()} ({getattr(coro, '__qualname__', coro)})"
+
+
 def test_disconnect_frees_the_session_its_ring_and_its_tasks():
+    """With sound both ways: after the peer leaves, every task that was not running before it
+    came has ended (aiortc's own end with the connection, some a moment after it closes)."""
+
     async def scenario():
         server = await started_server()
-        client = Client(audio=False)
+        before = asyncio.all_tasks()
+        client = Client()
         await client.connect(server.url)
-        await client.wait_for(lambda: len(client.frames) >= 5, what="processed video")
+        await client.wait_for(lambda: len(client.frames) >= 5 and client.sound, what="video and sound back")
         (session,) = server.sessions
         pipeline = session.pipeline
+        buffers = {t.kind: type(getattr(t.receiver, receive.ATTRIBUTE, None)) for t in session.pc.getTransceivers()}
+        during = {describe(t) for t in asyncio.all_tasks() - before}
         await client.close()
         await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
-        await asyncio.sleep(0.2)
-        leftover = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        leftover: set[asyncio.Task] = set()
+        for _ in range(100):  # up to 10 s for aiortc's transports to wind down
+            leftover = asyncio.all_tasks() - before - {asyncio.current_task()}
+            if not leftover:
+                break
+            await asyncio.sleep(0.1)
+        leftover_names = sorted(describe(t) for t in leftover)
         await server.stop()
-        return session, pipeline, leftover
+        return session, pipeline, buffers, during, leftover_names
 
-    session, pipeline, leftover = asyncio.run(scenario())
+    session, pipeline, buffers, during, leftover = asyncio.run(scenario())
+    assert buffers == {"video": PromptJitterBuffer, "audio": PromptJitterBuffer}  # install() swapped both
+    assert any(name.startswith("session-") for name in during)  # the comparison sees the session's tasks
+    assert leftover == [], leftover
     assert pipeline.ring.in_use == 0
     assert session.sink.video.readyState == "ended" and session.sink.audio.readyState == "ended"
-    assert not [name for name in leftover if name.startswith(("session-", "source", "scheduler", "sampler"))]
     assert session.report is not None and session.report["leaked_slots"] == 0
+    assert session.report["source_stats"]["audio_frames"] > 0  # sound did flow in: its tasks ran
 
 
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
