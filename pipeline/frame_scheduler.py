@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -103,9 +104,9 @@ class FrameScheduler:
             profile.gpu_temperature_max_c if profile else 83.0
         )
         self.deadlines = live  # a file run drops nothing
-        # Thinning to targets.fps: keep frame i when floor((i+1)·keep) > floor(i·keep).
-        self._keep = min(1.0, config.targets.fps / source_fps) if live and source_fps else 1.0
+        self._source_fps = source_fps
         self._arrived = 0
+        self.set_target_fps(config.targets.fps)
         self._admitted = 0
         nodes = graph.nodes
         watched: dict[str, Watched] = {}
@@ -154,6 +155,17 @@ class FrameScheduler:
             raise ValueError(f"latency budget must be > 0 ms, got {latency_ms}")
         self.controller.budget_ms = latency_ms
         self.controller.reset_window()
+
+    def set_target_fps(self, fps: float) -> None:
+        """A new frame-rate target from now on: a live source faster than `fps` is thinned to it."""
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"target fps must be a finite number > 0, got {fps}")
+        self.target_fps = fps
+        # Thinning: keep frame i when floor((i+1)·keep) > floor(i·keep); counting restarts so
+        # the new ratio holds from the next frame, whatever the old one had reached.
+        source_fps = self._source_fps
+        self._keep = min(1.0, fps / source_fps) if self.live and source_fps else 1.0
+        self._arrived = 0
 
     @property
     def budget_ms(self) -> float:
@@ -270,7 +282,7 @@ class FrameScheduler:
         return {
             "enabled": True,
             "budget_ms": self.budget_ms,
-            "target_fps": self.config.targets.fps,
+            "target_fps": self.target_fps,
             "drops_late_frames": self.deadlines,
             "ladder": list(self.ladder),
             "rung": self.controller.rung_name,

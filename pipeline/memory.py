@@ -727,7 +727,14 @@ class ModelManager:
                 "fragmentation_mb": round(self.fragmentation / MB, 3),
                 "cache_releases": self.cache_releases,
                 "batchers": {
-                    name: {"users": b.users, "calls": b.calls, "requests": b.requests, "rows": b.rows}
+                    name: {
+                        "users": b.users,
+                        "calls": b.calls,
+                        "requests": b.requests,
+                        "rows": b.rows,
+                        "wait_ms": b.wait_s * 1000,
+                        "max_rows": b.max_batch,
+                    }
                     for name, b in self._batchers.items()
                 },
                 "events": self.events[-20:],

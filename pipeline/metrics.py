@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,38 @@ class StageStats:
             "skipped": self.skipped,
             "disabled": self.disabled,
         }
+
+
+class RecentRate:
+    """Events per second over the last `window_s`: what a live panel shows, where a lifetime
+    average would hide a session that slowed down minutes after it started."""
+
+    __slots__ = ("_first_s", "_times", "window_s")
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+        self._first_s: float | None = None
+
+    def tick(self, now_s: float) -> None:
+        """One event at `now_s` (seconds, monotonic)."""
+        if self._first_s is None:
+            self._first_s = now_s
+        self._times.append(now_s)
+        self._forget(now_s)
+
+    def per_s(self, now_s: float) -> float:
+        """The rate over the window ending at `now_s` (over less time while the first window fills)."""
+        self._forget(now_s)
+        if self._first_s is None:
+            return 0.0
+        span_s = min(self.window_s, now_s - self._first_s)
+        return len(self._times) / span_s if span_s > 0 else 0.0
+
+    def _forget(self, now_s: float) -> None:
+        times = self._times
+        while times and times[0] <= now_s - self.window_s:
+            times.popleft()
 
 
 class RunMetrics:

@@ -36,6 +36,15 @@ def needs(browser: str, path: str) -> None:
         pytest.skip(f"no {browser} here (apt install {Path(path).name}; CI always runs this)")
 
 
+def driver_module():
+    """Playwright's async API: skipped without it on a developer's machine, a failure in CI."""
+    if REQUIRED:
+        import playwright.async_api  # CI installs the dev extra: missing, this fails the test
+
+        return playwright.async_api
+    return pytest.importorskip("playwright.async_api", reason="the dev extra installs playwright")
+
+
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -86,7 +95,7 @@ def speech_wav(path: Path) -> Path:
 
 def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path):
     needs("Chromium", CHROMIUM)
-    playwright = pytest.importorskip("playwright.async_api", reason="the dev extra installs playwright")
+    playwright = driver_module()
     pytest.importorskip("skimage", reason="the test face comes from scikit-image")
     camera = face_y4m(tmp_path / "face.y4m")
     microphone = speech_wav(tmp_path / "speech.wav")
@@ -173,3 +182,26 @@ def test_the_page_in_firefox_plays_processed_video_and_shows_analytics(tmp_path)
     assert played > 1.0
     assert "emotion" in message and message["latency_ms"] > 0
     assert panel.endswith(" ms")
+
+
+def test_without_playwright_the_chromium_test_fails_under_require_browser(monkeypatch):
+    """CI sets REQUIRE_BROWSER=1: there a missing Playwright must fail the browser test, not skip it."""
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_playwright(name, *args, **kwargs):
+        if name.startswith("playwright"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    for module in [m for m in sys.modules if m.startswith("playwright")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(builtins, "__import__", no_playwright)
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRED", True)
+    with pytest.raises(ModuleNotFoundError):
+        driver_module()
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRED", False)
+    with pytest.raises(pytest.skip.Exception):
+        driver_module()

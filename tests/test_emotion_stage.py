@@ -204,3 +204,24 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
     assert stage.detections == 3  # detect_every 1 of the frames it looked at: 0, 3, 6
     stage.apply_quality(FULL)
     assert stage.precision == "fp32" and stage._detect_size[1] == 320 and stage._cadence == 1
+
+
+def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tmp_path):
+    from pipeline.memory import ModelManager
+
+    config = parse_config(
+        {
+            "name": "emotion-batching",
+            "stages": [{"name": "emotion", "type": "emotion", "options": {"batch_wait_ms": 7.5, "batch_rows": 3}}],
+        }
+    )
+    models = ModelManager.for_device(torch.device("cpu"))
+    clip = make_face_clip(tmp_path / "face.mp4", frames=2)
+    report = asyncio.run(Pipeline(build_graph(config), MediaSource(clip), NullSink(), models=models).run())
+    assert report["stages"]["emotion"]["errors"] == 0
+    batcher = models.status()["batchers"]["fer"]
+    assert batcher["wait_ms"] == 7.5 and batcher["max_rows"] == 3 and batcher["calls"] >= 1
+    from pipeline.stages.emotion import EmotionOptions
+
+    defaults = EmotionOptions()
+    assert (defaults.batch_wait_ms, defaults.batch_rows) == (2.0, 64)  # unchanged when not given

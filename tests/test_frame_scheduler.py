@@ -165,6 +165,26 @@ def test_a_source_faster_than_the_target_is_thinned_on_arrival_evenly():
     assert all(f.deadline_ns == f.capture_ns + int(50e6) for f in frames)
 
 
+def test_a_new_target_fps_at_run_time_changes_the_thinning_from_the_next_frame():
+    graph = graph_of([{"name": "infer", "type": "costly"}], targets={"fps": 120})
+    scheduler = make_scheduler(graph, source_fps=60.0)
+    before = [frame(i) for i in range(30)]
+    for f in before:
+        scheduler.admit(f)
+    scheduler.set_target_fps(15.0)
+    after = [frame(30 + i) for i in range(60)]
+    for f in after:
+        scheduler.admit(f)
+    assert all(f.drop_reason is None for f in before)  # 60 fps under a 120 fps target: all kept
+    kept = [f.index for f in after if f.drop_reason is None]
+    assert len(kept) == 15 and set(np.diff(kept)) == {4}  # one in four, evenly
+    assert scheduler.report()["target_fps"] == 15.0
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            scheduler.set_target_fps(bad)
+    assert scheduler.target_fps == 15.0
+
+
 def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
     graph = graph_of([{"name": "infer", "type": "costly"}])
     scheduler = make_scheduler(graph)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from pipeline.metrics import LatencyHistogram, RunMetrics, write_report
+from pipeline.metrics import LatencyHistogram, RecentRate, RunMetrics, write_report
 
 
 def test_percentiles_are_within_two_percent_of_exact():
@@ -56,3 +56,26 @@ def test_report_is_json_and_written_atomically(tmp_path):
     assert report["fps"]["in"] == 1000.0
     assert 4.8 < report["latency_ms"]["end_to_end"]["p50"] < 5.2
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_the_recent_rate_follows_a_slowdown_that_a_lifetime_average_hides():
+    rate = RecentRate(window_s=1.0)
+    t = 0.0
+    for _ in range(600):  # 20 s at 30 fps
+        rate.tick(t)
+        t += 1 / 30
+    assert abs(rate.per_s(t) - 30) <= 1
+    for _ in range(20):  # then 2 s at 10 fps
+        rate.tick(t)
+        t += 0.1
+    lifetime = 620 / t
+    assert abs(rate.per_s(t) - 10) <= 1 and lifetime > 25
+    assert rate.per_s(t + 5.0) == 0.0  # nothing for 5 s: nothing in the window
+
+
+def test_the_recent_rate_while_its_first_window_fills():
+    rate = RecentRate(window_s=1.0)
+    assert rate.per_s(3.0) == 0.0
+    for i in range(6):
+        rate.tick(10.0 + i * 0.05)  # 20 a second, for a quarter of a second
+    assert 20 <= rate.per_s(10.25) <= 25

@@ -15,6 +15,8 @@ import torch
 from webrtc_kit import Client
 
 from pipeline.config import load_config
+from pipeline.webrtc import receive
+from pipeline.webrtc.receive import PromptJitterBuffer
 from pipeline.webrtc.server import MAX_BODY, Server
 
 pytest.importorskip("skimage", reason="the test face comes from scikit-image")
@@ -25,6 +27,14 @@ async def started_server(**options) -> Server:
     server = Server(load_config("default"), port=0, **options)
     await server.start()
     return server
+
+
+# Frames sent, received by the server and returned, counted over the same 3 s window. On a
+# shared 2-core box the full graph, both VP8 ends and the test share the cores: the scheduler
+# rightly drops frames that would miss the 50 ms budget (25-45 of 90 measured under load, none
+# when idle), so what comes back is compared with what arrived less what it dropped.
+RECEIVED_SHARE = 0.9  # the server's receive path keeps the source rate
+EDGE_FRAMES = 6  # frames in flight when the window opens and closes (about 100 ms at each end at 30 fps)
 
 
 def rms(samples: np.ndarray) -> float:
@@ -39,10 +49,20 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             assert await client.connect(server.url) is None
             # Processed frames come back, at about the rate sent.
             await client.wait_for(lambda: len(client.frames) >= 10, what="processed video")
-            first_t = client.frames[-1][0]
-            count = len(client.frames)
+            (session,) = server.sessions
+            metrics = session.pipeline.metrics
+
+            def counts() -> tuple[int, int]:
+                return metrics.frames_in, sum(metrics.drops.values())
+
+            window = (asyncio.get_running_loop().time(), asyncio.get_running_loop().time() + 3.0)
+            at_start = counts()
             await asyncio.sleep(3.0)
-            fps = (len(client.frames) - count) / (client.frames[-1][0] - first_t)
+            at_end = counts()
+            await asyncio.sleep(0.5)  # time for the window's last frames to come back
+            arrived, dropped = at_end[0] - at_start[0], at_end[1] - at_start[1]
+            sent = sum(window[0] <= t < window[1] for t in client.face.sent_at)
+            back = sum(window[0] <= t < window[1] for t, _ in client.frames)
             # The face's emotion arrives on the data channel.
             message = await client.wait_for(
                 lambda: next((m for m in client.messages if (m.get("emotion") or {}).get("faces")), None),
@@ -73,7 +93,7 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             await asyncio.sleep(1.5)
             voice = np.concatenate([s for t, s in client.sound if t > said_at + 0.3] or [np.zeros(1)])
             status = server.performance()
-            return server, client, fps, face, ack, speaking, voice, status
+            return server, client, (sent, arrived, dropped, back), face, ack, speaking, voice, status
         finally:
             await client.close()
             await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
@@ -86,8 +106,14 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
         started_at = asyncio.get_running_loop().time()
         return await scenario()
 
-    server, client, fps, face, ack, speaking, voice, status = asyncio.run(timed())
-    assert fps >= 15, fps  # sent at 30 fps; on a 2-core box the full graph and both VP8 ends share the cores
+    server, client, (sent, arrived, dropped, back), face, ack, speaking, voice, status = asyncio.run(timed())
+    rates = (sent, arrived, dropped, back)
+    assert sent >= 45, rates  # the sender itself kept at least half its 30 fps: the machine was not stalled
+    assert arrived >= RECEIVED_SHARE * sent, rates  # the server receives at the rate sent
+    # Every frame the scheduler did not drop by its rule comes back, give or take the frames in
+    # flight at the window's two edges.
+    assert abs(back - (arrived - dropped)) <= EDGE_FRAMES, rates
+    assert back >= sent / 4, rates  # and the session kept serving (a lone rung drops half)
     frame = client.frames[-1][1]
     assert (frame.width, frame.height) == (320, 240)
     assert face["label"] == "happy" and face["probs"]["happy"] > 0.5
@@ -96,30 +122,48 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
     assert rms(voice) > 0.01, "the returned audio should carry the avatar's voice"
     assert len(status["sessions"]) == 1 and status["sessions"][0]["frames_out"] > 30
     assert status["sessions"][0]["audio_cut_samples"] == 0  # the peer kept reading: no sound was cut
-    assert status["sessions"][0]["video_replaced"] >= 0
     assert not server.sessions  # disconnect freed it
 
 
+def describe(task: asyncio.Task) -> str:
+    coro = task.get_coro()
+    return f"{task.get_name()} ({getattr(coro, '__qualname__', coro)})"
+
+
 def test_disconnect_frees_the_session_its_ring_and_its_tasks():
+    """With sound both ways: after the peer leaves, every task that was not running before it
+    came has ended (aiortc's own end with the connection, some a moment after it closes)."""
+
     async def scenario():
         server = await started_server()
-        client = Client(audio=False)
+        before = asyncio.all_tasks()
+        client = Client()
         await client.connect(server.url)
-        await client.wait_for(lambda: len(client.frames) >= 5, what="processed video")
+        await client.wait_for(lambda: len(client.frames) >= 5 and client.sound, what="video and sound back")
         (session,) = server.sessions
         pipeline = session.pipeline
+        buffers = {t.kind: type(getattr(t.receiver, receive.ATTRIBUTE, None)) for t in session.pc.getTransceivers()}
+        during = {describe(t) for t in asyncio.all_tasks() - before}
         await client.close()
         await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
-        await asyncio.sleep(0.2)
-        leftover = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        leftover: set[asyncio.Task] = set()
+        for _ in range(100):  # up to 10 s for aiortc's transports to wind down
+            leftover = asyncio.all_tasks() - before - {asyncio.current_task()}
+            if not leftover:
+                break
+            await asyncio.sleep(0.1)
+        leftover_names = sorted(describe(t) for t in leftover)
         await server.stop()
-        return session, pipeline, leftover
+        return session, pipeline, buffers, during, leftover_names
 
-    session, pipeline, leftover = asyncio.run(scenario())
+    session, pipeline, buffers, during, leftover = asyncio.run(scenario())
+    assert buffers == {"video": PromptJitterBuffer, "audio": PromptJitterBuffer}  # install() swapped both
+    assert any(name.startswith("session-") for name in during)  # the comparison sees the session's tasks
+    assert leftover == [], leftover
     assert pipeline.ring.in_use == 0
     assert session.sink.video.readyState == "ended" and session.sink.audio.readyState == "ended"
-    assert not [name for name in leftover if name.startswith(("session-", "source", "scheduler", "sampler"))]
     assert session.report is not None and session.report["leaked_slots"] == 0
+    assert session.report["source_stats"]["audio_frames"] > 0  # sound did flow in: its tasks ran
 
 
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
@@ -167,6 +211,73 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
     assert replies["over the limit"][0] == 503
     assert "models" in resource and "devices" in resource
     assert "<video" in page and "/static/app.js" in page
+
+
+def test_run_time_endpoints_need_the_token_and_new_targets_reach_running_and_later_sessions():
+    async def scenario():
+        server = await started_server(token="secret")
+        url, auth = server.url, {"Authorization": "Bearer secret"}
+        client = Client(audio=False)
+        later = Client(audio=False)
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def post(path: str, body, headers=None) -> tuple[int, dict]:
+                    data = body if isinstance(body, str) else json.dumps(body)
+                    headers = {"Content-Type": "application/json", **(headers or {})}
+                    async with http.post(f"{url}{path}", data=data, headers=headers) as reply:
+                        return reply.status, await reply.json()
+
+                refused = {
+                    path: await post(path, body)
+                    for path, body in (
+                        ("/api/performance/targets", {"latency_ms": 80}),
+                        ("/api/resource/load", {"model": "fer"}),
+                        ("/api/resource/unload", {"model": "fer"}),
+                    )
+                }
+                assert await client.connect(url, token="secret") is None
+                await client.wait_for(lambda: len(client.frames) >= 10, what="processed video")
+                (session,) = server.sessions
+                before = (session.pipeline.scheduler.budget_ms, session.pipeline.scheduler.target_fps)
+                bad = [
+                    await post("/api/performance/targets", body, auth)
+                    for body in ({}, {"fps": 0}, {"latency_ms": -1}, '{"fps": NaN}', '{"latency_ms": Infinity}')
+                ]
+                accepted = await post("/api/performance/targets", {"latency_ms": 80, "fps": 10}, auth)
+                after = (session.pipeline.scheduler.budget_ms, session.pipeline.scheduler.target_fps)
+                await asyncio.sleep(2.5)  # more than the fps window after the new target took effect
+                async with http.get(f"{url}/api/performance/status") as reply:
+                    status = (reply.status, await reply.json())
+                await client.close()
+                await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
+                assert await later.connect(url, token="secret") is None
+                await later.wait_for(lambda: server.sessions and next(iter(server.sessions)).pipeline, what="a run")
+                (second,) = server.sessions
+                await later.wait_for(lambda: second.pipeline.scheduler is not None, what="its scheduler")
+                later_targets = (second.pipeline.scheduler.budget_ms, second.pipeline.scheduler.target_fps)
+            return refused, before, bad, accepted, after, status, later_targets
+        finally:
+            await client.close()
+            await later.close()
+            await later.wait_for(lambda: not server.sessions, what="the sessions to end", timeout_s=15)
+            await server.stop()
+
+    refused, before, bad, accepted, after, status, later_targets = asyncio.run(scenario())
+    for path, (code, body) in refused.items():
+        assert code == 401 and "token" in body["error"], path
+    assert before == (50.0, 120.0)  # the config's
+    assert [code for code, _ in bad] == [400] * 5 and all(body["error"] for _, body in bad)
+    assert accepted == (200, {"latency_ms": 80.0, "fps": 10.0, "sessions": 1})
+    assert after == (80.0, 10.0)
+    code, performance = status
+    assert code == 200 and performance["targets"] == {"latency_ms": 80.0, "fps": 10.0}
+    (running,) = performance["sessions"]
+    assert running["targets"] == {"latency_ms": 80.0, "fps": 10.0}
+    assert 0 < running["fps"] <= 13  # thinned to 10 fps from the 30 sent (a frame or so of slack in a window)
+    emotion = running["stages_ms"]["emotion"]
+    assert 0 < emotion["p50"] <= emotion["p95"]
+    assert later_targets == (80.0, 10.0)  # a session started after the change starts with it
 
 
 def test_commands_that_make_no_sense_are_refused_on_the_channel():

@@ -68,3 +68,32 @@ def test_audio_packets_go_out_as_they_arrive():
     stock = released(JitterBuffer(capacity=16, prefetch=4), packets)
     assert [i for i, _, _ in prompt] == [0, 1, 2, 3, 4, 5]
     assert [i for i, _, _ in stock] == [4, 5]  # aiortc waits for four packets behind the first
+
+
+def test_install_swaps_the_buffer_of_every_receiver_of_a_real_connection():
+    """aiortc keeps the buffer in a private attribute; if a release moves it, install() swaps
+    nothing (and says so in the log), and this test is where that shows."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    from pipeline.webrtc.receive import ATTRIBUTE, install
+
+    async def scenario():
+        offerer, answerer = RTCPeerConnection(), RTCPeerConnection()
+        try:
+            offerer.addTransceiver("video")
+            offerer.addTransceiver("audio")
+            await offerer.setLocalDescription(await offerer.createOffer())
+            await answerer.setRemoteDescription(offerer.localDescription)
+            swapped = install(answerer)
+            buffers = [getattr(t.receiver, ATTRIBUTE) for t in answerer.getTransceivers()]
+            return swapped, buffers
+        finally:
+            await offerer.close()
+            await answerer.close()
+
+    swapped, buffers = asyncio.run(scenario())
+    assert swapped == 2
+    assert [type(b) for b in buffers] == [PromptJitterBuffer, PromptJitterBuffer]
+    assert [b._is_video for b in buffers] == [True, False]

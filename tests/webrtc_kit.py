@@ -31,6 +31,7 @@ class FaceTrack(VideoStreamTrack):
         self._scene = wide.reformat(width=width + 40, height=height).to_ndarray(format="rgb24")
         self._width = width
         self.sent = 0
+        self.sent_at: list[float] = []  # the event loop's time of each frame handed to the encoder
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
@@ -39,6 +40,7 @@ class FaceTrack(VideoStreamTrack):
         frame = av.VideoFrame.from_ndarray(view, format="rgb24")
         frame.pts, frame.time_base = pts, time_base
         self.sent += 1
+        self.sent_at.append(asyncio.get_running_loop().time())
         return frame
 
 

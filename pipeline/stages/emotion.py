@@ -31,6 +31,7 @@ from kernels import ops
 from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS
+from pipeline.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
 from pipeline.frames import Frame
 from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
@@ -52,6 +53,11 @@ class EmotionOptions(StageOptions):
     label_margin: float = Field(LABEL_MARGIN, ge=0.0, le=1.0)  # lead another label needs to take over
     match_iou: float = Field(MATCH_IOU, gt=0.0, le=1.0)  # overlap that continues a track
     batch_frames: int = Field(1, ge=1, le=64)  # files: frames per call when behind, faces classified together
+    # Sessions sharing a model manager: the classifier's batcher waits up to this long for other
+    # sessions' crops, and takes at most this many crops per call. The first session to set the
+    # stage up makes the batcher; all sessions of one server share one config.
+    batch_wait_ms: float = Field(DEFAULT_WAIT_S * 1000, ge=0.0, le=100.0)
+    batch_rows: int = Field(DEFAULT_MAX_BATCH, ge=1, le=4096)
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
@@ -84,7 +90,9 @@ class Emotion(ComputeStage):
         )
         self.models.ensure(ModelSpec(CLASSIFIER, load_fer, "high"))
         # Face crops from every session sharing the manager go through the classifier together.
-        self._batcher = self.models.batcher(CLASSIFIER)
+        self._batcher = self.models.batcher(
+            CLASSIFIER, max_batch=options.batch_rows, wait_s=options.batch_wait_ms / 1000
+        )
         self._batcher.join()
         self.set_precision(options.precision)
         self._tracker = FaceTracker(

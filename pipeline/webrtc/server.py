@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from aiohttp import web
 
-from pipeline.config import GraphConfig
+from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile
-from pipeline.errors import one_line
+from pipeline.errors import ConfigError, one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
 from pipeline.webrtc.ice import limit_ice_to
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
-from pipeline.webrtc.session import Session
+from pipeline.webrtc.session import Session, parse_targets
 from pipeline.webrtc.tracks import SILENCE_S
 
 log = logging.getLogger(__name__)
@@ -276,17 +276,17 @@ class Server:
         if isinstance(body, web.Response):
             return body
         try:
-            latency_ms = float(body["latency_ms"])
-            if latency_ms <= 0:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            return _error(400, 'expected {"latency_ms": a number > 0}')
-        changed = 0
-        for session in self.sessions:
-            if session.pipeline is not None and session.pipeline.scheduler is not None:
-                session.pipeline.scheduler.set_budget(latency_ms)
-                changed += 1
-        return web.json_response({"latency_ms": latency_ms, "sessions": changed})
+            targets = parse_targets(body)
+            # Sessions started from now on are built from the config with the new targets.
+            self.config = self.sessions_host.config = with_targets(self.config, **targets)
+        except (ValueError, ConfigError) as exc:
+            return _error(400, one_line(exc))
+        changed = sum(session.set_targets(targets) for session in self.sessions)
+        return web.json_response({**self.targets(), "sessions": changed})
+
+    def targets(self) -> dict[str, float]:
+        """The latency and fps targets, as last set (new sessions start with them)."""
+        return {"latency_ms": self.config.targets.latency_ms, "fps": self.config.targets.fps}
 
     def performance(self) -> dict[str, Any]:
         return {
@@ -295,7 +295,7 @@ class Server:
             "sessions_total": self.sessions_total,
             "refused": self.refused,
             "max_sessions": self.max_sessions,
-            "budget_ms": self.config.targets.latency_ms,
+            "targets": self.targets(),
             "fps": self.fps(),
             "frames_out": self.frames_out(),
             **({"workers": self.placer.status()} if self.placer is not None else {}),

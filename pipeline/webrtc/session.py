@@ -9,7 +9,9 @@ The data channel (label `analytics`, opened by the browser) carries one compact 
 delivered frame, at most `max_messages_per_s`; the events of frames in between (context and
 voice events) are carried by the next message, so none is lost. It takes commands as JSON:
 `{"type": "say", "text": …}`, `{"type": "layout", "layout": "pip"|"replace"|"side"}`,
-`{"type": "targets", "latency_ms": …}`; each is answered with `{"type": "ack"|"error", …}`.
+`{"type": "targets", "latency_ms": …, "fps": …}` (either or both); each is answered with
+`{"type": "ack"|"error", …}`. Events wait for the channel to open (a page may never open it),
+at most `MAX_PENDING_EVENTS` of them, the newest.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,11 +36,14 @@ from pipeline.executor import Pipeline
 from pipeline.frames import Frame
 from pipeline.graph import build_graph
 from pipeline.memory import ModelManager
+from pipeline.metrics import RecentRate
 from pipeline.webrtc.tracks import SILENCE_S, PeerSink, TrackSource, first_picture
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_S = 15.0
+MAX_PENDING_EVENTS = 256  # events kept for a channel not open yet; older ones are dropped (and counted)
+FPS_WINDOW_S = 1.0  # the fps the page shows: frames delivered over this much recent time
 _ids = itertools.count(1)
 
 
@@ -77,6 +83,8 @@ class Session:
         self._min_gap_s = 1.0 / max_messages_per_s
         self._last_sent_s = 0.0
         self._pending_events: list[dict[str, Any]] = []
+        self.events_dropped = 0  # events dropped while no channel took them
+        self.out_rate = RecentRate(FPS_WINDOW_S)
         self.messages_sent = 0
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_channel)
@@ -164,7 +172,13 @@ class Session:
             annotation = frame.annotations.get(key)
             if isinstance(annotation, dict) and annotation.get("events"):
                 self._pending_events.extend(annotation["events"])
+        over = len(self._pending_events) - MAX_PENDING_EVENTS
+        if over > 0:
+            del self._pending_events[:over]
+            self.events_dropped += over
         now = time.monotonic()
+        if frame.why_dropped is None:  # dropped frames pass by too (for their sound); they are not shown
+            self.out_rate.tick(now)
         if now - self._last_sent_s < self._min_gap_s:
             return
         message = frame.to_json()
@@ -173,9 +187,7 @@ class Session:
                 message[key] = {k: v for k, v in message[key].items() if k != "events"}
         message["events"] = self._pending_events
         message["latency_ms"] = round(latency_ms, 2)
-        metrics = self.pipeline.metrics if self.pipeline is not None else None
-        if metrics is not None:
-            message["fps"] = round(metrics.frames_out / max(now - self.started_s, 1e-3), 2)
+        message["fps"] = round(self.out_rate.per_s(now), 2)
         if self._send(message):
             self._pending_events = []
             self._last_sent_s = now
@@ -223,12 +235,22 @@ class Session:
                 avatar.set_layout(str(command.get("layout")))
             return {"layout": command.get("layout")}
         if kind == "targets":
-            latency_ms = float(command["latency_ms"])
-            if pipeline.scheduler is None:
+            targets = parse_targets(command)
+            if not self.set_targets(targets):
                 raise ValueError("targets: the scheduler is off for this session")
-            pipeline.scheduler.set_budget(latency_ms)
-            return {"latency_ms": latency_ms}
+            return targets
         raise ValueError(f"unknown command type {kind!r} (say, layout, targets)")
+
+    def set_targets(self, targets: dict[str, float]) -> bool:
+        """Apply `parse_targets`' result to this session's scheduler; False when it has none (yet)."""
+        scheduler = self.pipeline.scheduler if self.pipeline is not None else None
+        if scheduler is None:
+            return False
+        if "latency_ms" in targets:
+            scheduler.set_budget(targets["latency_ms"])
+        if "fps" in targets:
+            scheduler.set_target_fps(targets["fps"])
+        return True
 
     # ----------------------------------------------------------------- status
 
@@ -243,9 +265,37 @@ class Session:
             "frames_out": metrics.frames_out if metrics else 0,
             "dropped": dict(metrics.drops) if metrics else {},
             "e2e_p95_ms": round(metrics.end_to_end.percentile_ns(0.95) / 1e6, 2) if metrics else None,
+            "fps": round(self.out_rate.per_s(time.monotonic()), 2),
+            "stages_ms": {
+                name: {
+                    "p50": round(s.latency.percentile_ns(0.50) / 1e6, 2),
+                    "p95": round(s.latency.percentile_ns(0.95) / 1e6, 2),
+                }
+                for name, s in metrics.stages.items()
+            }
+            if metrics
+            else {},
+            "targets": {"latency_ms": scheduler.budget_ms, "fps": scheduler.target_fps} if scheduler else None,
             "rung": scheduler.controller.rung_name if scheduler else None,
             "messages_sent": self.messages_sent,
+            "events_dropped": self.events_dropped,
             "video_replaced": self.sink.video.replaced,  # pictures the sender never took: no backlog kept
             "audio_cut_samples": self.sink.audio.cut,
             "error": self.error,
         }
+
+
+def parse_targets(body: dict[str, Any]) -> dict[str, float]:
+    """The targets in a request or command: `latency_ms` and/or `fps`, each a finite number > 0.
+    A ValueError says what is wrong."""
+    targets = {}
+    for key in ("latency_ms", "fps"):
+        if key not in body:
+            continue
+        value = body[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"targets: {key} must be a finite number > 0, got {value!r}")
+        targets[key] = float(value)
+    if not targets:
+        raise ValueError('targets: expected {"latency_ms": …} and/or {"fps": …}')
+    return targets

@@ -1,0 +1,79 @@
+"""A session's own bookkeeping, on a real (unconnected) peer connection: what the page is told
+and what waits for a data channel that may never open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+
+import pytest
+import torch
+from aiortc import RTCPeerConnection
+
+from pipeline.config import load_config
+from pipeline.frames import Frame
+from pipeline.memory import ModelManager
+from pipeline.webrtc.session import MAX_PENDING_EVENTS, Session, parse_targets
+
+
+def session() -> Session:
+    cpu = torch.device("cpu")
+    return Session(RTCPeerConnection(), load_config("default"), device=cpu, models=ModelManager.for_device(cpu))
+
+
+def frame(index: int, events: list[dict] | None = None) -> Frame:
+    frame = Frame(index, index, Fraction(1, 30), capture_ns=time.monotonic_ns())
+    if events:
+        frame.annotations["context"] = {"events": events}
+    return frame
+
+
+def test_events_for_a_channel_never_opened_are_capped_newest_kept_and_counted():
+    async def scenario():
+        s = session()
+        try:
+            for i in range(MAX_PENDING_EVENTS + 40):  # no analytics channel: nothing is ever sent
+                s._frame_out(frame(i, [{"event": "tick", "n": i}]), 1.0)
+            return s, list(s._pending_events)
+        finally:
+            await s.pc.close()
+
+    s, pending = asyncio.run(scenario())
+    assert len(pending) == MAX_PENDING_EVENTS
+    assert pending[-1]["n"] == MAX_PENDING_EVENTS + 39 and pending[0]["n"] == 40  # the newest, in order
+    assert s.events_dropped == 40 and s.status()["events_dropped"] == 40
+
+
+def test_the_fps_the_page_sees_is_the_recent_rate_not_a_lifetime_average():
+    async def scenario():
+        s = session()
+        s.started_s -= 60.0  # a session a minute old that delivers at about 20 fps only now
+        try:
+            times = []
+            for i in range(30):
+                s._frame_out(frame(i), 1.0)
+                times.append(time.monotonic())
+                await asyncio.sleep(1 / 20)
+            before = time.monotonic()
+            fps = s.status()["fps"]
+            after = time.monotonic()
+            return fps, times, before, after
+        finally:
+            await s.pc.close()
+
+    fps, times, before, after = asyncio.run(scenario())
+    # Frames delivered in the last second, however the machine's load spread them out.
+    fewest = sum(t > after - 1.0 for t in times) - 1
+    most = sum(t > before - 1.0 for t in times) + 1
+    assert fewest >= 5  # the test saw a busy second, not a stall
+    assert fewest <= fps <= most, (fps, fewest, most)
+
+
+def test_targets_take_a_latency_and_or_an_fps_and_refuse_nonsense():
+    assert parse_targets({"latency_ms": 80}) == {"latency_ms": 80.0}
+    assert parse_targets({"fps": 15.5}) == {"fps": 15.5}
+    assert parse_targets({"latency_ms": 80, "fps": 12, "other": 1}) == {"latency_ms": 80.0, "fps": 12.0}
+    for bad in ({}, {"fps": 0}, {"fps": -3}, {"latency_ms": float("nan")}, {"fps": float("inf")}, {"fps": "30"}):
+        with pytest.raises(ValueError):
+            parse_targets(bad)

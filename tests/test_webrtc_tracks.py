@@ -1,0 +1,78 @@
+"""The outgoing tracks: video keeps only the newest picture, audio keeps every chunk up to a cap."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import av
+import numpy as np
+
+from pipeline.webrtc.tracks import AUDIO_RATE, MAX_AUDIO_QUEUE_S, OutgoingAudio, OutgoingVideo
+
+CHUNK = 960  # 20 ms at 48 kHz
+
+
+def picture(pts: int) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), pts % 256, np.uint8), format="rgb24")
+    frame.pts, frame.time_base = pts, fractions.Fraction(1, 90000)
+    return frame
+
+
+def sound(pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, CHUNK), np.int16), format="s16", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, pts, fractions.Fraction(1, AUDIO_RATE)
+    return frame
+
+
+def test_the_video_track_gives_the_newest_picture_and_counts_the_ones_it_replaced():
+    async def scenario():
+        track = OutgoingVideo()
+        for pts in range(5):
+            track.put(picture(pts))
+        first = await track.recv()
+        waiting = asyncio.ensure_future(track.recv())  # nothing new yet: the sender waits
+        await asyncio.sleep(0.05)
+        pending = not waiting.done()
+        track.put(picture(9))
+        second = await asyncio.wait_for(waiting, 5)
+        return track, first, pending, second
+
+    track, first, pending, second = asyncio.run(scenario())
+    assert first.pts == 4  # the newest of the five
+    assert track.replaced == 4  # the four it replaced, never sent
+    assert pending  # no old picture is sent twice
+    assert second.pts == 9
+
+
+def test_the_audio_track_cuts_the_oldest_sound_over_its_cap_and_keeps_the_newest():
+    cap = int(MAX_AUDIO_QUEUE_S * AUDIO_RATE)
+    puts = cap // CHUNK + 10  # ten chunks over the cap: a sender that stopped reading
+
+    async def scenario():
+        track = OutgoingAudio()
+        for i in range(puts):
+            track.put(sound(i * CHUNK))
+        received = [await track.recv() for _ in range(puts - track.cut // CHUNK)]
+        return track, received
+
+    track, received = asyncio.run(scenario())
+    assert track.cut > 0 and track.cut % CHUNK == 0
+    assert sum(f.samples for f in received) <= cap  # what was kept fits under the cap
+    pts = [f.pts for f in received]
+    assert pts[-1] == (puts - 1) * CHUNK  # the newest sound is kept
+    assert pts == sorted(pts) and np.all(np.diff(pts) == CHUNK)  # in order, nothing missing in between
+    assert pts[0] == track.cut  # the oldest were the ones cut
+
+
+def test_the_audio_track_cuts_nothing_while_the_sender_keeps_up():
+    async def scenario():
+        track = OutgoingAudio()
+        out = []
+        for i in range(200):  # four seconds of sound, each chunk taken as it comes
+            track.put(sound(i * CHUNK))
+            out.append(await track.recv())
+        return track, out
+
+    track, out = asyncio.run(scenario())
+    assert track.cut == 0 and [f.pts for f in out] == [i * CHUNK for i in range(200)]
