@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import time
 
 import av
 import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from pipeline.webrtc.tracks import AUDIO_RATE, MAX_AUDIO_QUEUE_S, OutgoingAudio, OutgoingVideo
+from pipeline.ringbuffer import RingBuffer
+from pipeline.webrtc.tracks import AUDIO_RATE, MAX_AUDIO_QUEUE_S, OutgoingAudio, OutgoingVideo, TrackSource
 
 CHUNK = 960  # 20 ms at 48 kHz
 
@@ -76,3 +79,39 @@ def test_the_audio_track_cuts_nothing_while_the_sender_keeps_up():
 
     track, out = asyncio.run(scenario())
     assert track.cut == 0 and [f.pts for f in out] == [i * CHUNK for i in range(200)]
+
+
+class BurstTrack(MediaStreamTrack):
+    """A peer's video track that delivers `count` pictures back to back, then hangs up."""
+
+    kind = "video"
+
+    def __init__(self, count: int):
+        super().__init__()
+        self._pts = iter(range(1, count + 1))
+
+    async def recv(self) -> av.VideoFrame:
+        pts = next(self._pts, None)
+        if pts is None:
+            raise MediaStreamError
+        await asyncio.sleep(0.001)
+        return picture(pts)
+
+
+def test_a_graph_slower_than_the_peer_gets_the_newest_picture_stamped_on_arrival():
+    async def scenario():
+        source = TrackSource(BurstTrack(40), None, picture(0))
+        ring = RingBuffer(4, (36, 32))
+        taken = []
+        async for frame in source.frames(ring):
+            taken.append((frame.index, frame.capture_ns, time.monotonic_ns()))
+            frame.lease.release()
+            await asyncio.sleep(0.02)  # the graph takes 20 ms a frame; the peer sends every 1 ms
+        return source, taken
+
+    source, taken = asyncio.run(scenario())
+    assert len(taken) < 10  # with aiortc's unbounded queue the graph would have walked through all 41
+    assert source.stale_dropped == 41 - len(taken)  # every picture is either taken or counted
+    # Each frame is stamped when its picture arrived, not when the graph got round to it.
+    assert all(start <= now for _, start, now in taken)
+    assert all(now - start < 50_000_000 for _, start, now in taken[1:])  # ns: no frame waited behind others

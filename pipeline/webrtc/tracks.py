@@ -4,7 +4,11 @@
 the first frame, since a browser changes resolution as its bandwidth estimate moves) and its
 audio track into each frame's audio chunk: all the sound received since the frame before,
 resampled to 48 kHz mono. A peer that sends nothing for `silence_s` ends the source, so a
-vanished browser frees its session.
+vanished browser frees its session. Pictures are taken from aiortc as they arrive and only the
+newest waits for the graph, stamped with its arrival time: aiortc's own queue of decoded
+pictures has no bound, so a graph slower than the camera would otherwise fall further behind
+with every frame, unseen by the scheduler's deadlines (a camera source skips stale pictures the
+same way).
 
 `PeerSink` hands each processed frame to two outgoing tracks. The video track keeps no backlog:
 it holds at most the newest picture, so a slow encoder or network sees fresh frames, never a
@@ -68,7 +72,6 @@ class TrackSource(Source):
         self.audio = audio
         self.silence_s = silence_s
         width, height = first.width & ~1, first.height & ~1
-        self._first: av.VideoFrame | None = first
         self._info = StreamInfo(
             width=width,
             height=height,
@@ -83,7 +86,12 @@ class TrackSource(Source):
         self._sound: deque[np.ndarray] = deque()  # received since the last frame, 48 kHz mono float32
         self._sound_at = 0  # samples handed out so far (the next chunk's pts)
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        self._newest: tuple[av.VideoFrame, int] | None = (first, time.monotonic_ns())  # picture, arrival
+        self._arrived = asyncio.Event()
+        self._arrived.set()
+        self._video_ended = False
         self.pictures_scaled = 0  # frames that arrived at another size than the first
+        self.stale_dropped = 0  # pictures a newer one replaced before the graph took them
         self.audio_frames = 0
 
     @property
@@ -109,18 +117,41 @@ class TrackSource(Source):
         self._sound_at += samples.shape[0]
         return chunk
 
+    async def _read_video(self) -> None:
+        """Take every picture as aiortc decodes it, keeping only the newest for the graph."""
+        try:
+            while True:
+                picture = await self.video.recv()
+                if self._newest is not None:
+                    self.stale_dropped += 1
+                self._newest = (picture, time.monotonic_ns())
+                self._arrived.set()
+        except MediaStreamError:
+            self._video_ended = True
+            self._arrived.set()
+
+    async def _next_picture(self) -> tuple[av.VideoFrame, int] | None:
+        """The newest picture and its arrival time; None once the peer hung up or went silent."""
+        while self._newest is None:
+            if self._video_ended:
+                return None
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self.silence_s)
+            except TimeoutError:
+                return None
+        newest, self._newest = self._newest, None
+        return newest
+
     async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
-        listener = asyncio.create_task(self._listen()) if self.audio is not None else None
+        tasks = [asyncio.create_task(self._read_video())]
+        if self.audio is not None:
+            tasks.append(asyncio.create_task(self._listen()))
         width, height = self._info.width, self._info.height
         index = 0
         try:
-            while True:
-                picture, self._first = self._first, None
-                if picture is None:
-                    try:
-                        picture = await asyncio.wait_for(self.video.recv(), self.silence_s)
-                    except (MediaStreamError, TimeoutError):
-                        return  # the peer hung up, or went silent
+            while (taken := await self._next_picture()) is not None:
+                picture, arrival_ns = taken
                 if picture.width != width or picture.height != height:
                     self.pictures_scaled += 1
                 pixels = picture.reformat(width=width, height=height, format="yuv420p").to_ndarray()
@@ -130,19 +161,24 @@ class TrackSource(Source):
                     index=index,
                     pts=int(picture.pts or 0),
                     time_base=picture.time_base or VIDEO_CLOCK,
-                    capture_ns=time.monotonic_ns(),
+                    capture_ns=arrival_ns,
                     lease=lease,
                     audio=self._take_sound(),
                 )
                 index += 1
         finally:
-            if listener is not None:
-                listener.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+                    await task
 
     def stats(self) -> dict[str, Any]:
-        return {"pictures_scaled": self.pictures_scaled, "audio_frames": self.audio_frames}
+        return {
+            "pictures_scaled": self.pictures_scaled,
+            "stale_dropped": self.stale_dropped,
+            "audio_frames": self.audio_frames,
+        }
 
 
 class OutgoingVideo(MediaStreamTrack):
