@@ -165,6 +165,28 @@ def test_a_source_faster_than_the_target_is_thinned_on_arrival_evenly():
     assert all(f.deadline_ns == f.capture_ns + int(50e6) for f in frames)
 
 
+def test_a_source_thinned_to_odd_frames_still_runs_inference_every_2nd_frame(run):
+    """At twice `targets.fps` only odd indices are kept; the cadence counts frames given, not indices."""
+    graph = graph_of(
+        [{"name": "infer", "type": "costly", "options": {"cost_ms": 1.0}}],
+        targets={"fps": 15, "latency_ms": 10_000},  # the source states 30 fps; a budget no frame misses
+    )
+    sink = RecordingSink()
+    pipeline = Pipeline(graph, IndexSource(16, live=True, fps=30), sink)
+    start_stages = pipeline._start_stages
+
+    def start_at_every_2nd() -> None:
+        start_stages()
+        pipeline.scheduler.apply(settings_at(pipeline.scheduler.ladder, 1))
+
+    pipeline._start_stages = start_at_every_2nd
+    report = run(pipeline.run())
+    assert report["frames"]["dropped"] == {OVER_TARGET: 8}
+    kept = [r for r in sink.records if not r["dropped"]]
+    assert [r["index"] for r in kept] == list(range(1, 16, 2))
+    assert [r["annotations"]["infer"]["held"] for r in kept] == [False, True] * 4
+
+
 def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
     graph = graph_of([{"name": "infer", "type": "costly"}])
     scheduler = make_scheduler(graph)
