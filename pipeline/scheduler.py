@@ -13,7 +13,9 @@ in a run), and it answers with at most one rung change and the measurement behin
   not undo a step that was needed. Latency alone cannot tell a stage working at 85% of the
   frame time (fine, but one rung up would overflow it) from one at 40%; the busy fraction can.
   A climb that has to be undone anyway is undone at once, and doubles the wait before that
-  climb is tried again (hysteresis: no oscillation).
+  climb is tried again (hysteresis: no oscillation), up to `MAX_CLIMB_WAIT_S`: a load that
+  fell later is still found within half a minute. After `CLIMB_WAIT_RESET_S` without a step
+  down the waits go back to `climb_after_s`: the failures they remember are old news.
 - After any change the window starts afresh: the old measurements were taken at the old rung.
 
 Rungs are names from the config's ladder; what each rung does to the stages is applied
@@ -39,6 +41,8 @@ IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as ge
 FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
 PRESSURE_COOLDOWN_S = 5.0  # between two steps down forced by GPU memory or temperature
 CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
+MAX_CLIMB_WAIT_S = 30.0  # the doubled wait before retrying a failed climb stops growing here
+CLIMB_WAIT_RESET_S = 60.0  # this long without a step down: failed climbs are forgotten
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,16 @@ class RungChange:
     rung: int  # index into the ladder after the change
     name: str
     direction: str  # "down" (less quality) or "up"
-    p95_ms: float
+    p95_ms: float | None  # None: too few frames in the window to say (a step forced by the GPU)
     budget_ms: float
     pressure: str | None = None  # what else forced the step (a hot or full GPU), if anything did
 
     def describe(self) -> str:
         verb = "lowering quality" if self.direction == "down" else "raising quality"
         why = f"{self.pressure}; " if self.pressure else ""
+        p95 = "unknown" if self.p95_ms is None else f"{self.p95_ms:.1f} ms"
         return (
-            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {self.p95_ms:.1f} ms "
+            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {p95} "
             f"against a budget of {self.budget_ms:.0f} ms"
         )
 
@@ -108,6 +113,7 @@ class QualityController:
         self._previous_p95: float | None = None  # at the last decision, to see a backlog draining
         self._climb_wait = [climb_after_s] * len(self.ladder)  # per target rung; doubled when a climb fails
         self._last_climb: tuple[float, int] | None = None  # (time, rung climbed into)
+        self._last_down_s = -float("inf")  # the last step down, to forget old failed climbs
 
     @property
     def rung_name(self) -> str:
@@ -123,6 +129,10 @@ class QualityController:
     def observe_busy(self, time_s: float, busy: float) -> None:
         """How busy the busiest stage was over the last control period (its share of the wall time)."""
         self._busy.append((time_s, busy))
+
+    def climb_wait_s(self, rung: int) -> float:
+        """How long a sustained margin must last before climbing into `rung` (grows when climbs fail)."""
+        return self._climb_wait[rung]
 
     def busy(self, now_s: float) -> float | None:
         """Mean busy fraction of the busiest stage over the window, or None when not reported."""
@@ -145,11 +155,13 @@ class QualityController:
         or temperature limit): it steps down as over-budget latency does, and blocks climbing.
         """
         p95 = self.p95_ms(now_s)
+        if now_s - self._last_down_s >= CLIMB_WAIT_RESET_S:
+            self._climb_wait = [self.climb_after_s] * len(self.ladder)
         if pressure is not None:
             self._margin_since_s = None
             # Heat and memory answer a step slowly: give each step time to show before the next.
             if self.rung + 1 < len(self.ladder) and now_s - self._last_change_s >= PRESSURE_COOLDOWN_S:
-                return self._move(now_s, +1, p95 if p95 is not None else 0.0, pressure)
+                return self._move(now_s, +1, p95, pressure)
             return None
         if p95 is None:
             return None
@@ -190,15 +202,24 @@ class QualityController:
             and now_s - self._last_change_s <= FAILED_CLIMB_S
         )
 
-    def _move(self, now_s: float, step: int, p95: float, pressure: str | None = None) -> RungChange:
+    def _move(self, now_s: float, step: int, p95: float | None, pressure: str | None = None) -> RungChange:
         if step > 0 and self._last_climb is not None:
             climbed_at, into = self._last_climb
             if into == self.rung and now_s - climbed_at <= FAILED_CLIMB_S:
-                self._climb_wait[into] *= 2  # that climb did not hold: wait longer before trying it again
+                # That climb did not hold: wait longer before trying it again, within a bound.
+                self._climb_wait[into] = min(2 * self._climb_wait[into], max(MAX_CLIMB_WAIT_S, self.climb_after_s))
+        if step > 0:
+            self._last_down_s = now_s
         self._last_climb = (now_s, self.rung + step) if step < 0 else self._last_climb
         self.rung += step
         change = RungChange(
-            now_s, self.rung, self.rung_name, "down" if step > 0 else "up", round(p95, 2), self.budget_ms, pressure
+            now_s,
+            self.rung,
+            self.rung_name,
+            "down" if step > 0 else "up",
+            round(p95, 2) if p95 is not None else None,
+            self.budget_ms,
+            pressure,
         )
         self.changes.append(change)
         self._last_change_s = now_s
