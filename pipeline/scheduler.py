@@ -11,10 +11,11 @@ in a run), and it answers with at most one rung change and the measurement behin
 - Over budget: one rung down at once, then again after `down_cooldown_s` if still over and not
   getting better — fast, because a queue that grows only grows faster; but a backlog that is
   already draining after a step is left to drain rather than answered with another step.
-- Under `climb_margin` × budget (latency and queue ages both) for `climb_after_s` without a break, and the busiest stage busy
-  less than `climb_busy` of each frame's time: one rung up — slow, so a short quiet spell does
-  not undo a step that was needed. Latency alone cannot tell a stage working at 85% of the
-  frame time (fine, but one rung up would overflow it) from one at 40%; the busy fraction can.
+- Under `climb_margin` × budget (latency and queue ages both) for `climb_after_s` without a
+  break, and the busiest stage busy less than `climb_busy` of each frame's time: one rung
+  up — slow, so a short quiet spell does not undo a step that was needed. Latency alone
+  cannot tell a stage working at 85% of the frame time (fine, but one rung up would overflow
+  it) from one at 40%; the busy fraction can.
   A climb that has to be undone anyway is undone at once, and doubles the wait before that
   climb is tried again (hysteresis: no oscillation), up to `MAX_CLIMB_WAIT_S`: a load that
   fell later is still found within half a minute. After `CLIMB_WAIT_RESET_S` without a step
@@ -48,6 +49,10 @@ MAX_CLIMB_WAIT_S = 30.0  # the doubled wait before retrying a failed climb stops
 CLIMB_WAIT_RESET_S = 60.0  # this long without a step down: failed climbs are forgotten
 
 
+# What can cause a rung change, by direction (the labels of the metrics' rung-change counter).
+CHANGE_REASONS = {"down": ("latency", "queue_age", "gpu"), "up": ("margin",)}
+
+
 @dataclass(frozen=True)
 class RungChange:
     """One move on the ladder, with what caused it (for the log line, the report and the timeline)."""
@@ -60,6 +65,15 @@ class RungChange:
     budget_ms: float
     pressure: str | None = None  # what else forced the step (a hot or full GPU), if anything did
     queue_age_ms: float | None = None  # the oldest queued frame's age, when it weighed more than the p95
+
+    @property
+    def reason(self) -> str:
+        """One word for what caused the change, from `CHANGE_REASONS`."""
+        if self.direction == "up":
+            return "margin"
+        if self.pressure:
+            return "gpu"
+        return "queue_age" if self.queue_age_ms is not None else "latency"
 
     def describe(self) -> str:
         verb = "lowering quality" if self.direction == "down" else "raising quality"

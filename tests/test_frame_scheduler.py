@@ -282,6 +282,28 @@ def test_late_and_full_ring_drops_count_as_misses_over_the_budget():
     assert scheduler.controller.p95_ms(now / 1e9) == pytest.approx(MISS_FACTOR * 50.0)
 
 
+def test_the_control_loop_reads_the_oldest_queued_frame_and_steps_down_on_a_growing_backlog():
+    graph = graph_of([{"name": "infer", "type": "costly"}])
+    metrics = RunMetrics()
+    runners = {name: StageRunner(node.instantiate(), metrics.stage(name)) for name, node in graph.nodes.items()}
+    backlog_ms = [0.0]
+    scheduler = FrameScheduler(
+        graph,
+        runners,
+        metrics,
+        live=True,
+        source_fps=30.0,
+        sink=None,
+        queue_age_ns=lambda now_ns: int(backlog_ms[0] * 1e6),
+    )
+    for tick in range(8):  # nothing delivered; the head of a queue ages by 40 ms a tick
+        backlog_ms[0] = 40.0 * tick
+        scheduler.tick(100.0 + 0.25 * tick, 0.25, 0.0)
+    report = scheduler.report()
+    assert report["steps_down"] >= 1 and report["events"][0]["queue_age_ms"] > 50.0
+    assert scheduler.metrics.rung_changes[("down", "queue_age")] == report["steps_down"]
+
+
 class FakeGpu:
     def __init__(self, reading):
         self.reading = reading
@@ -303,6 +325,7 @@ def test_a_hot_gpu_steps_quality_down_and_says_why(caplog):
     scheduler.tick(110.0, 0.25, 30.0)
     report = scheduler.report()
     assert report["steps_for_gpu_pressure"] == 1
+    assert scheduler.metrics.rung_changes == {("down", "gpu"): 1}  # what /metrics counts
     assert report["events"][0]["pressure"].startswith("GPU at 91")
 
 

@@ -155,3 +155,35 @@ def test_bad_settings_are_refused():
         QualityController(0)
     with pytest.raises(ValueError, match="ladder"):
         QualityController(50, ladder=())
+
+
+def test_a_growing_backlog_steps_down_before_any_late_frame_is_delivered():
+    """Nothing gets out of a stuck stage, so no latency is measured; the queue's oldest frame shows it."""
+    controller = QualityController(BUDGET_MS)
+    assert controller.decide(0.25) is None
+    ages = [0.0, 40.0, 80.0, 120.0, 160.0, 200.0]
+    changes = []
+    for tick, age in enumerate(ages, start=2):
+        controller.observe_queue_age(tick * CONTROL_PERIOD_S, age)
+        changes.append(controller.decide(tick * CONTROL_PERIOD_S))
+    steps = [c for c in changes if c is not None]
+    assert steps and all(c.direction == "down" for c in steps)
+    first = steps[0]
+    assert first.p95_ms is None and first.queue_age_ms > BUDGET_MS
+    assert "oldest queued frame 80.0 ms old" in first.describe()
+
+
+def test_a_backlog_within_budget_but_without_margin_holds_the_climb():
+    def climbed(queue_age_ms: float) -> bool:
+        controller = QualityController(BUDGET_MS)
+        controller.rung = 1
+        for i in range(200):  # 10 s of quick frames: a p95 well within the margin
+            t = i / 20
+            controller.observe(t, 10.0)
+            if i % 5 == 0:
+                controller.observe_queue_age(t, queue_age_ms)
+                controller.decide(t)
+        return controller.rung == 0
+
+    assert climbed(5.0)
+    assert not climbed(0.9 * BUDGET_MS)  # frames queue for most of the budget: no room to climb into
