@@ -157,3 +157,18 @@ def test_the_scheduler_flags_reach_the_run(tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert json.loads(off.read_text())["quality"] == {"enabled": False}
+
+
+def test_latency_bench_runs_on_the_device_asked_and_reports_offered_and_taken_frames(tmp_path):
+    """`--device` reaches the pipeline (cpu:0 is reported as such; the default would say cpu)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "latency_under_load.py"), "--device", "cpu:0", "--seconds", "1",
+         "--loads", "1", "--capacity-frames", "8", "--scene", "card", "--plot", str(tmp_path / "plot.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu:0"
+    for mode in ("on", "off"):
+        assert 0 < result[f"taken_{mode}"][0] <= result[f"offered_{mode}"][0]
+        assert result[f"ring_waits_{mode}"][0] >= 0 and result[f"reclaimed_{mode}"][0] >= 0
