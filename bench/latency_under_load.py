@@ -10,9 +10,14 @@ ring drops the oldest waiting frame — dropping by queue length, as most tools 
 capture to sink, of delivered frames, over the second half of each run (after the scheduler
 has settled). `targets.fps` is lifted out of the way so the offered load is what it says.
 
+The source behaves as a camera: each frame is stamped at its due time, so time spent waiting
+for a ring slot counts in its latency, and frames it could not hand over while the pipeline
+was not taking any are counted as missed. Each run reports frames offered and taken in, ring
+waits and ring reclaims (a full ring dropping its oldest waiting frame) beside the latencies.
+
 Target: with the scheduler on, p99 ≤ budget at every load up to 4×.
 
-    python bench/latency_under_load.py [--seconds 8] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4]
+    python bench/latency_under_load.py [--seconds 8] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4] [--device cuda]
 
 Writes bench/results/latency_under_load.png (needs matplotlib: pip install -e '.[bench]');
 the last line printed is one JSON object with the figures.
@@ -60,25 +65,32 @@ class LatencySink(NullSink):
             self.samples.append((now / 1e9, (now - frame.capture_ns) / 1e6))
 
 
-def source(fps: float, *, live: bool, frames: int | None, scene: str) -> SyntheticSource:
-    return SyntheticSource(fps=Fraction(fps).limit_denominator(1000), frames=frames, live=live, scene=scene)
+def source(fps: float, *, live: bool, frames: int | None, scene: str, device: str) -> SyntheticSource:
+    fps_q = Fraction(fps).limit_denominator(1000)
+    return SyntheticSource(fps=fps_q, frames=frames, live=live, scene=scene, device=device)
 
 
-async def measure_capacity(config: GraphConfig, frames: int, scene: str) -> float:
+async def measure_capacity(config: GraphConfig, frames: int, scene: str, device: str) -> float:
     """Frames per second of the graph with the source unpaced and quality fixed at full."""
     sink = LatencySink()
     pipeline = Pipeline(
-        build_graph(with_targets(config, quality="off")), source(30, live=False, frames=frames, scene=scene), sink
+        build_graph(with_targets(config, quality="off")),
+        source(30, live=False, frames=frames, scene=scene, device=device),
+        sink,
+        device=device,
     )
     start = time.monotonic()
     await pipeline.run()
     return sink.frames / (time.monotonic() - start)
 
 
-async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mode: str) -> dict:
+async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mode: str, device: str) -> dict:
     sink = LatencySink()
     pipeline = Pipeline(
-        build_graph(with_targets(config, quality=mode)), source(fps, live=True, frames=None, scene=scene), sink
+        build_graph(with_targets(config, quality=mode)),
+        source(fps, live=True, frames=None, scene=scene, device=device),
+        sink,
+        device=device,
     )
     task = asyncio.create_task(pipeline.run())
     started = time.monotonic()
@@ -88,7 +100,13 @@ async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mo
     settled = [latency for t, latency in sink.samples if t >= started + seconds / 2]
     delivered = len(settled)
     quality = report["quality"]
+    offered = report["source_stats"]
     return {
+        "device": report["device"],
+        "offered": offered["offered"],  # frames the source's schedule made, taken or not
+        "taken": offered["taken"],  # frames the pipeline took in
+        "ring_waits": report["ring"]["waits"],  # times the source waited for a free slot
+        "reclaimed": report["ring"]["reclaimed"],  # frames a full ring dropped for a newer one
         "p50": float(np.percentile(settled, 50)) if settled else float("nan"),
         "p99": float(np.percentile(settled, 99)) if settled else float("nan"),
         "fps": delivered / (seconds / 2),
@@ -123,7 +141,7 @@ def plot(path: Path, loads: list[float], on: list[dict], off: list[dict], budget
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    return f"plot: {path.relative_to(ROOT)}"
+    return f"plot: {path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path}"
 
 
 def main() -> None:
@@ -133,36 +151,43 @@ def main() -> None:
     parser.add_argument("--loads", default="0.5,1,1.5,2,3,4", help="offered loads, × the measured capacity")
     parser.add_argument("--capacity-frames", type=int, default=240, help="frames to measure the capacity on")
     parser.add_argument("--scene", choices=["face", "card"], default="face", help="face: the emotion stage has a face")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="where the graph runs: cpu, cuda, cuda:1, …")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "latency_under_load.png", help="where the PNG goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     loads = [float(x) for x in args.loads.split(",")]
     config = with_targets(load_config("default"), latency_ms=args.budget_ms, fps=NO_FPS_CAP)
     torch.set_grad_enabled(False)
 
-    asyncio.run(measure_capacity(config, 30, args.scene))  # warm up models and caches
-    capacity = asyncio.run(measure_capacity(config, args.capacity_frames, args.scene))
+    asyncio.run(measure_capacity(config, 30, args.scene, args.device))  # warm up models and caches
+    capacity = asyncio.run(measure_capacity(config, args.capacity_frames, args.scene, args.device))
     on, off = [], []
     for load in loads:
-        on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live")))
-        off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off")))
+        on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live", args.device)))
+        off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off", args.device)))
 
-    print(f"default graph on a live synthetic source ({args.scene}), {args.device}; capacity {capacity:.1f} fps")
+    device = on[0]["device"] if on else args.device  # as the runs report it
+    print(f"default graph on a live synthetic source ({args.scene}), {device}; capacity {capacity:.1f} fps")
     print(f"budget {args.budget_ms:g} ms; latency of delivered frames over the second half of {args.seconds:g} s")
-    head = f"{'load':>5} {'offered':>8} | {'p50 on':>7} {'p99 on':>7} {'fps on':>7} {'rung at end':<27}"
-    print(head + f" | {'p50 off':>7} {'p99 off':>8} {'fps off':>7}")
+    print("in: frames taken in / offered by the source; waits: for a ring slot; recl: dropped by a full ring")
+    head = f"{'load':>5} {'offered':>8} | {'p50 on':>7} {'p99 on':>7} {'fps on':>7} {'in on':>11} {'waits':>5}"
+    head += f" {'recl':>5} {'rung at end':<27} | {'p50 off':>7} {'p99 off':>8} {'fps off':>7} {'in off':>11}"
+    print(head + f" {'waits':>5} {'recl':>5}")
     for load, a, b in zip(loads, on, off, strict=True):
         print(
             f"{load:>5.1f} {load * capacity:>8.1f} | {a['p50']:>7.1f} {a['p99']:>7.1f} {a['fps']:>7.1f} "
-            f"{a['rung']:<27} | {b['p50']:>7.1f} {b['p99']:>8.1f} {b['fps']:>7.1f}"
+            f"{a['taken']:>5}/{a['offered']:<5} {a['ring_waits']:>5} {a['reclaimed']:>5} {a['rung']:<27} | "
+            f"{b['p50']:>7.1f} {b['p99']:>8.1f} {b['fps']:>7.1f} {b['taken']:>5}/{b['offered']:<5} "
+            f"{b['ring_waits']:>5} {b['reclaimed']:>5}"
         )
     met = all(r["p99"] <= args.budget_ms for r in on)
     print(f"target p99 <= {args.budget_ms:g} ms at every load with the scheduler on: {'met' if met else 'NOT met'}")
-    print(plot(RESULTS / "latency_under_load.png", loads, on, off, args.budget_ms, capacity))
+    print(plot(args.plot, loads, on, off, args.budget_ms, capacity))
     print(
         json.dumps(
             {
                 "budget_ms": args.budget_ms,
+                "device": device,
                 "capacity_fps": round(capacity, 2),
                 "load": loads,
                 "p99_ms_on": [round(r["p99"], 2) for r in on],
@@ -172,6 +197,14 @@ def main() -> None:
                 "fps_on": [round(r["fps"], 2) for r in on],
                 "fps_off": [round(r["fps"], 2) for r in off],
                 "rung_on": [r["rung"] for r in on],
+                "offered_on": [r["offered"] for r in on],
+                "taken_on": [r["taken"] for r in on],
+                "ring_waits_on": [r["ring_waits"] for r in on],
+                "reclaimed_on": [r["reclaimed"] for r in on],
+                "offered_off": [r["offered"] for r in off],
+                "taken_off": [r["taken"] for r in off],
+                "ring_waits_off": [r["ring_waits"] for r in off],
+                "reclaimed_off": [r["reclaimed"] for r in off],
                 "target_met": met,
             }
         )

@@ -241,10 +241,15 @@ class Pipeline:
                 sink=self.sink,
                 gpu=GpuHealth(self.device) if self.device.type == "cuda" else None,
                 profile=self.profile,
+                queue_age_ns=self._oldest_queue_age_ns,
             )
             if self.scheduler.deadlines:
                 for name, running in self._running.items():
                     running.watched = self.scheduler.by_name[name]
+
+    def _oldest_queue_age_ns(self, now_ns: int) -> int:
+        """Age since capture of the oldest frame waiting at any stage (0 when every queue is empty)."""
+        return max((r.queue.oldest_age_ns(now_ns) for r in self._running.values()), default=0)
 
     async def _shutdown(self) -> None:
         for task in self._tasks:

@@ -15,7 +15,8 @@ what it decides, so the executor only calls four hooks:
   dropped for being late (or reclaimed by a full ring) counts as a miss, a quarter over the
   budget, so a run that holds its latency only by dropping still steps down.
 - `control()`, a task: every `control_period_s` it reads each stage's busy share and mean cost
-  since the last tick, GPU memory and temperature, asks the controller, applies the new rung
+  since the last tick, the age of the oldest frame waiting in any stage's queue, GPU memory
+  and temperature, asks the controller, applies the new rung
   to every stage (`Stage.apply_quality`), to shedding and to the sink, logs the change in one
   line, and adds a point to the timeline.
 
@@ -30,6 +31,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,7 @@ class FrameScheduler:
         sink: Any,
         gpu: GpuHealth | None = None,
         profile: DeviceProfile | None = None,
+        queue_age_ns: Callable[[int], int] | None = None,
     ):
         config = graph.config
         self.config = config
@@ -99,6 +102,7 @@ class FrameScheduler:
         self.live = live
         self.sink = sink
         self.gpu = gpu
+        self.queue_age_ns = queue_age_ns  # now (monotonic ns) → age of the oldest frame queued at any stage
         self.gpu_memory_max = quality.gpu_memory_max or (profile.gpu_memory_max if profile else 0.90)
         self.gpu_temperature_max_c = quality.gpu_temperature_max_c or (
             profile.gpu_temperature_max_c if profile else 83.0
@@ -222,6 +226,8 @@ class FrameScheduler:
         busiest = self._measure_stages(elapsed_s)
         if busiest is not None:
             self.controller.observe_busy(now_s, busiest)
+        if self.queue_age_ns is not None:
+            self.controller.observe_queue_age(now_s, self.queue_age_ns(int(now_s * 1e9)) / 1e6)
         why = None
         if self.gpu is not None:
             why = pressure(
@@ -232,6 +238,7 @@ class FrameScheduler:
         change = self.controller.decide(now_s, pressure=why)
         if change is not None:
             self.pressure_steps += change.pressure is not None
+            self.metrics.rung_changed(change.direction, change.reason)
             log.info("%s", change.describe())
             self.apply(settings_at(self.ladder, change.rung))
         if change is not None or now_s - self._last_point_s >= TIMELINE_EVERY_S:

@@ -192,6 +192,7 @@ class RunMetrics:
         self.frames_in = 0
         self.frames_out = 0
         self.drops: Counter[str] = Counter()
+        self.rung_changes: Counter[tuple[str, str]] = Counter()  # (direction, reason) → quality rung changes
         self.first_in_ns = 0
         self.last_in_ns = 0
         self.first_out_ns = 0
@@ -228,6 +229,10 @@ class RunMetrics:
 
     def frame_dropped(self, reason: str) -> None:
         self.drops[reason] += 1
+
+    def rung_changed(self, direction: str, reason: str) -> None:
+        """One step on the quality ladder: "down" or "up", and what caused it (see `RungChange.reason`)."""
+        self.rung_changes[direction, reason] += 1
 
     def finish(self) -> None:
         self.finished_ns = time.monotonic_ns()

@@ -4,16 +4,22 @@ This module is the decision, kept free of the executor so it can be tested on it
 each delivered frame's end-to-end latency (`observe`), call `decide` on a timer (every 250 ms
 in a run), and it answers with at most one rung change and the measurement behind it.
 
-- The measure is the p95 of end-to-end latency over a sliding window (`window_s`).
+- The measure is the p95 of end-to-end latency over a sliding window (`window_s`), or the age of
+  the oldest frame waiting in a stage's queue when that is higher: delivered frames show a
+  backlog only once they get out of it, the queue shows it while it grows (or while nothing
+  gets out at all).
 - Over budget: one rung down at once, then again after `down_cooldown_s` if still over and not
   getting better — fast, because a queue that grows only grows faster; but a backlog that is
   already draining after a step is left to drain rather than answered with another step.
-- Under `climb_margin` × budget for `climb_after_s` without a break, and the busiest stage busy
-  less than `climb_busy` of each frame's time: one rung up — slow, so a short quiet spell does
-  not undo a step that was needed. Latency alone cannot tell a stage working at 85% of the
-  frame time (fine, but one rung up would overflow it) from one at 40%; the busy fraction can.
+- Under `climb_margin` × budget (latency and queue ages both) for `climb_after_s` without a
+  break, and the busiest stage busy less than `climb_busy` of each frame's time: one rung
+  up — slow, so a short quiet spell does not undo a step that was needed. Latency alone
+  cannot tell a stage working at 85% of the frame time (fine, but one rung up would overflow
+  it) from one at 40%; the busy fraction can.
   A climb that has to be undone anyway is undone at once, and doubles the wait before that
-  climb is tried again (hysteresis: no oscillation).
+  climb is tried again (hysteresis: no oscillation), up to `MAX_CLIMB_WAIT_S`: a load that
+  fell later is still found within half a minute. After `CLIMB_WAIT_RESET_S` without a step
+  down the waits go back to `climb_after_s`: the failures they remember are old news.
 - After any change the window starts afresh: the old measurements were taken at the old rung.
 
 Rungs are names from the config's ladder; what each rung does to the stages is applied
@@ -39,6 +45,12 @@ IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as ge
 FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
 PRESSURE_COOLDOWN_S = 5.0  # between two steps down forced by GPU memory or temperature
 CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
+MAX_CLIMB_WAIT_S = 30.0  # the doubled wait before retrying a failed climb stops growing here
+CLIMB_WAIT_RESET_S = 60.0  # this long without a step down: failed climbs are forgotten
+
+
+# What can cause a rung change, by direction (the labels of the metrics' rung-change counter).
+CHANGE_REASONS = {"down": ("latency", "queue_age", "gpu"), "up": ("margin",)}
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,27 @@ class RungChange:
     rung: int  # index into the ladder after the change
     name: str
     direction: str  # "down" (less quality) or "up"
-    p95_ms: float
+    p95_ms: float | None  # None: too few frames in the window to say (a step forced by the GPU)
     budget_ms: float
     pressure: str | None = None  # what else forced the step (a hot or full GPU), if anything did
+    queue_age_ms: float | None = None  # the oldest queued frame's age, when it weighed more than the p95
+
+    @property
+    def reason(self) -> str:
+        """One word for what caused the change, from `CHANGE_REASONS`."""
+        if self.direction == "up":
+            return "margin"
+        if self.pressure:
+            return "gpu"
+        return "queue_age" if self.queue_age_ms is not None else "latency"
 
     def describe(self) -> str:
         verb = "lowering quality" if self.direction == "down" else "raising quality"
         why = f"{self.pressure}; " if self.pressure else ""
+        p95 = "unknown" if self.p95_ms is None else f"{self.p95_ms:.1f} ms"
+        backlog = f", oldest queued frame {self.queue_age_ms:.1f} ms old" if self.queue_age_ms is not None else ""
         return (
-            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {self.p95_ms:.1f} ms "
+            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {p95}{backlog} "
             f"against a budget of {self.budget_ms:.0f} ms"
         )
 
@@ -71,6 +95,8 @@ class RungChange:
         }
         if self.pressure:
             record["pressure"] = self.pressure
+        if self.queue_age_ms is not None:
+            record["queue_age_ms"] = self.queue_age_ms
         return record
 
 
@@ -105,9 +131,11 @@ class QualityController:
         self._samples: deque[tuple[float, float]] = deque()  # (time s, latency ms)
         self._last_change_s = -float("inf")
         self._margin_since_s: float | None = None
-        self._previous_p95: float | None = None  # at the last decision, to see a backlog draining
+        self._previous: float | None = None  # the measure at the last decision, to see a backlog draining
+        self._queue_age: tuple[float, float] | None = None  # (time s, oldest queued frame's age ms), latest
         self._climb_wait = [climb_after_s] * len(self.ladder)  # per target rung; doubled when a climb fails
         self._last_climb: tuple[float, int] | None = None  # (time, rung climbed into)
+        self._last_down_s = -float("inf")  # the last step down, to forget old failed climbs
 
     @property
     def rung_name(self) -> str:
@@ -123,6 +151,20 @@ class QualityController:
     def observe_busy(self, time_s: float, busy: float) -> None:
         """How busy the busiest stage was over the last control period (its share of the wall time)."""
         self._busy.append((time_s, busy))
+
+    def observe_queue_age(self, time_s: float, age_ms: float) -> None:
+        """The age since capture of the oldest frame waiting in any stage's queue (0: all empty)."""
+        self._queue_age = (time_s, age_ms)
+
+    def queue_age_ms(self, now_s: float) -> float | None:
+        """The latest queue age reported within the window, else None."""
+        if self._queue_age is None or self._queue_age[0] < now_s - self.window_s:
+            return None
+        return self._queue_age[1]
+
+    def climb_wait_s(self, rung: int) -> float:
+        """How long a sustained margin must last before climbing into `rung` (grows when climbs fail)."""
+        return self._climb_wait[rung]
 
     def busy(self, now_s: float) -> float | None:
         """Mean busy fraction of the busiest stage over the window, or None when not reported."""
@@ -145,27 +187,35 @@ class QualityController:
         or temperature limit): it steps down as over-budget latency does, and blocks climbing.
         """
         p95 = self.p95_ms(now_s)
+        if now_s - self._last_down_s >= CLIMB_WAIT_RESET_S:
+            self._climb_wait = [self.climb_after_s] * len(self.ladder)
         if pressure is not None:
             self._margin_since_s = None
             # Heat and memory answer a step slowly: give each step time to show before the next.
             if self.rung + 1 < len(self.ladder) and now_s - self._last_change_s >= PRESSURE_COOLDOWN_S:
-                return self._move(now_s, +1, p95 if p95 is not None else 0.0, pressure)
+                return self._move(now_s, +1, p95, pressure)
             return None
-        if p95 is None:
+        age = self.queue_age_ms(now_s)
+        if p95 is None and age is None:
             return None
-        previous, self._previous_p95 = self._previous_p95, p95
-        if p95 > self.budget_ms:
+        # A growing backlog counts as latency already: its frames will be that late, or later.
+        measure = max(m for m in (p95, age) if m is not None)
+        backlog = age if age is not None and (p95 is None or age > p95) else None
+        previous, self._previous = self._previous, measure
+        if measure > self.budget_ms:
             self._margin_since_s = None
             if self._climb_failed(now_s):  # a climb that does not hold is undone at once
-                return self._move(now_s, +1, p95)
+                return self._move(now_s, +1, p95, queue_age_ms=backlog)
             # No second step before the first one has been measured, nor while the backlog drains.
-            draining = previous is None or p95 < IMPROVING * previous
+            draining = previous is None or measure < IMPROVING * previous
             cooled = now_s - self._last_change_s >= self.down_cooldown_s
             if self.rung + 1 < len(self.ladder) and cooled and not draining:
-                return self._move(now_s, +1, p95)
+                return self._move(now_s, +1, p95, queue_age_ms=backlog)
             return None
         busy = self.busy(now_s)
-        if p95 < self.climb_margin * self.budget_ms and (busy is None or busy < self.climb_busy):
+        if p95 is None:  # a queue age alone, within budget, is not enough to climb on
+            return None
+        if measure < self.climb_margin * self.budget_ms and (busy is None or busy < self.climb_busy):
             if self._margin_since_s is None:
                 self._margin_since_s = now_s
             if self.rung > 0 and now_s - self._margin_since_s >= self._climb_wait[self.rung - 1]:
@@ -178,7 +228,8 @@ class QualityController:
         """Forget the measurements so far (taken under other conditions, e.g. another budget)."""
         self._samples.clear()
         self._busy.clear()
-        self._previous_p95 = None
+        self._previous = None
+        self._queue_age = None
         self._margin_since_s = None
 
     def _climb_failed(self, now_s: float) -> bool:
@@ -190,20 +241,39 @@ class QualityController:
             and now_s - self._last_change_s <= FAILED_CLIMB_S
         )
 
-    def _move(self, now_s: float, step: int, p95: float, pressure: str | None = None) -> RungChange:
+    def _move(
+        self,
+        now_s: float,
+        step: int,
+        p95: float | None,
+        pressure: str | None = None,
+        *,
+        queue_age_ms: float | None = None,
+    ) -> RungChange:
         if step > 0 and self._last_climb is not None:
             climbed_at, into = self._last_climb
             if into == self.rung and now_s - climbed_at <= FAILED_CLIMB_S:
-                self._climb_wait[into] *= 2  # that climb did not hold: wait longer before trying it again
+                # That climb did not hold: wait longer before trying it again, within a bound.
+                self._climb_wait[into] = min(2 * self._climb_wait[into], max(MAX_CLIMB_WAIT_S, self.climb_after_s))
+        if step > 0:
+            self._last_down_s = now_s
         self._last_climb = (now_s, self.rung + step) if step < 0 else self._last_climb
         self.rung += step
         change = RungChange(
-            now_s, self.rung, self.rung_name, "down" if step > 0 else "up", round(p95, 2), self.budget_ms, pressure
+            now_s,
+            self.rung,
+            self.rung_name,
+            "down" if step > 0 else "up",
+            round(p95, 2) if p95 is not None else None,
+            self.budget_ms,
+            pressure,
+            round(queue_age_ms, 2) if queue_age_ms is not None else None,
         )
         self.changes.append(change)
         self._last_change_s = now_s
         self._margin_since_s = None
         self._samples.clear()  # measured at the old rung
         self._busy.clear()
-        self._previous_p95 = None
+        self._previous = None
+        self._queue_age = None  # measured at the old rung
         return change

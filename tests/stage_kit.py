@@ -101,16 +101,19 @@ class Costly(Stage):
         super().setup(ctx)
         self.load = 1.0
         self.every = 1
+        self.offered = 0  # frames given to it since `every` was set: the cadence counts these, not indices
         self.speed_up = 1.0
         self.rungs: list[str] = []
 
     def apply_quality(self, settings) -> None:
         self.rungs.append(settings.rung)
-        self.every = settings.inference_every
+        if settings.inference_every != self.every:
+            self.every, self.offered = settings.inference_every, 0
         self.speed_up = (2.0 if settings.inference_scale < 1 else 1.0) * (1.5 if settings.precision == "reduced" else 1)
 
     async def process(self, frame: Frame) -> dict[str, Any]:
-        if frame.index % self.every:
+        offered, self.offered = self.offered, self.offered + 1
+        if offered % self.every:
             return {"held": True}
         await asyncio.sleep(self.options.cost_ms * self.load / self.speed_up / 1000)
         return {"held": False}

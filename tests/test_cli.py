@@ -128,3 +128,47 @@ def test_the_sample_shows_a_real_face_the_default_graph_reads_as_happy(tmp_path)
     records = [json.loads(line) for line in analytics.read_text().splitlines()]
     faces = [face for record in records for face in record["emotion"]["faces"]]
     assert len(faces) == 12 and {face["label"] for face in faces} == {"happy"}
+
+
+def test_the_scheduler_flags_reach_the_run(tmp_path):
+    """--quality, --latency-ms and --target-fps override the config's, as the run report shows."""
+    paced = tmp_path / "paced.json"
+    proc = cli(
+        "--source", "sample", "--frames", "20", "--realtime", "--output", "null", "--report", str(paced),
+        "--quality", "live", "--latency-ms", "400", "--target-fps", "15",
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    report = json.loads(paced.read_text())
+    quality = report["quality"]
+    assert quality["enabled"] and quality["budget_ms"] == 400 and quality["target_fps"] == 15
+    assert report["frames"]["dropped"].get("over_target_fps") == 10  # the 30 fps sample thinned to 15
+    batch = tmp_path / "batch.json"
+    proc = cli(
+        "--source", "sample", "--frames", "10", "--output", "null", "--report", str(batch), "--quality", "auto"
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    quality = json.loads(batch.read_text())["quality"]
+    assert quality["enabled"] and not quality["drops_late_frames"]  # a file scheduled only when asked
+    off = tmp_path / "off.json"
+    proc = cli("--source", "sample", "--frames", "10", "--realtime", "--output", "null", "--report", str(off),
+               "--quality", "off")  # fmt: skip
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert json.loads(off.read_text())["quality"] == {"enabled": False}
+
+
+def test_latency_bench_runs_on_the_device_asked_and_reports_offered_and_taken_frames(tmp_path):
+    """`--device` reaches the pipeline (cpu:0 is reported as such; the default would say cpu)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "latency_under_load.py"), "--device", "cpu:0", "--seconds", "1",
+         "--loads", "1", "--capacity-frames", "8", "--scene", "card", "--plot", str(tmp_path / "plot.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu:0"
+    for mode in ("on", "off"):
+        assert 0 < result[f"taken_{mode}"][0] <= result[f"offered_{mode}"][0]
+        assert result[f"ring_waits_{mode}"][0] >= 0 and result[f"reclaimed_{mode}"][0] >= 0

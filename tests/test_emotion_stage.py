@@ -225,3 +225,36 @@ def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tm
 
     defaults = EmotionOptions()
     assert (defaults.batch_wait_ms, defaults.batch_rows) == (2.0, 64)  # unchanged when not given
+
+
+def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_path):
+    """A live source at twice `targets.fps` keeps only odd indices; at `emotion_every_2` the stage must
+    still look at every other frame it is given, not skip every odd index (which would be all of them)."""
+    from conftest import RecordingSink
+
+    from pipeline.io.synthetic import SyntheticSource
+    from pipeline.quality import DEFAULT_LADDER, settings_at
+
+    config = parse_config(
+        {
+            "name": "emotion-test",
+            "stages": [{"name": "emotion", "type": "emotion"}],
+            "targets": {"fps": 15, "latency_ms": 10_000},  # a budget no frame misses: only the thinning drops
+        }
+    )
+    sink = RecordingSink()
+    source = SyntheticSource(fps=30, frames=16, live=True, scene="face", width=320, height=180, pixel_format="rgb24")
+    pipeline = Pipeline(build_graph(config), source, sink)
+    start_stages = pipeline._start_stages
+
+    def start_at_the_rung() -> None:
+        start_stages()
+        assert pipeline.scheduler is not None
+        pipeline.scheduler.apply(settings_at(DEFAULT_LADDER, DEFAULT_LADDER.index("emotion_every_2")))
+
+    pipeline._start_stages = start_at_the_rung
+    report = asyncio.run(pipeline.run())
+    assert report["frames"]["dropped"] == {"over_target_fps": 8}
+    kept = [r for r in sink.records if not r["dropped"]]
+    assert [r["index"] for r in kept] == list(range(1, 16, 2))
+    assert [bool(r["annotations"]["emotion"].get("held")) for r in kept] == [False, True] * 4

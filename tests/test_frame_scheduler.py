@@ -31,6 +31,7 @@ FPS = 50
 BUDGET_MS = 100.0
 COST_MS = 14.0  # at load 1: 70% of the 20 ms a frame has
 SETTLE_S = 4.0
+JITTER_MS = 5.0  # a timer on a busy 2-core test machine may fire this late after the scheduler's check
 
 
 def costly_graph(*, ladder=None, climb_after_s: float = 3.0, mode: str = "live", extra_stages=()):
@@ -102,12 +103,13 @@ def test_age_based_dropping_keeps_audio_and_order_and_delivered_latency_under_bu
     assert [r["index"] for r in records] == list(range(6 * FPS))  # every frame reaches the sink, in order
     assert all(r["audio_pts"] == r["index"] * (16000 // 30) for r in records)  # with its audio
     assert all(r["annotations"]["level"]["rms_dbfs"] is not None for r in records)  # sound stages ran on drops
-    assert any(r["dropped"] for r in records)
+    # It had to drop to keep up (about 30% at 2×), and the drops are the scheduler's, by age: a full
+    # ring (dropping by queue length) would keep latency down too, and prove nothing about the rule.
     drops = report["frames"]["dropped"]
-    assert (
-        drops.get(LATE, 0) + drops.get("ring_full", 0) >= 0.2 * 6 * FPS
-    )  # it had to drop to keep up (about 29% at 2×)
-    assert delivered_p99(records, 1.0) <= BUDGET_MS
+    assert drops.get(LATE, 0) >= 0.2 * 6 * FPS, drops
+    assert set(drops) == {LATE} and report["ring"]["reclaimed"] == 0
+    # Delivered frames made their deadline; JITTER_MS allows for a sleep that wakes late on a loaded machine.
+    assert delivered_p99(records, 1.0) <= BUDGET_MS + JITTER_MS
     assert report["quality"]["changes"] == 0
 
 
@@ -183,6 +185,28 @@ def test_a_new_target_fps_at_run_time_changes_the_thinning_from_the_next_frame()
         with pytest.raises(ValueError):
             scheduler.set_target_fps(bad)
     assert scheduler.target_fps == 15.0
+
+
+def test_a_source_thinned_to_odd_frames_still_runs_inference_every_2nd_frame(run):
+    """At twice `targets.fps` only odd indices are kept; the cadence counts frames given, not indices."""
+    graph = graph_of(
+        [{"name": "infer", "type": "costly", "options": {"cost_ms": 1.0}}],
+        targets={"fps": 15, "latency_ms": 10_000},  # the source states 30 fps; a budget no frame misses
+    )
+    sink = RecordingSink()
+    pipeline = Pipeline(graph, IndexSource(16, live=True, fps=30), sink)
+    start_stages = pipeline._start_stages
+
+    def start_at_every_2nd() -> None:
+        start_stages()
+        pipeline.scheduler.apply(settings_at(pipeline.scheduler.ladder, 1))
+
+    pipeline._start_stages = start_at_every_2nd
+    report = run(pipeline.run())
+    assert report["frames"]["dropped"] == {OVER_TARGET: 8}
+    kept = [r for r in sink.records if not r["dropped"]]
+    assert [r["index"] for r in kept] == list(range(1, 16, 2))
+    assert [r["annotations"]["infer"]["held"] for r in kept] == [False, True] * 4
 
 
 def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
@@ -278,6 +302,28 @@ def test_late_and_full_ring_drops_count_as_misses_over_the_budget():
     assert scheduler.controller.p95_ms(now / 1e9) == pytest.approx(MISS_FACTOR * 50.0)
 
 
+def test_the_control_loop_reads_the_oldest_queued_frame_and_steps_down_on_a_growing_backlog():
+    graph = graph_of([{"name": "infer", "type": "costly"}])
+    metrics = RunMetrics()
+    runners = {name: StageRunner(node.instantiate(), metrics.stage(name)) for name, node in graph.nodes.items()}
+    backlog_ms = [0.0]
+    scheduler = FrameScheduler(
+        graph,
+        runners,
+        metrics,
+        live=True,
+        source_fps=30.0,
+        sink=None,
+        queue_age_ns=lambda now_ns: int(backlog_ms[0] * 1e6),
+    )
+    for tick in range(8):  # nothing delivered; the head of a queue ages by 40 ms a tick
+        backlog_ms[0] = 40.0 * tick
+        scheduler.tick(100.0 + 0.25 * tick, 0.25, 0.0)
+    report = scheduler.report()
+    assert report["steps_down"] >= 1 and report["events"][0]["queue_age_ms"] > 50.0
+    assert scheduler.metrics.rung_changes[("down", "queue_age")] == report["steps_down"]
+
+
 class FakeGpu:
     def __init__(self, reading):
         self.reading = reading
@@ -299,6 +345,7 @@ def test_a_hot_gpu_steps_quality_down_and_says_why(caplog):
     scheduler.tick(110.0, 0.25, 30.0)
     report = scheduler.report()
     assert report["steps_for_gpu_pressure"] == 1
+    assert scheduler.metrics.rung_changes == {("down", "gpu"): 1}  # what /metrics counts
     assert report["events"][0]["pressure"].startswith("GPU at 91")
 
 
@@ -315,23 +362,36 @@ def test_gpu_health_reads_nothing_off_cuda():
     assert GpuHealth(torch.device("cpu")).read() is None
 
 
-def test_batch_output_is_bit_identical_with_and_without_the_scheduler(tmp_path):
-    """The default graph on the built-in sample: mode `live` (the default) on a file changes nothing.
+def test_an_overloaded_file_run_drops_nothing_and_is_bit_identical_to_an_unscheduled_run(tmp_path):
+    """The default graph plus a stage costing four times the budget, on the built-in sample: as a file
+    (mode `live`, the default) nothing is dropped or lowered and the output is the bytes of a run with
+    the scheduler off; the same graph with the source paced (`--realtime`) does drop, so the load is real.
 
     The context stage is left out: its responder gives the avatar lines whose speech is made on a
     thread, so when the voice starts depends on timing, scheduler or not.
     """
-    from pipeline.config import load_config, with_targets
-    from pipeline.job import JobOptions, run_job
+    from pipeline.config import load_config
+    from pipeline.io.sinks import EncoderSettings, FileSink
+    from pipeline.io.synthetic import sample_source
 
     default = load_config("default")
-    default = default.model_copy(update={"stages": [s for s in default.stages if s.type != "context"]})
-    outputs = {}
-    for mode in ("live", "off"):
-        config = with_targets(default, quality=mode)
-        options = JobOptions(config=config, device=torch.device("cpu"), frames=20)
-        result = asyncio.run(run_job("sample", str(tmp_path / f"{mode}.mp4"), options))
-        assert result.status == "ok" and result.frames_out == 20
-        assert result.report["frames"]["dropped"] == {}
-        outputs[mode] = (tmp_path / f"{mode}.mp4").read_bytes()
-    assert outputs["live"] == outputs["off"]
+    stages = [s.model_dump(exclude_none=True) for s in default.stages if s.type != "context"]
+    heavy = {"name": "heavy", "type": "costly", "priority": 1, "options": {"cost_ms": 4 * default.targets.latency_ms}}
+    frames = 12
+
+    def run_once(mode: str, *, realtime: bool) -> tuple[dict, bytes, list[str]]:
+        graph = graph_of([*stages, heavy], targets=default.targets.model_dump(), quality={"mode": mode})
+        path = tmp_path / f"{mode}-{realtime}.mp4"
+        sink = FileSink(path, settings=EncoderSettings(), device=torch.device("cpu"))
+        pipeline = Pipeline(graph, sample_source(frames=frames, live=realtime), sink)
+        report = asyncio.run(pipeline.run())
+        return report, path.read_bytes(), pipeline._running["heavy"].runner.stage.rungs
+
+    scheduled, scheduled_bytes, rungs = run_once("live", realtime=False)
+    unscheduled, unscheduled_bytes, _ = run_once("off", realtime=False)
+    assert scheduled["frames"]["dropped"] == {} and scheduled["frames"]["out"] == frames
+    assert scheduled["quality"].get("changes", 0) == 0 and rungs == []  # no stage was told of a rung
+    assert unscheduled["frames"]["out"] == frames
+    assert scheduled_bytes == unscheduled_bytes
+    paced, _, _ = run_once("live", realtime=True)  # the control: live, the same load makes it drop
+    assert paced["quality"]["enabled"] and paced["frames"]["dropped"].get(LATE, 0) > 0, paced["frames"]

@@ -280,3 +280,67 @@ def test_clicks_stay_on_their_frames_through_the_pipeline(tmp_path):
     assert heard(source) == list(clicks)
     got = heard(tmp_path / "out.mp4")
     assert len(got) == len(clicks) and all(abs(a - b) <= 1 for a, b in zip(got, clicks, strict=True)), got
+
+
+def test_a_network_stream_is_live_and_an_http_file_is_not(tmp_path):
+    """An http stream with no duration (a live broadcast) comes at the sender's pace: the run gets the
+    scheduler, and a slow graph drops stale pictures rather than holding the stream back; an http URL
+    of a plain file with a duration is still read as a file, every frame."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stage_kit import graph_of
+
+    broadcast = make_clip(tmp_path / "live.ts", frames=60).read_bytes()
+    recording = make_clip(tmp_path / "talk.mp4", frames=30, options={"movflags": "faststart"}).read_bytes()
+
+    class Sender(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # no length, no chunks: the stream ends when the sender closes it
+
+        def do_GET(self):
+            self.send_response(200)
+            if self.path == "/live.ts":
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                for at in range(0, len(broadcast), 4096):  # at its own pace, whoever is watching
+                    self.wfile.write(broadcast[at : at + 4096])
+                    time.sleep(0.01)
+            else:
+                self.send_header("Content-Length", str(len(recording)))
+                self.end_headers()
+                self.wfile.write(recording)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sender)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        recorded = MediaSource(f"{base}/talk.mp4")
+        assert not recorded.live and not recorded.stream
+        recorded.close()
+        source = MediaSource(f"{base}/live.ts", realtime=True)
+        assert source.live and source.stream and not source.realtime
+        graph = graph_of([{"name": "slow", "type": "costly", "options": {"cost_ms": 60.0}}])
+        report = asyncio.run(Pipeline(graph, source, NullSink()).run())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report["quality"]["enabled"]  # deadlines and the control loop, as for a camera
+    stale = report["source_stats"]["stale_dropped"]
+    assert stale > 0 and report["frames"]["in"] + stale == 60  # it never waited for the slow stage
+
+
+def test_stream_urls_are_live_whatever_they_state():
+    from types import SimpleNamespace
+
+    from pipeline.io.media import is_live_stream
+
+    known, unknown = SimpleNamespace(duration=2_000_000), SimpleNamespace(duration=None)
+    for url in ("rtsp://cam/1", "rtmp://host/app/key", "udp://239.0.0.1:5000", "srt://host:9000", "tcp://h:1"):
+        assert is_live_stream(url, known), url
+    assert is_live_stream("https://cdn/live/index.m3u8", unknown)
+    assert not is_live_stream("https://cdn/vod/index.m3u8", known)
+    assert not is_live_stream("/videos/talk.mp4", unknown) and not is_live_stream("file:///v/talk.ts", unknown)

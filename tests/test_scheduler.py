@@ -14,7 +14,14 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.scheduler import CONTROL_PERIOD_S, DEFAULT_LADDER, QualityController
+from pipeline.scheduler import (
+    CLIMB_AFTER_S,
+    CLIMB_WAIT_RESET_S,
+    CONTROL_PERIOD_S,
+    DEFAULT_LADDER,
+    MAX_CLIMB_WAIT_S,
+    QualityController,
+)
 
 FPS = 30
 BUDGET_MS = 50.0
@@ -92,7 +99,37 @@ def test_on_latency_alone_failed_climbs_come_ever_more_rarely():
     assert len(controller.changes) <= 20
     tries = [c.time_s for c in controller.changes if c.direction == "up" and c.rung == 1]
     gaps = [b - a for a, b in itertools.pairwise(tries)]
-    assert len(gaps) >= 2 and all(later > earlier for earlier, later in itertools.pairwise(gaps))
+    assert len(gaps) >= 2 and all(later > earlier for earlier, later in itertools.pairwise(gaps[:3]))
+
+
+def test_the_wait_after_failed_climbs_stops_growing_and_is_forgotten_after_a_good_spell():
+    """Doubling without a bound would, after a bad hour, keep quality low for hours once the load went."""
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(400.0, 2.0)], report_busy=False)
+    tries = [c.time_s for c in controller.changes if c.direction == "up"]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert max(controller.climb_wait_s(rung) for rung in range(len(DEFAULT_LADDER))) == MAX_CLIMB_WAIT_S
+    assert len(gaps) >= 8 and max(gaps) <= MAX_CLIMB_WAIT_S + 5.0  # a try at least every ~half minute
+    controller = QualityController(BUDGET_MS)
+    simulate(controller, [(200.0, 2.0)], report_busy=False)
+
+    def waits() -> list[float]:
+        return [controller.climb_wait_s(rung) for rung in range(len(DEFAULT_LADDER))]
+
+    assert max(waits()) > CLIMB_AFTER_S  # it remembers the failed climbs
+    last_down_s = max(c.time_s for c in controller.changes if c.direction == "down")
+    controller.decide(last_down_s + CLIMB_WAIT_RESET_S - 1.0)
+    assert max(waits()) > CLIMB_AFTER_S
+    controller.decide(last_down_s + CLIMB_WAIT_RESET_S)
+    assert waits() == [CLIMB_AFTER_S] * len(DEFAULT_LADDER)
+
+
+def test_a_step_forced_by_the_gpu_without_latencies_says_the_p95_is_unknown():
+    controller = QualityController(BUDGET_MS)
+    change = controller.decide(1.0, pressure="GPU at 91 °C (limit 83 °C)")
+    assert change is not None and change.p95_ms is None
+    assert "end-to-end p95 unknown" in change.describe() and "0.0 ms" not in change.describe()
+    assert change.to_json()["p95_ms"] is None
 
 
 def test_each_change_says_what_caused_it():
@@ -118,3 +155,35 @@ def test_bad_settings_are_refused():
         QualityController(0)
     with pytest.raises(ValueError, match="ladder"):
         QualityController(50, ladder=())
+
+
+def test_a_growing_backlog_steps_down_before_any_late_frame_is_delivered():
+    """Nothing gets out of a stuck stage, so no latency is measured; the queue's oldest frame shows it."""
+    controller = QualityController(BUDGET_MS)
+    assert controller.decide(0.25) is None
+    ages = [0.0, 40.0, 80.0, 120.0, 160.0, 200.0]
+    changes = []
+    for tick, age in enumerate(ages, start=2):
+        controller.observe_queue_age(tick * CONTROL_PERIOD_S, age)
+        changes.append(controller.decide(tick * CONTROL_PERIOD_S))
+    steps = [c for c in changes if c is not None]
+    assert steps and all(c.direction == "down" for c in steps)
+    first = steps[0]
+    assert first.p95_ms is None and first.queue_age_ms > BUDGET_MS
+    assert "oldest queued frame 80.0 ms old" in first.describe()
+
+
+def test_a_backlog_within_budget_but_without_margin_holds_the_climb():
+    def climbed(queue_age_ms: float) -> bool:
+        controller = QualityController(BUDGET_MS)
+        controller.rung = 1
+        for i in range(200):  # 10 s of quick frames: a p95 well within the margin
+            t = i / 20
+            controller.observe(t, 10.0)
+            if i % 5 == 0:
+                controller.observe_queue_age(t, queue_age_ms)
+                controller.decide(t)
+        return controller.rung == 0
+
+    assert climbed(5.0)
+    assert not climbed(0.9 * BUDGET_MS)  # frames queue for most of the budget: no room to climb into

@@ -121,13 +121,50 @@ def test_live_source_does_not_burst_to_catch_up_after_a_stall():
         async with aclosing(source.frames(ring)) as stream:
             (await anext(stream)).release()
             await asyncio.sleep(0.1)  # a consumer stall of 10 frame periods
-            (await anext(stream)).release()  # late: made at once, and the schedule restarts here
+            (await anext(stream)).release()  # late: the newest frame due is made at once
             start = time.monotonic()
             for _ in range(5):
                 (await anext(stream)).release()
             return time.monotonic() - start
 
     assert asyncio.run(run()) >= 0.04  # paced again, not 10 overdue frames at once
+
+
+def test_a_live_frame_is_stamped_when_due_and_frames_missed_while_behind_are_counted_not_hidden():
+    """A camera's frame exists at its due time: a wait for a ring slot counts in its latency, and the
+    frames that came and went meanwhile are skipped and counted, with their sound carried on."""
+    source = SyntheticSource(width=64, height=32, fps=100, frames=None, live=True)
+    ring = RingBuffer(1, source.info.frame_shape)
+
+    async def run() -> tuple[list[Frame], int]:
+        taken: list[Frame] = []
+        async with aclosing(source.frames(ring)) as stream:
+            first = await anext(stream)
+            taken.append(first)
+            getting = asyncio.ensure_future(anext(stream))  # waits: the only slot is still held
+            await asyncio.sleep(0.1)
+            freed_ns = time.monotonic_ns()
+            first.release()
+            late = await getting
+            taken.append(late)
+            late.release()
+            for _ in range(3):
+                frame = await anext(stream)
+                taken.append(frame)
+                frame.release()
+        return taken, freed_ns
+
+    frames, freed_ns = asyncio.run(run())
+    first, late = frames[0], frames[1]
+    assert late.pts == 1 and late.capture_ns - first.capture_ns == 10_000_000  # due 10 ms after the first
+    assert freed_ns - late.capture_ns >= 80_000_000  # the ~100 ms wait for the slot is in its age
+    assert frames[2].pts >= 9  # behind: the ticks that passed were skipped, not burst out
+    stats = source.stats()
+    assert stats["missed"] == frames[-1].pts + 1 - len(frames) and stats["missed"] >= 7
+    assert stats["taken"] == len(frames) and stats["offered"] == frames[-1].pts + 1
+    for before, after in itertools.pairwise(frames):  # the sound of missed frames rides on the next
+        assert after.audio.pts == before.audio.pts + before.audio.samples.shape[-1]
+        assert after.capture_ns - before.capture_ns == (after.pts - before.pts) * 10_000_000
 
 
 def test_endless_source_keeps_producing():

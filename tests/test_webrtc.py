@@ -393,6 +393,23 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exports():
     assert used and used <= exported, used - exported
 
 
+def test_rung_changes_are_counted_by_direction_and_cause_and_survive_the_session():
+    from pipeline.metrics import RunMetrics
+    from pipeline.webrtc.prometheus import exposition
+
+    server = Server(load_config("default"), device=torch.device("cpu"), port=0)
+    before = exposition(server).decode()
+    assert 'pipeline_rung_changes_total{direction="down",reason="latency"} 0.0' in before  # a series from the start
+    ended = RunMetrics()
+    for direction, reason in (("down", "latency"), ("down", "latency"), ("down", "gpu"), ("up", "margin")):
+        ended.rung_changed(direction, reason)
+    server.retired.add(ended)
+    after = exposition(server).decode()
+    assert 'pipeline_rung_changes_total{direction="down",reason="latency"} 2.0' in after
+    assert 'pipeline_rung_changes_total{direction="down",reason="gpu"} 1.0' in after
+    assert 'pipeline_rung_changes_total{direction="up",reason="margin"} 1.0' in after
+
+
 def test_an_offer_with_video_only_gets_video_back_and_a_valid_answer():
     """A client that offers no audio section: the answer must not add one (browsers reject it)."""
 

@@ -1,5 +1,10 @@
 """Sources PyAV opens: files (mp4, mkv, webm, mov, ts, …), http/rtsp URLs and capture devices.
 
+A network stream (rtsp, rtmp, udp, srt, …, or an http(s) URL with no known duration, such as
+a live HLS playlist) is live, as a camera is: it comes at the sender's pace, whether or not
+we keep up, so a frame that finds no free ring slot is dropped rather than the reader waiting,
+and the run gets deadlines and the scheduler. An http URL of a plain file is read as a file.
+
 Decoding runs on a reader thread of its own, so it overlaps the stages and the encoder: the
 event loop hands the reader pinned ring leases, the reader writes each picture into one and
 posts the frame back. The reader also cuts the audio into one chunk per video frame (see
@@ -22,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
+from urllib.parse import urlparse
 
 import av
 import numpy as np
@@ -43,6 +49,8 @@ AUDIO_ONLY_CHUNK_RATE = 50  # chunks per second for a file with no video: 20 ms 
 DEFAULT_FPS = Fraction(30)  # for a stream that states no rate
 OPEN_TIMEOUT_S = 10.0  # s; a URL that sends nothing for this long is given up
 JOIN_TIMEOUT_S = 2.0  # s; how long closing waits for the reader thread to notice
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")  # always live
+HTTP_SCHEMES = ("http", "https")  # live when the stream states no duration (live HLS, a broadcast)
 
 
 @dataclass(slots=True)
@@ -89,14 +97,19 @@ class MediaSource(Source):
         self.label = label or self.url  # how logs and errors name it
         self.capture = capture  # a camera: frames come at its pace and stale ones are dropped
         self.realtime = realtime  # a file paced at its own frame rate
+        self.stream = False  # a live network stream: paced by its sender, like a camera (set once open)
         self.live = capture or realtime
         self.device = torch.device(device)
         self.frame_limit = frames
         self.corrupt_packets = 0  # packets the decoder refused; skipped
-        self.stale_dropped = 0  # camera frames dropped because a newer one was waiting
+        self.stale_dropped = 0  # camera or stream frames dropped because a newer one was waiting
         self.input_error: str | None = None  # why reading stopped early, if it did
         self._last_video_s: float | None = None  # presentation time of the latest decoded picture
         self._container = self._open(container_format, options)
+        self.stream = not capture and is_live_stream(self.url, self._container)
+        if self.stream:
+            self.realtime = False  # the sender paces it; pacing it again would only add latency
+            self.live = True
         try:
             self._setup_streams()
         except BaseException:
@@ -226,6 +239,11 @@ class MediaSource(Source):
     @property
     def info(self) -> StreamInfo:
         return self._info
+
+    @property
+    def paced_by_sender(self) -> bool:
+        """A camera or a live stream: frames exist at the sender's pace, and a stale one is dropped."""
+        return self.capture or self.stream
 
     # Reading, on the reader thread.
 
@@ -365,7 +383,7 @@ class MediaSource(Source):
             for count, item in enumerate(self._decoded()):
                 if self.frame_limit is not None and count >= self.frame_limit:
                     break
-                if self.capture:
+                if self.paced_by_sender:
                     try:
                         token = tokens.get_nowait()
                     except queue.Empty:
@@ -433,7 +451,7 @@ class MediaSource(Source):
                     handed.remove(item)  # a slot the reader gave back after failing to fill it
                     item.release()
                     continue
-                if self.capture and isinstance(item, _Decoded) and not inbox.empty():
+                if self.paced_by_sender and isinstance(item, _Decoded) and not inbox.empty():
                     self.stale_dropped += 1  # behind a camera: skip to the newest picture
                     if item.lease is not None:
                         item.lease.release()
@@ -449,7 +467,7 @@ class MediaSource(Source):
                     delay = pace_anchor[0] + (media_s - pace_anchor[1]) - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                capture_ns = item.capture_ns if self.capture else time.monotonic_ns()
+                capture_ns = item.capture_ns if self.paced_by_sender else time.monotonic_ns()
                 yield Frame(index, item.pts, time_base, capture_ns, item.lease, item.audio)
                 index += 1
         finally:
@@ -480,6 +498,14 @@ class MediaSource(Source):
             "converted_pictures": converted,
             "input_error": self.input_error,
         }
+
+
+def is_live_stream(url: str, container: Any) -> bool:
+    """Whether an opened URL is a live network stream rather than a file (local or over http)."""
+    scheme = urlparse(url).scheme.lower()
+    if scheme in STREAM_SCHEMES:
+        return True
+    return scheme in HTTP_SCHEMES and not container.duration
 
 
 def _audio_events(resampler: av.AudioResampler, frame: av.AudioFrame) -> Iterator[tuple[str, Any]]:

@@ -95,6 +95,9 @@ class SyntheticSource(Source):
             wide = rgb_to_i420(wide, matrix="bt601", full_range=False)
         self._wide = wide.to(self.device)
         self._audio_second = _beep_second(audio_rate)  # one second of the audio, which repeats
+        self.offered = 0  # schedule ticks that have come, taken or not (live)
+        self.taken = 0  # frames given to the pipeline
+        self.missed = 0  # ticks skipped because the pipeline was not taking frames when they came
 
     @property
     def info(self) -> StreamInfo:
@@ -112,44 +115,61 @@ class SyntheticSource(Source):
         )
 
     async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
-        """Yield frames 0, 1, 2, … with pixels drawn into leased slots; paced at fps when live."""
+        """Yield frames 0, 1, 2, … with pixels drawn into leased slots; paced at fps when live.
+
+        Live, it behaves as a camera: frame tick t exists at anchor + t/fps whether or not it is
+        taken, and is stamped with that time, so a wait for a ring slot counts in its latency.
+        Ticks that passed while the pipeline was not taking frames are skipped (counted as
+        missed; their sound rides on the next frame taken, so the audio never skips); the
+        schedule is never restarted, so the offered rate is the one asked for.
+        """
         expected = self.info.frame_shape
         if ring.shape != expected or ring.storage.dtype != torch.uint8:
             raise SourceError(
                 f"synthetic source: ring slots are {ring.shape} {ring.storage.dtype}, need {expected} uint8"
             )
         wide = self._wide.to(ring.storage.device)  # once, so each frame's copy stays on one device
-        period_s = float(1 / self.fps)
-        anchor_s, anchor_index = time.monotonic(), 0  # live schedule: frame i is due at anchor + i/fps
-        index = 0
+        period_ns = 1e9 / float(self.fps)
+        anchor_ns = time.monotonic_ns()  # live schedule: tick t is due at anchor + t·period
+        index, tick = 0, 0  # frames given out; the schedule's tick (they differ by the ticks missed)
+        self.offered = self.taken = self.missed = 0
         while self.frame_count is None or index < self.frame_count:
+            first_tick = tick
             if self.live:
-                due_s = anchor_s + (index - anchor_index) * period_s
-                late_s = time.monotonic() - due_s
-                if late_s < 0:
-                    await asyncio.sleep(-late_s)
-                elif late_s > period_s:
-                    # More than a frame behind: start a new schedule from now rather than
-                    # bursting frames out to catch up with the old one.
-                    anchor_s, anchor_index = time.monotonic(), index
+                now_ns = time.monotonic_ns()
+                due_ns = anchor_ns + round(tick * period_ns)
+                if now_ns < due_ns:
+                    await asyncio.sleep((due_ns - now_ns) / 1e9)
+                else:  # behind: the newest tick that exists now is the one a camera would give
+                    tick = max(tick, int((now_ns - anchor_ns) // period_ns))
+                capture_ns = anchor_ns + round(tick * period_ns)
             else:
                 await asyncio.sleep(0)  # unpaced, but let the rest of the loop run between frames
+                capture_ns = 0
+            self.missed += tick - first_tick
+            self.offered = tick + 1
             lease = await ring.acquire()
             try:
-                self._draw(lease.tensor, wide, index)
-                audio = self._audio_chunk(index)
+                self._draw(lease.tensor, wide, tick)
+                audio = self._audio_chunk(first_tick, tick + 1)
             except BaseException:
                 lease.release()
                 raise
+            self.taken = index + 1
             yield Frame(
                 index=index,
-                pts=index,
+                pts=tick,
                 time_base=1 / self.fps,
-                capture_ns=time.monotonic_ns(),
+                capture_ns=capture_ns if self.live else time.monotonic_ns(),
                 lease=lease,
                 audio=audio,
             )
             index += 1
+            tick += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Live: frames the schedule offered, the ones taken in, and the ones missed while behind."""
+        return {"offered": self.offered, "taken": self.taken, "missed": self.missed}
 
     def _draw(self, slot: torch.Tensor, wide: torch.Tensor, index: int) -> None:
         """Draw frame `index` into `slot` in place: the scrolled scene, then (on the card) the square.
@@ -176,14 +196,14 @@ class SyntheticSource(Source):
             plane.copy_(source[:, offset // scale : offset // scale + plane_w])
             plane[y // scale : (y + side) // scale, x // scale : (x + side) // scale].fill_(value)
 
-    def _audio_chunk(self, index: int) -> AudioChunk:
-        """The samples belonging to frame `index`: sample boundaries are round(i · rate / fps).
+    def _audio_chunk(self, first: int, end: int) -> AudioChunk:
+        """The samples of frames `first` up to `end` (excluded): boundaries are round(i · rate / fps).
 
         Rounding each boundary from the index, not adding per-frame counts, is what keeps the
         audio from drifting at rates like 30000/1001 fps, where a frame holds 1601.6 samples.
         """
-        start = self._sample_at(index)
-        n = self._sample_at(index + 1) - start
+        start = self._sample_at(first)
+        n = self._sample_at(end) - start
         rate = self.audio_rate
         positions = torch.arange(start, start + n) % rate  # the audio repeats every second
         return AudioChunk(samples=self._audio_second[positions].unsqueeze(0), sample_rate=rate, pts=start)

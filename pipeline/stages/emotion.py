@@ -104,6 +104,10 @@ class Emotion(ComputeStage):
         self.detections = 0  # detector runs, for the report and tests
         self._cadence = 1  # the stage runs on 1 frame in this many (the scheduler's knob)
         self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
+        # Frames with pixels given to the stage since the cadence was set: the cadence counts these,
+        # not frame indices, because the scheduler may already have thinned the indices (a source at
+        # twice the target rate keeps only odd ones, and `index % 2` would then skip every frame).
+        self._offered = 0
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
 
     def teardown(self) -> None:
@@ -113,7 +117,9 @@ class Emotion(ComputeStage):
             self._batcher = None
 
     def apply_quality(self, settings: QualitySettings) -> None:
-        self._cadence = settings.inference_every
+        if settings.inference_every != self._cadence:
+            self._cadence = settings.inference_every
+            self._offered = 0  # the first frame at a new cadence is looked at
         self.set_detect_width(round(self.options.detect_width * settings.inference_scale))
         assert self.ctx is not None
         reduced = "fp16" if self.ctx.device.type == "cuda" else "int8"
@@ -154,7 +160,12 @@ class Emotion(ComputeStage):
         the faces of all the frames are classified in one batch; the smoothed labels are then
         settled frame by frame, so the result is what one frame at a time gives."""
         # Frames the cadence skips carry the result before them; frames without pixels get none.
-        held = {f.index for f in frames if f.has_image and self._cadence > 1 and f.index % self._cadence}
+        held = set()
+        for frame in frames:
+            if frame.has_image:
+                if self._offered % self._cadence:
+                    held.add(frame.index)
+                self._offered += 1
         work = [f for f in frames if f.has_image and f.index not in held]
         seen, readings = self._look(work) if work else ([], [])
         records: dict[int, dict[str, Any]] = {}

@@ -7,7 +7,8 @@ session that ends folds its counts into the server's totals first, so every coun
 Exported (all prefixed `pipeline_`): `stage_latency_seconds{stage}` and
 `end_to_end_latency_seconds` (histograms), `frames_out_total`, `frames_dropped_total{reason}`,
 `fps` (delivered, all sessions), `sessions`, `sessions_started_total`, `sessions_refused_total`,
-`sessions_at_rung{rung}`, and the model manager's `model_requests_total{model,result}`
+`sessions_at_rung{rung}`, `rung_changes_total{direction,reason}` (reason: latency, queue_age,
+gpu down; margin up), and the model manager's `model_requests_total{model,result}`
 (hit/miss), `model_evictions_total{model}`, `model_fallbacks_total{model}`,
 `model_loads_total{model}`, `model_bytes{model,level}` and `device_memory_bytes{device,zone}`.
 """
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from pipeline.metrics import BUCKET_COUNT, LatencyHistogram, RunMetrics, bucket_floor
+from pipeline.scheduler import CHANGE_REASONS
 
 if TYPE_CHECKING:
     from pipeline.webrtc.server import Server
@@ -69,6 +71,7 @@ class Retired:
         self.end_to_end = Totals()
         self.frames_out = 0
         self.drops: Counter[str] = Counter()
+        self.rung_changes: Counter[tuple[str, str]] = Counter()
 
     def add(self, metrics: RunMetrics) -> None:
         metrics.fold()
@@ -77,6 +80,7 @@ class Retired:
         self.end_to_end.add(metrics.end_to_end)
         self.frames_out += metrics.frames_out
         self.drops.update(metrics.drops)
+        self.rung_changes.update(metrics.rung_changes)
 
 
 class ServerCollector:
@@ -131,6 +135,14 @@ class ServerCollector:
         for rung in server.config.quality.ladder:
             rungs.add_metric([rung], at.get(rung, 0))
         yield rungs
+        changed = retired.rung_changes + sum((Counter(m.rung_changes) for m in live), Counter())
+        changes = CounterMetricFamily(
+            "pipeline_rung_changes", "Quality rung changes, by direction and cause", labels=["direction", "reason"]
+        )
+        for direction, reasons in CHANGE_REASONS.items():  # every pair, zeros too: a rate needs the series
+            for reason in reasons:
+                changes.add_metric([direction, reason], changed.get((direction, reason), 0))
+        yield changes
         yield from _model_metrics(server.models.status())
 
 
