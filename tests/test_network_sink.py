@@ -25,13 +25,16 @@ def test_udp_output_delivers_an_mpeg_ts_stream():
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     received: list[bytes] = []
+    run_over = threading.Event()
 
     def listen() -> None:
+        # Until the run is over, however long it takes to start; then until the socket is drained.
         while True:
             try:
                 received.append(listener.recv(65536))
             except TimeoutError:
-                return
+                if run_over.is_set():
+                    return
 
     thread = threading.Thread(target=listen)
     thread.start()
@@ -41,6 +44,7 @@ def test_udp_output_delivers_an_mpeg_ts_stream():
             == EXIT_OK
         )
     finally:
+        run_over.set()
         thread.join()
         listener.close()
     stream = b"".join(received)
