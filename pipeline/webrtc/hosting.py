@@ -18,7 +18,7 @@ from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc import receive
-from pipeline.webrtc.prometheus import Retired
+from pipeline.webrtc.prometheus import Counters, Retired
 from pipeline.webrtc.session import Session
 from pipeline.webrtc.tracks import SILENCE_S
 
@@ -99,6 +99,27 @@ class SessionHost:
         return self.retired.frames_out + sum(
             s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
         )
+
+    def counters(self) -> Counters:
+        """What this host's sessions measured, ended and running, for the Prometheus collector."""
+        running = [s for s in self.sessions if s.pipeline is not None]
+        return Counters.of(
+            self.retired,
+            [s.pipeline.metrics for s in running],
+            [s.pipeline.scheduler.controller.rung_name for s in running if s.pipeline.scheduler is not None],
+            sessions=len(self.sessions),
+            sessions_total=self.sessions_total,
+            models=self.models.status(),
+        )
+
+    def set_budget(self, latency_ms: float) -> int:
+        """A new latency budget for every running session; how many took it."""
+        changed = 0
+        for session in self.sessions:
+            if session.pipeline is not None and session.pipeline.scheduler is not None:
+                session.pipeline.scheduler.set_budget(latency_ms)
+                changed += 1
+        return changed
 
     def status(self) -> dict[str, Any]:
         return {

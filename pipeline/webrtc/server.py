@@ -32,7 +32,7 @@ from pipeline.errors import one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
 from pipeline.webrtc.ice import limit_ice_to
-from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
+from pipeline.webrtc.prometheus import CONTENT_TYPE, Counters, Retired, exposition
 from pipeline.webrtc.session import Session
 from pipeline.webrtc.tracks import SILENCE_S
 
@@ -119,6 +119,8 @@ class Server:
     async def start(self) -> None:
         if self.local:
             limit_ice_to(["127.0.0.1"])  # a loopback server offers loopback candidates, and only those
+        if self.placer is not None:
+            self.placer.start()
         self._runner = web.AppRunner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -213,8 +215,17 @@ class Server:
     def sessions_total(self) -> int:
         return self.sessions_host.sessions_total
 
+    def counters(self) -> Counters:
+        """What every session measured: this process's and, with Ray, the workers' (at their last status)."""
+        counters = self.sessions_host.counters()
+        if self.placer is not None:
+            counters.add(self.placer.counters())
+        return counters
+
     def frames_out(self) -> int:
-        return self.sessions_host.frames_out()
+        if self.placer is None:
+            return self.sessions_host.frames_out()
+        return self.counters().frames_out
 
     def fps(self) -> float:
         """Delivered frames per second over all sessions, since the last reading a second or more ago."""
@@ -231,6 +242,8 @@ class Server:
     async def _model_request(self, request: web.Request) -> str | web.Response:
         if not self._authorized(request):
             return _error(401, "a token is required")
+        if self.placer is not None:  # this process holds no models: acting here would do nothing
+            return _error(501, "with --ray the models live on the session workers; each loads them as it needs")
         body = await self._read_json(request)
         if isinstance(body, web.Response):
             return body
@@ -267,6 +280,8 @@ class Server:
         return web.json_response(self.performance())
 
     async def _resource(self, request: web.Request) -> web.Response:
+        if self.placer is not None:
+            return web.json_response({"workers": self.placer.models()})
         return web.json_response(self.models.status())
 
     async def _targets(self, request: web.Request) -> web.Response:
@@ -281,24 +296,31 @@ class Server:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             return _error(400, 'expected {"latency_ms": a number > 0}')
-        changed = 0
-        for session in self.sessions:
-            if session.pipeline is not None and session.pipeline.scheduler is not None:
-                session.pipeline.scheduler.set_budget(latency_ms)
-                changed += 1
+        changed = self.sessions_host.set_budget(latency_ms)
+        if self.placer is not None:
+            changed += await self.placer.set_budget(latency_ms)
         return web.json_response({"latency_ms": latency_ms, "sessions": changed})
 
     def performance(self) -> dict[str, Any]:
+        """The status endpoint: every session, here or (with Ray) on a worker, as of its last status."""
+        sessions = [session.status() for session in self.sessions]
+        sessions_total = self.sessions_total
+        workers = self.placer.status() if self.placer is not None else []
+        for index, worker in enumerate(workers):
+            sessions += [{**session, "worker": index} for session in worker["sessions"]]
+            sessions_total += worker["sessions_total"]
+        if self.placer is not None:
+            sessions_total += self.placer.gone.sessions_total  # started on workers since lost
         return {
             "uptime_s": round(time.monotonic() - self.started_s, 1),
-            "sessions": [session.status() for session in self.sessions],
-            "sessions_total": self.sessions_total,
+            "sessions": sessions,
+            "sessions_total": sessions_total,
             "refused": self.refused,
             "max_sessions": self.max_sessions,
             "budget_ms": self.config.targets.latency_ms,
             "fps": self.fps(),
             "frames_out": self.frames_out(),
-            **({"workers": self.placer.status()} if self.placer is not None else {}),
+            **({"workers": workers, "workers_lost": self.placer.lost} if self.placer is not None else {}),
         }
 
 
