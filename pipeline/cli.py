@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
             "sees. With --serve: sessions are placed on Ray worker actors"
         ),
     )
+    parser.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="with --ray (folder and list runs): CPUs each file's task takes, and the cores its stages share. "
+        "On a GPU each task also takes the share of a card its device profile gives one file. Default: 1",
+    )
     parser.add_argument("--report", metavar="PATH", help="write the run report (JSON): latency, fps, drops, stages")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Default: info"
@@ -260,6 +268,8 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
             profile=options.device_profile,
             placer=placer,
         )
+    except ConnectionError as exc:  # the Ray cluster (a ClusterUnreachable names the address)
+        raise SourceError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     stop = asyncio.Event()
@@ -300,7 +310,7 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
     items = plan_batch(args.source, output_dir, extension=extension, analytics_dir=analytics_dir)
     log.info("%d video(s) in %s -> %s", len(items), args.source, output_dir)
     if args.ray:
-        return _run_on_ray(args, options, items, stopper)
+        return await _run_on_ray(args, options, items, stopper)
     progress = Progress(files=len(items))
     try:
         results = await run_folder(
@@ -318,21 +328,28 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
     return _folder_exit(results, len(items), stopper.requested)
 
 
-def _run_on_ray(args: argparse.Namespace, options: JobOptions, items: list, stopper: _Stopper) -> int:
-    from pipeline.cluster.batch import ClusterProgress, run_on_ray
+async def _run_on_ray(args: argparse.Namespace, options: JobOptions, items: list, stopper: _Stopper) -> int:
+    """The folder over a Ray cluster, waited for off the event loop so Ctrl-C and SIGTERM still stop it."""
+    from pipeline.cluster.batch import ClusterProgress, connect, run_on_ray
 
+    if args.ray_cpus <= 0:
+        raise ConfigError(f"--ray-cpus {args.ray_cpus:g}: must be > 0")
+    try:
+        connect(args.ray)  # here, on the main thread: Ray's init touches the signal handlers
+    except ConnectionError as exc:
+        raise SourceError(str(exc)) from None
     progress = ClusterProgress(len(items))
     try:
-        results = run_on_ray(
+        results = await asyncio.to_thread(
+            run_on_ray,
             items,
             options,
             address=args.ray,
             overwrite=args.overwrite,
+            cpus_per_file=args.ray_cpus,
             progress=progress,
             stopped=lambda: stopper.requested,
         )
-    except ConnectionError as exc:
-        raise SourceError(f"--ray {args.ray}: cannot reach the cluster ({exc})") from None
     finally:
         progress.close()
     if args.report:

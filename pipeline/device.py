@@ -110,13 +110,33 @@ def array_module(x: torch.Tensor) -> ModuleType:
     return np
 
 
+_granted_cores: int | None = None  # cores this process was given (a Ray task's CPUs), None: the machine's
+
+
+def grant_cpu_cores(cores: int | None) -> None:
+    """Keep this process's stages to `cores` cores (None: every core of the machine).
+
+    A Ray task declares the CPUs it needs and Ray packs tasks onto a node by that count; if each
+    then sized torch's threads by the whole machine, N tasks would run N times the cores.
+    """
+    global _granted_cores
+    _granted_cores = None if cores is None else max(1, cores)
+    if _granted_cores is not None and torch.get_num_threads() > _granted_cores:
+        torch.set_num_threads(_granted_cores)  # also for graphs with no computing stage to share them
+
+
+def cpu_cores() -> int:
+    """The cores this process's stages share: those granted to it, else the machine's."""
+    return _granted_cores or os.cpu_count() or 1
+
+
 def configure_cpu_threads(parallel_lanes: int) -> int:
     """Share the cores between stages that compute at the same time; returns torch threads per op.
 
     torch's thread count is per process: with several stages running matmuls at once, each op
     using every core would only fight the others for them.
     """
-    cores = os.cpu_count() or 1
+    cores = cpu_cores()
     threads = max(1, cores // max(1, parallel_lanes))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -52,6 +52,10 @@ class DeviceProfile(BaseModel):
     speed: float = Field(1.0, gt=0.0)  # relative speed, for placing models on several devices
     idle_unload_s: float = Field(900.0, ge=0.0)  # 0: never unload for idleness
     preload: bool = True
+    # MB one file's run takes on this card in a Ray batch (its CUDA context and the graph's
+    # models): each task declares that share of a GPU, so several files share a big card.
+    # None: a task takes the whole card.
+    file_task_mb: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _zones_fit(self) -> DeviceProfile:
@@ -67,7 +71,40 @@ class DeviceProfile(BaseModel):
             )
         if self.warning >= self.critical:
             raise ValueError("the warning threshold must be below the critical one")
+        if self.file_task_mb is not None and not self.reserved_mb < self.file_task_mb <= self.memory_mb:
+            raise ValueError(
+                f"file_task_mb ({self.file_task_mb} MB) must be above reserved ({self.reserved_mb} MB) "
+                f"and at most memory ({self.memory_mb} MB)"
+            )
         return self
+
+    @property
+    def file_task_share(self) -> float:
+        """The share of one device a file's task takes (1.0 without `file_task_mb`)."""
+        return 1.0 if self.file_task_mb is None else self.file_task_mb / self.memory_mb
+
+    def file_task_slice(self) -> DeviceProfile:
+        """This profile cut to one file task's share of the card.
+
+        Each task is its own process with its own model manager; planned against the whole
+        card, tasks sharing it would together promise more memory than it has. The CUDA
+        context (`reserved_mb`) is each process's own, so it is kept whole and the zones shrink
+        to fit what is left.
+        """
+        if self.file_task_mb is None:
+            return self
+        room = self.file_task_mb - self.reserved_mb
+        scale = min(1.0, room / sum(self.zones.values()))
+        zones = {zone: int(mb * scale) for zone, mb in self.zones.items()}
+        return DeviceProfile.model_validate(
+            {
+                **self.model_dump(),
+                "name": f"{self.name} ({self.file_task_mb} MB slice)",
+                "memory_mb": self.file_task_mb,
+                "zones": zones,
+                "host_mb": int(self.host_mb * self.file_task_share),
+            }
+        )
 
     def zone_bytes(self) -> dict[str, int]:
         return {zone: mb * MB for zone, mb in self.zones.items()}

@@ -186,6 +186,7 @@ class Pipeline:
             quality=self.scheduler.report() if self.scheduler is not None else {"enabled": False},
             models=self.models.status(),
             device_profile=self.profile.name,
+            cpu_threads=torch.get_num_threads(),  # torch's threads per op: the cores this run kept to
         )
 
     def _start_stages(self) -> None:

@@ -1,8 +1,9 @@
 """One run of the pipeline from a source to an output, and a folder of them.
 
-A file output is written under a temporary name (`name.partial.mp4`) and renamed when the
-run ends well, so a file under its final name is always complete: a crash or kill leaves
-only a `.partial` file behind, and a folder run skips outputs that already exist.
+A file output, and its analytics sidecar, are written under temporary names
+(`name.partial.mp4`, `name.partial.jsonl`) and renamed when the run ends well, so a file under
+its final name is always complete: a crash or kill leaves only `.partial` files behind, and a
+folder run skips outputs that already exist.
 """
 
 from __future__ import annotations
@@ -125,10 +126,15 @@ async def run_job(
     is_file = output_spec not in ("null", WINDOW) and not is_stream_url(output_spec)
     final = Path(output_spec) if is_file else None
     writing = partial_path(final) if final is not None else None
+    # (final, partial) for each file written: the video and the analytics move together
+    files = [(final, writing)] if final is not None and writing is not None else []
     try:
         sink = open_sink(output_spec, settings=options.settings, device=options.device, path=writing)
         if options.analytics is not None:
-            sink = AnalyticsSink(sink, options.analytics)
+            analytics_writing = partial_path(options.analytics)
+            # renamed before the video: the video's final name is what a folder run takes for done
+            files.insert(0, (options.analytics, analytics_writing))
+            sink = AnalyticsSink(sink, analytics_writing)
         pipeline = Pipeline(
             build_graph(options.config),
             source,
@@ -152,8 +158,8 @@ async def run_job(
     try:
         report = await pipeline.run()
     except (SinkError, PipelineError) as exc:
-        if writing is not None:
-            writing.unlink(missing_ok=True)
+        for _, partial in files:
+            partial.unlink(missing_ok=True)
         return JobResult(source_spec, output_spec, "failed", str(exc))
     finally:
         if ticker is not None:
@@ -163,9 +169,7 @@ async def run_job(
         if progress is not None:
             progress.update(pipeline.metrics.frames_out)
             progress.end_file()
-    return _settle(
-        source_spec, output_spec, report, pipeline.interrupted, final, writing, keep_partial_when_interrupted
-    )
+    return _settle(source_spec, output_spec, report, pipeline.interrupted, files, keep_partial_when_interrupted)
 
 
 def _settle(
@@ -173,11 +177,10 @@ def _settle(
     output_spec: str,
     report: dict[str, Any],
     interrupted: bool,
-    final: Path | None,
-    writing: Path | None,
+    files: list[tuple[Path, Path]],
     keep_partial: bool,
 ) -> JobResult:
-    """Name the outcome and put the output file where that outcome says."""
+    """Name the outcome and put the output files (final, partial) where that outcome says."""
     frames_out = report["frames"]["out"]
     if frames_out == 0 and not interrupted:
         status, reason = "failed", report["source_error"] or "no frames could be decoded"
@@ -187,12 +190,13 @@ def _settle(
         status, reason = "interrupted", f"stopped after {frames_out} frame(s)"
     else:
         status, reason = "ok", None
-    if final is not None and writing is not None:
+    for final, writing in files:
         if status == "failed":
             writing.unlink(missing_ok=True)
         elif status == "interrupted" and keep_partial:
-            output_spec = str(writing)
-        else:
+            if final == Path(output_spec):
+                output_spec = str(writing)
+        elif writing.exists():
             writing.replace(final)
     return JobResult(source_spec, output_spec, status, reason, report)
 

@@ -65,6 +65,7 @@ def test_analytics_for_a_folder_go_one_file_per_video(tmp_path, caplog):
     assert main(["--source", str(source), "--output", str(out), "--analytics", str(analytics)]) == EXIT_OK
     lines = (analytics / "b.jsonl").read_text().splitlines()
     assert len(lines) == 25 and json.loads(lines[0])["frame"] == 0
+    assert sorted(p.name for p in analytics.iterdir()) == ["a.jsonl", "b.jsonl"]  # renamed once complete
 
 
 def test_an_output_that_cannot_be_made_fails_each_file_and_the_report_still_lists_them(tmp_path, caplog):
@@ -79,7 +80,7 @@ def test_an_output_that_cannot_be_made_fails_each_file_and_the_report_still_list
     assert all("cannot create directory" in f["reason"] for f in data["files"])
 
 
-def test_a_folder_run_stopped_mid_file_keeps_that_file_as_partial_and_playable(tmp_path):
+def test_a_folder_run_stopped_mid_file_keeps_that_file_and_its_analytics_as_partial(tmp_path):
     import asyncio
 
     import torch
@@ -88,7 +89,11 @@ def test_a_folder_run_stopped_mid_file_keeps_that_file_as_partial_and_playable(t
     from pipeline.job import FolderItem, JobOptions, run_folder
 
     source, out = folder(tmp_path), tmp_path / "out"
-    items = [FolderItem(source / name, out / f"{Path(name).stem}.mp4", None) for name in ("a.mp4", "b.mkv")]
+    analytics = tmp_path / "analytics"
+    items = [
+        FolderItem(source / name, out / f"{Path(name).stem}.mp4", analytics / f"{Path(name).stem}.jsonl")
+        for name in ("a.mp4", "b.mkv")
+    ]
     # Paced at the files' own rate, so the stop lands a few frames into the first file.
     options = JobOptions(config=load_config("passthrough"), device=torch.device("cpu"), realtime=True)
     stopped = []
@@ -108,6 +113,9 @@ def test_a_folder_run_stopped_mid_file_keeps_that_file_as_partial_and_playable(t
     frames = probe(partial)["video_frames"]
     assert 0 < frames < 20
     assert frames == results[0].frames_out
+    # The analytics of the cut-short file are not under a final name either, and hold what was written.
+    assert not (analytics / "a.jsonl").exists()
+    assert len((analytics / "a.partial.jsonl").read_text().splitlines()) == frames
 
 
 def test_a_list_file_names_the_videos_to_run(tmp_path):

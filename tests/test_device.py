@@ -16,8 +16,11 @@ from pipeline.device import (
     MAX_CPU_NICE,
     Lane,
     array_module,
+    configure_cpu_threads,
+    cpu_cores,
     cpu_nice,
     cupy_module,
+    grant_cpu_cores,
     resolve_device,
     to_array,
     to_cupy,
@@ -172,3 +175,17 @@ def test_when_stages_compete_for_a_core_the_more_important_one_is_served_first()
     assert run.returncode == 0, run.stderr
     high, low = map(int, run.stdout.split())
     assert high > 3 * low, (high, low)  # nice 10 weighs about a tenth of nice 0
+
+
+def test_cores_granted_to_the_process_cap_torch_threads_not_the_machine_s():
+    """A Ray task declared one CPU: its stages keep to one core whatever the machine has."""
+    before = torch.get_num_threads()
+    try:
+        grant_cpu_cores(1)
+        assert cpu_cores() == 1
+        assert configure_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        grant_cpu_cores(None)
+        assert cpu_cores() == (os.cpu_count() or 1)
+    finally:
+        grant_cpu_cores(None)
+        torch.set_num_threads(before)

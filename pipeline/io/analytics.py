@@ -1,8 +1,9 @@
 """The analytics sidecar: one JSON line per frame beside whatever sink writes the media.
 
 `{"frame": index, "time_s": presentation time, "<stage>": that stage's annotation, …}`, in
-frame order, flushed line by line so a reader tailing the file (or a run cut short) always
-sees whole records.
+frame order, flushed line by line so a reader tailing the file always sees whole records. A
+job writes it under a partial name and renames it with the video (`pipeline/job.py`), so a
+run cut short never leaves a sidecar that looks complete.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from pipeline.config import GraphConfig
+from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc import receive
-from pipeline.webrtc.prometheus import Retired
+from pipeline.webrtc.prometheus import Counters, Retired
 from pipeline.webrtc.session import Session
 from pipeline.webrtc.tracks import SILENCE_S
 
@@ -99,6 +99,24 @@ class SessionHost:
         return self.retired.frames_out + sum(
             s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
         )
+
+    def counters(self) -> Counters:
+        """What this host's sessions measured, ended and running, for the Prometheus collector."""
+        running = [s for s in self.sessions if s.pipeline is not None]
+        return Counters.of(
+            self.retired,
+            [s.pipeline.metrics for s in running],
+            [s.pipeline.scheduler.controller.rung_name for s in running if s.pipeline.scheduler is not None],
+            sessions=len(self.sessions),
+            sessions_total=self.sessions_total,
+            models=self.models.status(),
+        )
+
+    def set_targets(self, targets: dict[str, float]) -> int:
+        """New latency and/or fps targets (`parse_targets`' result) for every running session and
+        every session started from now on; how many running sessions took them."""
+        self.config = with_targets(self.config, **targets)
+        return sum(session.set_targets(targets) for session in self.sessions)
 
     def status(self) -> dict[str, Any]:
         return {

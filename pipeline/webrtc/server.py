@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError, one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
 from pipeline.webrtc.ice import limit_ice_to
-from pipeline.webrtc.prometheus import CONTENT_TYPE, Retired, exposition
+from pipeline.webrtc.prometheus import CONTENT_TYPE, Counters, Retired, exposition
 from pipeline.webrtc.session import Session, parse_targets
 from pipeline.webrtc.tracks import SILENCE_S
 
@@ -119,6 +119,8 @@ class Server:
     async def start(self) -> None:
         if self.local:
             limit_ice_to(["127.0.0.1"])  # a loopback server offers loopback candidates, and only those
+        if self.placer is not None:
+            self.placer.start()
         self._runner = web.AppRunner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -213,8 +215,17 @@ class Server:
     def sessions_total(self) -> int:
         return self.sessions_host.sessions_total
 
+    def counters(self) -> Counters:
+        """What every session measured: this process's and, with Ray, the workers' (at their last status)."""
+        counters = self.sessions_host.counters()
+        if self.placer is not None:
+            counters.add(self.placer.counters())
+        return counters
+
     def frames_out(self) -> int:
-        return self.sessions_host.frames_out()
+        if self.placer is None:
+            return self.sessions_host.frames_out()
+        return self.counters().frames_out
 
     def fps(self) -> float:
         """Delivered frames per second over all sessions, since the last reading a second or more ago."""
@@ -231,6 +242,8 @@ class Server:
     async def _model_request(self, request: web.Request) -> str | web.Response:
         if not self._authorized(request):
             return _error(401, "a token is required")
+        if self.placer is not None:  # this process holds no models: acting here would do nothing
+            return _error(501, "with --ray the models live on the session workers; each loads them as it needs")
         body = await self._read_json(request)
         if isinstance(body, web.Response):
             return body
@@ -267,6 +280,8 @@ class Server:
         return web.json_response(self.performance())
 
     async def _resource(self, request: web.Request) -> web.Response:
+        if self.placer is not None:
+            return web.json_response({"workers": self.placer.models()})
         return web.json_response(self.models.status())
 
     async def _targets(self, request: web.Request) -> web.Response:
@@ -277,11 +292,13 @@ class Server:
             return body
         try:
             targets = parse_targets(body)
-            # Sessions started from now on are built from the config with the new targets.
-            self.config = self.sessions_host.config = with_targets(self.config, **targets)
+            config = with_targets(self.config, **targets)  # the front's own record, for the status
         except (ValueError, ConfigError) as exc:
             return _error(400, one_line(exc))
-        changed = sum(session.set_targets(targets) for session in self.sessions)
+        self.config = config
+        changed = self.sessions_host.set_targets(targets)
+        if self.placer is not None:
+            changed += await self.placer.set_targets(targets)
         return web.json_response({**self.targets(), "sessions": changed})
 
     def targets(self) -> dict[str, float]:
@@ -289,16 +306,25 @@ class Server:
         return {"latency_ms": self.config.targets.latency_ms, "fps": self.config.targets.fps}
 
     def performance(self) -> dict[str, Any]:
+        """The status endpoint: every session, here or (with Ray) on a worker, as of its last status."""
+        sessions = [session.status() for session in self.sessions]
+        sessions_total = self.sessions_total
+        workers = self.placer.status() if self.placer is not None else []
+        for index, worker in enumerate(workers):
+            sessions += [{**session, "worker": index} for session in worker["sessions"]]
+            sessions_total += worker["sessions_total"]
+        if self.placer is not None:
+            sessions_total += self.placer.gone.sessions_total  # started on workers since lost
         return {
             "uptime_s": round(time.monotonic() - self.started_s, 1),
-            "sessions": [session.status() for session in self.sessions],
-            "sessions_total": self.sessions_total,
+            "sessions": sessions,
+            "sessions_total": sessions_total,
             "refused": self.refused,
             "max_sessions": self.max_sessions,
             "targets": self.targets(),
             "fps": self.fps(),
             "frames_out": self.frames_out(),
-            **({"workers": self.placer.status()} if self.placer is not None else {}),
+            **({"workers": workers, "workers_lost": self.placer.lost} if self.placer is not None else {}),
         }
 
 
