@@ -119,6 +119,7 @@ class Server:
     async def start(self) -> None:
         if self.local:
             limit_ice_to(["127.0.0.1"])  # a loopback server offers loopback candidates, and only those
+        self.sessions_host.start()  # housekeeping between sessions too, not only while one runs
         self._runner = web.AppRunner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
