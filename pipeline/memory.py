@@ -457,7 +457,9 @@ class ModelManager:
                         f"{entry.name}: out of memory placing {entry.nbytes} bytes on {pool.key} "
                         f"(driver reports {free} bytes free; attempt {attempt})"
                     )
-                    if attempt == 1 and evict and self._make_device_room(pool, entry):
+                    if not evict:  # preloading or moving a fallback back: it stays where it was
+                        return False
+                    if attempt == 1 and self._make_device_room(pool, entry):
                         continue
                     self._fall_back(entry, module, why=f"out of memory on {pool.key}")
                     return True

@@ -530,10 +530,16 @@ def test_out_of_memory_while_placing_evicts_then_falls_back_and_never_crashes(mo
         pass
     assert manager.entries["second"].level == "cpu" and manager.entries["second"].fallbacks == 1
     assert manager.pools[0].used["flexible"] == 0  # "new" made room; nothing reserved is left behind
-    cuda.ooms = 2
+    cuda.ooms = 1  # nothing of ours left there to evict: for a model that may not fall back, the error
     with pytest.raises(ModelMemoryError, match=r"'strict'.*out of memory on cuda:0"):
         manager.acquire("strict")
     assert manager.entries["strict"].pins == 0 and manager.entries["strict"].level == "disk"
+    with manager.use("resident"):
+        pass
+    evictions = manager.status()["totals"]["evictions"]
+    cuda.ooms = 1  # moving the fallback back fails: it stays on the CPU, nothing is evicted for it
+    assert manager.retry_fallbacks() == [] and manager.entries["second"].level == "cpu"
+    assert manager.status()["totals"]["evictions"] == evictions and manager.entries["resident"].level == "device"
 
 
 def test_thresholds_read_nvml_when_present(monkeypatch):
