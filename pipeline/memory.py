@@ -15,18 +15,25 @@ Eviction value (greedy-dual-size-frequency, with priority): a model's value is
 bringing it back would take from the level it would drop to (host memory or disk, measured),
 and `inflation` rises to the value of each model evicted, so models not used for a while age
 out (recency) while often-used, costly, small, important models stay. `critical` models are
-never evicted; `high` ones only under pressure (the device past its warning threshold) or to
-make room for a model at least as important.
+never evicted. `high` ones are evicted only under pressure: when their device is past its
+warning threshold, or for a `critical` model that nothing else can make room for. When room
+must be made by evicting, the slower device gives it up first, so the faster one keeps its
+models; a model placed without evicting goes where free room × speed is largest.
 
 An evicted model moves down a level: to (pinned) host memory when the host budget has room, else
 back to its weights file; it comes back from the fastest level that still holds it.
 
-Thresholds act on real readings where there are some (`torch.cuda.mem_get_info` on CUDA) and on
-the accounted bytes against the profile's budget otherwise: past `warning`, nothing is
-preloaded; past `critical`, low-priority models are unloaded, largest first, until back under
-`warning`.
+Thresholds act on real readings where there are some (NVML, else `torch.cuda.mem_get_info`, on
+CUDA) and on the accounted bytes against the profile's budget otherwise: past `warning`, nothing
+is preloaded; past `critical`, low-priority models are unloaded, largest first, until back under
+`warning`. On CUDA a model is placed only where the driver reports free memory for its load peak
+(other processes share the card), and an out-of-memory error while placing evicts and tries
+once more, then falls back to the CPU (or fails with `ModelMemoryError`), never crashing a run.
 
-All methods are thread-safe (one lock): stages call `acquire` from their worker threads.
+All methods are thread-safe. The lock guards bookkeeping only: building a model from its
+file and copying it to its device run outside it (room is reserved first, then committed),
+so a slow load never stalls `status()` or other models' requests; a second request for a
+model being loaded waits for that load.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from torch import nn
 from pipeline.batching import Batcher
 from pipeline.device_profiles import MB, DeviceProfile
 from pipeline.errors import PipelineError
+from pipeline.gpu_health import GpuHealth
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +117,10 @@ class DevicePool:
     critical: float = 0.85
     fragmentation_limit: int = 512 * MB
     host: bool = False  # the machine's own memory (the cpu profile): nothing to fall back to from it
-    used: dict[str, int] = field(default_factory=dict)  # zone → bytes placed
+    used: dict[str, int] = field(default_factory=dict)  # zone → bytes placed (or reserved for a load)
     peak: int = 0  # the most bytes ever placed here at once (reserved included)
+    zone_peaks: dict[str, int] = field(default_factory=dict)  # zone → the most bytes ever placed in it
+    _health: GpuHealth | None = field(default=None, repr=False)  # NVML or torch readings, made on first use
 
     @classmethod
     def from_profile(cls, profile: DeviceProfile, device: torch.device, key: str | None = None) -> DevicePool:
@@ -143,11 +153,22 @@ class DevicePool:
         return self.device.type == "cuda" and self.key.startswith("cuda")
 
     def in_use(self) -> float:
-        """Share of the device's memory in use: read from the driver on CUDA, accounted otherwise."""
+        """Share of the device's memory in use: read from the driver on CUDA (NVML when present, as it
+        counts every process; else `torch.cuda.mem_get_info`), accounted otherwise."""
         if self.real:
-            free, total = torch.cuda.mem_get_info(self.device)
-            return 1.0 - free / total
+            if self._health is None:
+                self._health = GpuHealth(self.device)
+            reading = self._health.read()
+            assert reading is not None  # a CUDA device always reads
+            return reading.memory_used
         return (self.reserved + self.placed) / self.total
+
+    def device_free(self) -> int | None:
+        """Bytes the driver reports free on the device (None for a simulated, accounted-only pool)."""
+        if not self.real:
+            return None
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free
 
     def level(self) -> str:
         share = self.in_use()
@@ -156,6 +177,7 @@ class DevicePool:
     def add(self, zone: str, nbytes: int) -> None:
         self.used[zone] = self.used.get(zone, 0) + nbytes
         self.peak = max(self.peak, self.reserved + self.placed)
+        self.zone_peaks[zone] = max(self.zone_peaks.get(zone, 0), self.used[zone])
 
     def remove(self, zone: str, nbytes: int) -> None:
         self.used[zone] -= nbytes
@@ -169,17 +191,20 @@ class Entry:
     home: str = "flexible"  # the zone it goes to first
     module: nn.Module | None = None
     # device: placed in a pool; host: evicted, waiting in host memory; cpu: running on the CPU for want
-    # of device room (a fallback); disk: only its weights file
-    level: Literal["device", "host", "cpu", "disk"] = "disk"
+    # of device room (a fallback); disk: only its weights file; loading: being built or moved, outside
+    # the lock (its room is reserved in a zone once found)
+    level: Literal["device", "host", "cpu", "disk", "loading"] = "disk"
     pool: DevicePool | None = None  # on the device level: where
     zone: str | None = None
     nbytes: int = 0  # measured after the first load (at its current precision)
     load_peak: int = 0  # the most bytes the load took on the device (CUDA), else nbytes
-    load_s: float = 0.0  # measured: weights file → ready
+    load_s: float = 0.0  # measured: weights file → ready, the last load
+    load_s_total: float = 0.0  # every load from the weights file, summed
     restore_s: float | None = None  # measured: host memory → device
     precision: str = "fp32"
     pending_precision: str | None = None  # asked for while in use: applied at the last release
-    pins: int = 0  # frames in flight using it
+    pins: int = 0  # frames in flight using it (and a request whose load is running)
+    loading: bool = False  # a request is building or moving it outside the lock: others wait
     uses: int = 0
     last_use: float = 0.0
     value: float = 0.0  # eviction value (higher stays)
@@ -207,6 +232,7 @@ class ModelManager:
         idle_unload_s: float = 900.0,
         preload: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
     ):
         if not pools:
             raise ValueError("the model manager needs at least one device pool")
@@ -216,13 +242,15 @@ class ModelManager:
         self.policy = policy
         self.idle_unload_s = idle_unload_s
         self.preload_enabled = preload
-        self.clock = clock
+        self.clock = clock  # recency and idle time
+        self.timer = timer  # load and restore times (the reload costs in the value)
         self.entries: dict[str, Entry] = {}
         self.copies = 0  # uses of a model on another device than the frame's (an input copy each)
         self.cache_releases = 0
         self.fragmentation = 0  # bytes reserved but not allocated, at the last check
         self._inflation = 0.0
         self._lock = threading.RLock()
+        self._settled = threading.Condition(self._lock)  # a load ended: requests waiting for it look again
         self._next: dict[str, Counter[str]] = defaultdict(Counter)  # model → models used right after it
         self._last_used: str | None = None
         self.events: list[str] = []
@@ -304,15 +332,30 @@ class ModelManager:
 
     def acquire(self, name: str, *, on: torch.device | None = None) -> nn.Module:
         """The model, ready on its device, pinned until `release(name)`. `on`: the device the
-        caller's data is on; a model placed elsewhere costs a copy of the input (counted)."""
+        caller's data is on; a model placed elsewhere costs a copy of the input (counted).
+
+        A miss builds or restores the model outside the lock; a request for a model another
+        request is loading waits for that load instead of starting a second one."""
         with self._lock:
             entry = self._entry(name)
+            while entry.loading:
+                self._settled.wait()
+            entry.pins += 1  # from here on nothing evicts it, whatever the load below takes
             if entry.level in ("device", "cpu"):  # resident (a fallback tries the device again in `housekeeping`)
                 entry.hits += 1
+                miss = False
             else:
                 entry.misses += 1
-                self._bring_back(entry)
-            entry.pins += 1
+                miss = True
+                prior = self._claim(entry)
+        if miss:
+            try:
+                self._bring_back(entry, prior)
+            except BaseException:
+                with self._lock:
+                    entry.pins -= 1
+                raise
+        with self._lock:
             self._touch(entry)
             if on is not None and entry.module is not None and self.device_of(name) != on:
                 self.copies += 1
@@ -348,44 +391,90 @@ class ModelManager:
         return None
 
     # ----------------------------------------------------------------- placement
+    # A load runs in three steps: claim the entry (under the lock), build or move the model
+    # (outside it, with its room reserved in a zone first), then commit (under the lock).
 
-    def _bring_back(self, entry: Entry) -> None:
-        """Load or restore `entry` onto a device (or the CPU as a fallback)."""
-        if entry.module is None:  # on disk: build it from its weights file
-            started = time.perf_counter()
-            module = entry.spec.loader()
-            if entry.precision != "fp32":
-                module = _convert(module, entry.precision)
-            entry.load_s = time.perf_counter() - started
-            entry.nbytes = module_bytes(module)
-            entry.loads += 1
-            self._place(entry, module, from_host=False)
-            return
-        # From host memory (or the CPU: the device again): it stops counting there before it is placed.
-        module, entry.module, entry.level = entry.module, None, "disk"
-        self._place(entry, module, from_host=True)
+    def _claim(self, entry: Entry) -> str:
+        """Mark `entry` as being loaded by the caller (lock held); its level before, to go back to."""
+        prior = entry.level
+        entry.loading, entry.level = True, "loading"  # no longer counted in host memory or on the CPU
+        return prior
 
-    def _place(self, entry: Entry, module: nn.Module, *, from_host: bool) -> None:
-        spot = self._find_room(entry)
-        if spot is None:
-            self._fall_back(entry, module)
-            return
-        pool, zone = spot
-        started = time.perf_counter()
-        before = torch.cuda.memory_allocated(pool.device) if pool.real else 0
-        if pool.real:
-            torch.cuda.reset_peak_memory_stats(pool.device)
-        module = module.to(pool.device)
-        if pool.real:
-            torch.cuda.synchronize(pool.device)
-            entry.load_peak = max(entry.nbytes, torch.cuda.max_memory_allocated(pool.device) - before)
-        else:
-            entry.load_peak = entry.nbytes
-        if from_host:
-            entry.restore_s = time.perf_counter() - started
-            entry.restores += 1
-        entry.module, entry.level, entry.pool, entry.zone = module, "device", pool, zone
-        pool.add(zone, entry.nbytes)
+    def _settle(self, entry: Entry) -> None:
+        with self._lock:
+            entry.loading = False
+            if entry.level == "loading":  # the load failed before anything was placed
+                entry.module, entry.level = None, "disk"
+            self._settled.notify_all()
+
+    def _bring_back(self, entry: Entry, prior: str, *, evict: bool = True) -> bool:
+        """Load or restore a claimed `entry` onto a device, or the CPU as a fallback. Runs without
+        the lock. `evict=False`: only into room free as things are; when there is none, the model
+        goes back where it was (`prior`) and False is returned."""
+        try:
+            module = entry.module
+            if module is None:  # on disk: build it from its weights file
+                started = self.timer()
+                module = entry.spec.loader()
+                if entry.precision != "fp32":
+                    module = _convert(module, entry.precision)
+                took = self.timer() - started
+                with self._lock:
+                    entry.load_s = took
+                    entry.load_s_total += took
+                    entry.nbytes = module_bytes(module)
+                    entry.loads += 1
+            placed = self._place(entry, module, from_host=prior in ("host", "cpu"), evict=evict)
+            if not placed:
+                with self._lock:
+                    entry.module, entry.level = (module, prior) if prior in ("host", "cpu") else (None, "disk")
+            return placed
+        finally:
+            self._settle(entry)
+
+    def _place(self, entry: Entry, module: nn.Module, *, from_host: bool, evict: bool = True) -> bool:
+        """Reserve room, copy the model there, commit. An out-of-memory error while copying evicts
+        from that device and tries once more; a second one falls back to the CPU."""
+        for attempt in (1, 2):
+            with self._lock:
+                spot = self._find_room(entry) if evict else self._room_without_evicting(entry)
+                if spot is None:
+                    if not evict:
+                        return False
+                    self._fall_back(entry, module)
+                    return True
+                pool, zone = spot
+                pool.add(zone, entry.nbytes)  # reserved: no other load takes this room while the copy runs
+            started = self.timer()
+            try:
+                moved, peak = _move(module, pool, entry.nbytes)
+            except torch.cuda.OutOfMemoryError:
+                module = module.to("cpu")  # what was copied before the failure comes back
+                with self._lock:
+                    pool.remove(zone, entry.nbytes)  # the reservation
+                    free = pool.device_free()
+                    self._note(
+                        f"{entry.name}: out of memory placing {entry.nbytes} bytes on {pool.key} "
+                        f"(driver reports {free} bytes free; attempt {attempt})"
+                    )
+                    if not evict:  # preloading or moving a fallback back: it stays where it was
+                        return False
+                    if attempt == 1 and self._make_device_room(pool, entry):
+                        continue
+                    self._fall_back(entry, module, why=f"out of memory on {pool.key}")
+                    return True
+            except BaseException:
+                with self._lock:
+                    pool.remove(zone, entry.nbytes)  # the reservation
+                raise
+            with self._lock:
+                entry.load_peak = max(entry.nbytes, peak)
+                if from_host:
+                    entry.restore_s = self.timer() - started
+                    entry.restores += 1
+                entry.module, entry.level, entry.pool, entry.zone = moved, "device", pool, zone
+            return True
+        raise AssertionError("unreachable: the second attempt returns")
 
     def _zones_for(self, entry: Entry) -> list[str]:
         return [entry.home] + (["flexible"] if entry.home != "flexible" else [])
@@ -393,56 +482,97 @@ class ModelManager:
     def _pools_by_room(self, zone: str) -> list[DevicePool]:
         return sorted((p for p in self.pools if zone in p.zones), key=lambda p: p.free(zone) * p.speed, reverse=True)
 
+    def _short_on_device(self, pool: DevicePool, entry: Entry) -> int:
+        """Bytes the driver lacks for the model's load peak on `pool` (0 on a simulated pool)."""
+        free = pool.device_free()
+        if free is None:
+            return 0
+        return max(0, max(entry.load_peak, entry.nbytes) - free)
+
     def _find_room(self, entry: Entry) -> tuple[DevicePool, str] | None:
-        """Its zone, then flexible, on the roomiest device; then the same after evicting."""
+        """Its zone, then flexible, on the roomiest device; then the same after evicting, the slower
+        device giving up room first (the faster keeps the models it runs faster)."""
         room = self._room_without_evicting(entry)
         if room is not None:
             return room
-        need = entry.nbytes
         for zone in self._zones_for(entry):
-            for pool in self._pools_by_room(zone):
-                victims = self._victims(pool, zone, need - pool.free(zone), entry.spec.priority)
+            pools = sorted((p for p in self.pools if zone in p.zones), key=lambda p: (p.speed, -p.free(zone)))
+            for pool in pools:
+                need = max(entry.nbytes - pool.free(zone), self._short_on_device(pool, entry))
+                victims = self._victims(pool, zone, need, entry.spec.priority)
                 if victims is not None:
                     for victim in victims:
                         self._evict(victim, reason=f"room for {entry.name}")
+                    if victims:
+                        _release_cache(pool)  # so the driver's free reading shows what was freed
                     return pool, zone
         return None
 
     def _room_without_evicting(self, entry: Entry) -> tuple[DevicePool, str] | None:
-        """Its zone, then flexible, on the roomiest device that holds it as things are."""
+        """Its zone, then flexible, on the roomiest device that holds it as things are (on CUDA,
+        with the driver reporting free memory for its load peak)."""
         for zone in self._zones_for(entry):
             for pool in self._pools_by_room(zone):
-                if pool.free(zone) >= entry.nbytes:
+                if pool.free(zone) >= entry.nbytes and not self._short_on_device(pool, entry):
                     return pool, zone
         return None
 
-    def _evictable(self, entry: Entry, requester: Priority, pool: DevicePool) -> bool:
+    def _make_device_room(self, pool: DevicePool, entry: Entry) -> bool:
+        """After an out-of-memory error: evict from every zone of `pool` the lowest-valued models
+        worth the model's load peak, and release the cache. False if nothing can go."""
+        need = max(entry.load_peak, entry.nbytes)
+        for zone in pool.zones:
+            victims = self._victims(pool, zone, need, entry.spec.priority)
+            if victims:
+                for victim in victims:
+                    self._evict(victim, reason=f"out of memory placing {entry.name}")
+                _release_cache(pool)
+                return True
+        return False
+
+    def _evictable(self, entry: Entry, pool: DevicePool, *, high_too: bool) -> bool:
         priority = entry.spec.priority
-        if entry.pins or priority == "critical":
+        if entry.pins or entry.loading or priority == "critical":
             return False
         if priority == "high":
-            return requester in ("high", "critical") or pool.level() != "ok"
+            return high_too or pool.level() != "ok"
         return True
 
     def _victims(self, pool: DevicePool, zone: str, need: int, requester: Priority) -> list[Entry] | None:
-        """The lowest-valued models in `zone` of `pool` that free `need` bytes, or None if they cannot."""
-        candidates = [
-            e
-            for e in self.entries.values()
-            if e.level == "device" and e.pool is pool and e.zone == zone and self._evictable(e, requester, pool)
-        ]
-        order = (lambda e: e.last_use) if self.policy == "lru" else (lambda e: e.value)
-        chosen, freed = [], 0
-        for candidate in sorted(candidates, key=order):
-            if freed >= need:
-                break
-            chosen.append(candidate)
-            freed += candidate.nbytes
-        return chosen if freed >= need else None
+        """The lowest-valued models in `zone` of `pool` that free `need` bytes, or None if they cannot.
 
-    def _fall_back(self, entry: Entry, module: nn.Module) -> None:
+        `high` models are candidates only when the device is past its warning threshold, or
+        for a `critical` requester once the others cannot free enough; `critical` ones never."""
+        passes = (False, True) if requester == "critical" else (False,)
+        for high_too in passes:
+            candidates = [
+                e
+                for e in self.entries.values()
+                if e.level == "device"
+                and e.pool is pool
+                and e.zone == zone
+                and self._evictable(e, pool, high_too=high_too)
+            ]
+            order = (lambda e: e.last_use) if self.policy == "lru" else (lambda e: e.value)
+            chosen, freed = [], 0
+            for candidate in sorted(candidates, key=order):
+                if freed >= need:
+                    break
+                chosen.append(candidate)
+                freed += candidate.nbytes
+            if freed >= need:
+                return chosen
+        return None
+
+    def _fall_back(self, entry: Entry, module: nn.Module, *, why: str | None = None) -> None:
         free = {f"{p.key}/{z}": p.free(z) for z in self._zones_for(entry) for p in self.pools if z in p.zones}
-        where = ", ".join(f"{k}: {v / MB:.1f} MB free" for k, v in free.items())
+        where = ", ".join(f"{k}: {v / MB:.1f} MB ({v} bytes) free" for k, v in free.items())
+        for pool in self.pools:
+            device_free = pool.device_free()
+            if device_free is not None:
+                where += f", {pool.key} driver: {device_free} bytes free"
+        if why is not None:
+            where = f"{why}; {where}"
         if not entry.spec.cpu_fallback or any(pool.host for pool in self.pools):
             raise ModelMemoryError(
                 f"model {entry.name!r} needs {entry.nbytes / MB:.1f} MB ({entry.nbytes} bytes) and does not fit "
@@ -489,7 +619,7 @@ class ModelManager:
         """Send a model back to its weights file now (unless it is in use); True if it was loaded."""
         with self._lock:
             entry = self._entry(name)
-            if entry.pins or entry.level == "disk":
+            if entry.pins or entry.loading or entry.level == "disk":
                 return False
             if entry.level == "device":
                 assert entry.pool is not None and entry.zone is not None
@@ -498,7 +628,8 @@ class ModelManager:
             return True
 
     def unload_idle(self) -> list[str]:
-        """Unload every model unused for `idle_unload_s` (not pinned); the names unloaded."""
+        """Unload every model unused for `idle_unload_s` (not pinned, not `critical`: those stay
+        resident however long a pause lasts); the names unloaded."""
         if not self.idle_unload_s:
             return []
         with self._lock:
@@ -506,7 +637,10 @@ class ModelManager:
             idle = [
                 e.name
                 for e in self.entries.values()
-                if e.level != "disk" and not e.pins and now - e.last_use >= self.idle_unload_s
+                if e.level != "disk"
+                and not e.pins
+                and e.spec.priority != "critical"
+                and now - e.last_use >= self.idle_unload_s
             ]
             done = [name for name in idle if self.unload(name)]
             for name in done:
@@ -518,7 +652,7 @@ class ModelManager:
         the warning threshold. The names unloaded."""
         done = []
         with self._lock:
-            for pool in sorted(self.pools, key=lambda p: p.speed):  # the slower device is relieved first
+            for pool in self.pools:  # each device past its own threshold gives up its own low models
                 if pool.level() != "critical":
                     continue
                 low = sorted(
@@ -531,19 +665,33 @@ class ModelManager:
                         break
                     self._evict(entry, reason=f"{pool.key} past its critical threshold")
                     done.append(entry.name)
-                    if pool.real:
-                        torch.cuda.empty_cache()  # so the driver's reading shows what was freed
+                    _release_cache(pool)  # so the driver's reading shows what was freed
         return done
 
     def retry_fallbacks(self) -> list[str]:
         """Move models running on the CPU for want of room back to a device that has room now."""
-        moved = []
-        with self._lock:
-            for entry in self.entries.values():
-                if entry.level == "cpu" and not entry.pins and self._room_without_evicting(entry) is not None:
-                    self._bring_back(entry)
-                    moved.append(entry.name)
-        return moved
+        moved: list[str] = []
+        tried: set[str] = set()
+        while True:
+            with self._lock:
+                entry = next(
+                    (
+                        e
+                        for e in self.entries.values()
+                        if e.name not in tried
+                        and e.level == "cpu"
+                        and not e.pins
+                        and not e.loading
+                        and self._room_without_evicting(e) is not None
+                    ),
+                    None,
+                )
+                if entry is None:
+                    return moved
+                tried.add(entry.name)
+                prior = self._claim(entry)
+            if self._bring_back(entry, prior, evict=False):  # the copy runs outside the lock
+                moved.append(entry.name)
 
     def housekeeping(self) -> None:
         """The timer's round: idle unloading, relief past the critical threshold, fallbacks moved back
@@ -567,7 +715,10 @@ class ModelManager:
             while True:
                 await asyncio.sleep(period_s)
                 if self._watchers[0] is token:
-                    await asyncio.to_thread(self.housekeeping)
+                    try:
+                        await asyncio.to_thread(self.housekeeping)
+                    except Exception as exc:  # one bad round (a loader failing) must not end the rounds
+                        log.warning("models: housekeeping round failed: %s: %s", type(exc).__name__, exc)
         finally:
             self._watchers.remove(token)
 
@@ -584,46 +735,53 @@ class ModelManager:
         if not self.preload_enabled or self._last_used is None:
             return None
         with self._lock:
-            name = self.predicted_next(self._last_used)
+            after = self._last_used
+            name = self.predicted_next(after) if after is not None else None
             if name is None:
                 return None
             entry = self.entries[name]
-            if entry.level == "device" or entry.nbytes == 0:  # resident already, or never measured
+            if entry.level not in ("disk", "host") or entry.loading or entry.nbytes == 0:  # resident, or unmeasured
                 return None
             if any(pool.level() != "ok" for pool in self.pools) or self._room_without_evicting(entry) is None:
                 return None
-            self._bring_back(entry)
-            self._note(f"{name}: preloaded (usually follows {self._last_used})")
-            return name
+            prior = self._claim(entry)
+        if not self._bring_back(entry, prior, evict=False):  # the load runs outside the lock
+            return None
+        with self._lock:
+            self._note(f"{name}: preloaded (usually follows {after})")
+        return name
 
     # ----------------------------------------------------------------- precision and housekeeping
 
     def set_precision(self, name: str, precision: str) -> None:
         """Hold the model at `precision` (the scheduler's rung); its size is measured again.
 
-        Lowering converts what is loaded; going back to fp32 reloads from the weights file. A
-        model in use by a frame changes when that frame is done with it.
+        Lowering converts the model where it is (device, CPU fallback or host memory); going back
+        to fp32 reloads from the weights file. A model in use by a frame (or being loaded)
+        changes when that frame is done with it.
         """
         with self._lock:
             entry = self._entry(name)
-            if entry.pins:
+            if entry.pins or entry.loading:
                 entry.pending_precision = precision if precision != entry.precision else None
                 return
             entry.pending_precision = None
             if entry.precision == precision:
                 return
-            if precision == "fp32" or entry.level != "device":
-                self.unload(name)  # the next acquire builds it afresh at this precision
-            else:
+            if precision == "fp32":
+                self.unload(name)  # a lowered model cannot be raised again: rebuilt from its file on next use
+            elif entry.level != "disk":  # on a device, on the CPU as a fallback, or waiting in host memory
                 self._convert_in_place(entry, precision)
             entry.precision = precision
 
     def _convert_in_place(self, entry: Entry, precision: str) -> None:
-        assert entry.pool is not None and entry.zone is not None and entry.module is not None
+        assert entry.module is not None
         module = _convert(entry.module, precision)
         nbytes = module_bytes(module)
-        entry.pool.remove(entry.zone, entry.nbytes)
-        entry.pool.add(entry.zone, nbytes)
+        if entry.level == "device":  # host and CPU-fallback bytes follow from `nbytes`
+            assert entry.pool is not None and entry.zone is not None
+            entry.pool.remove(entry.zone, entry.nbytes)
+            entry.pool.add(entry.zone, nbytes)
         entry.module, entry.nbytes = module, nbytes
 
     def between_frames(self) -> None:
@@ -638,9 +796,11 @@ class ModelManager:
             fragmentation = torch.cuda.memory_reserved(pool.device) - torch.cuda.memory_allocated(pool.device)
             total += fragmentation
             if fragmentation > pool.fragmentation_limit:
-                with torch.cuda.device(pool.device):  # empty_cache acts on the current device only
-                    torch.cuda.empty_cache()
+                _release_cache(pool)
                 self.cache_releases += 1
+                log.info(
+                    "models: %s: released %d cached bytes (over %d)", pool.key, fragmentation, pool.fragmentation_limit
+                )
         self.fragmentation = total
 
     def _touch(self, entry: Entry) -> None:
@@ -686,6 +846,7 @@ class ModelManager:
                         "used_mb": {z: round(u / MB, 3) for z, u in pool.used.items()},
                         "reserved_mb": round(pool.reserved / MB, 1),
                         "peak_mb": round(pool.peak / MB, 3),
+                        "zone_peaks_mb": {z: round(u / MB, 3) for z, u in pool.zone_peaks.items()},
                         "in_use": round(pool.in_use(), 4),
                         "level": pool.level(),
                     }
@@ -708,6 +869,7 @@ class ModelManager:
                         "load_peak_mb": round(e.load_peak / MB, 3),
                         "precision": e.precision,
                         "load_s": round(e.load_s, 4),
+                        "load_s_total": round(e.load_s_total, 4),
                         "last_use_s_ago": round(self.clock() - e.last_use, 3) if e.uses else None,
                         "uses": e.uses,
                         "hits": e.hits,
@@ -754,3 +916,21 @@ def _pin(module: nn.Module) -> None:
     """Page-lock a CPU module's tensors, so a restore to the GPU is one DMA copy."""
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         tensor.data = tensor.data.pin_memory()
+
+
+def _release_cache(pool: DevicePool) -> None:
+    """Return the pool's cached, unallocated blocks to the driver (a simulated pool has none)."""
+    if pool.real:
+        with torch.cuda.device(pool.device):  # empty_cache acts on the current device only
+            torch.cuda.empty_cache()
+
+
+def _move(module: nn.Module, pool: DevicePool, nbytes: int) -> tuple[nn.Module, int]:
+    """`module` on the pool's device, and the most bytes the copy took there (its load peak)."""
+    if not pool.real:
+        return module.to(pool.device), nbytes
+    before = torch.cuda.memory_allocated(pool.device)
+    torch.cuda.reset_peak_memory_stats(pool.device)
+    module = module.to(pool.device)
+    torch.cuda.synchronize(pool.device)
+    return module, torch.cuda.max_memory_allocated(pool.device) - before

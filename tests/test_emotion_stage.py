@@ -205,6 +205,17 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
     stage.apply_quality(FULL)
     assert stage.precision == "fp32" and stage._detect_size[1] == 320 and stage._cadence == 1
 
+    # On a CUDA run whose detector fell back to the CPU, reduced precision follows where the model
+    # runs: int8 for it (fp16 would save nothing on a CPU), and no fp16 for a classifier there.
+    stage.ctx.device = torch.device("cuda", 0)
+    for name in (stage._detector_name, "fer"):  # back at fp32: rebuilt from their files, on the CPU
+        with stage.models.use(name):
+            pass
+    assert stage.models.device_of(stage._detector_name) == torch.device("cpu")
+    stage.apply_quality(settings)
+    precisions = {name: entry.precision for name, entry in stage.models.entries.items()}
+    assert precisions == {stage._detector_name: "int8", "fer": "fp32"} and stage.precision == "int8"
+
 
 def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tmp_path):
     from pipeline.memory import ModelManager

@@ -8,8 +8,11 @@ its size, as reading a weights file does, so measured reload costs are ordered l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import sys
+import threading
 
 import pytest
 import torch
@@ -65,25 +68,88 @@ def test_module_bytes_counts_weights_at_their_precision():
     assert module_bytes(with_precision(nn.Sequential(layer), "int8")) < MB // 3
 
 
-def test_a_full_zone_evicts_the_lowest_valued_model_and_never_a_critical_one():
-    manager = ModelManager([pool(flexible=4, critical=2)])
-    manager.register(spec("face", 2, priority="critical", zone="critical"))
-    manager.register(spec("often", 1))
-    manager.register(spec("rare", 1, priority="low"))
-    manager.register(spec("big", 2))
-    manager.register(spec("new", 2))
-    for name in ("face", "often", "rare", "big"):
+def costly(name: str, mb: float, timer: Clock, cost_s: float, **options) -> ModelSpec:
+    """A model whose load takes exactly `cost_s` on the manager's timer: fixed reload costs."""
+
+    def load() -> nn.Module:
+        timer.now += cost_s
+        return linear(mb, 1.0)
+
+    return ModelSpec(name, load, **options)
+
+
+def test_the_eviction_score_keeps_a_costly_often_used_model_that_lru_drops():
+    """Same requests, opposite victims: LRU drops the model used longest ago; the score drops the
+    cheap, low-priority model used once, and keeps the often-used one that is costly to reload."""
+    kept = {}
+    for policy in ("score", "lru"):
+        clock, timer = Clock(), Clock()
+        manager = ModelManager([pool(flexible=2)], policy=policy, clock=clock, timer=timer, preload=False)
+        manager.register(costly("costly", 1, timer, cost_s=2.0))
+        manager.register(costly("cheap", 1, timer, cost_s=0.01, priority="low"))
+        manager.register(costly("new", 1, timer, cost_s=0.01))
+        for _ in range(5):
+            with manager.use("costly"):
+                clock.now += 1
+        clock.now += 600  # costly: last used ten minutes ago
+        with manager.use("cheap"):
+            pass
+        with manager.use("new"):  # the zone holds two: one must go
+            pass
+        kept[policy] = sorted(e.name for e in manager.entries.values() if e.level == "device")
+        assert manager.entries["costly"].load_s == 2.0 and manager.status()["totals"]["evictions"] == 1
+    assert kept["score"] == ["costly", "new"]
+    assert kept["lru"] == ["cheap", "new"]
+
+
+def test_critical_models_are_never_evicted_and_high_ones_only_under_pressure():
+    """A high model gives way to nothing below critical while its device is under its warning
+    threshold, to a critical model only when nothing else frees room, and to anything past it."""
+    device = pool(flexible=2, total_mb=100)  # 2 MB of 100: far under the warning threshold
+    manager = ModelManager([device], preload=False)
+    for name, priority in (("h1", "high"), ("m", "medium"), ("h2", "high"), ("h3", "high")):
+        manager.register(spec(name, 1, priority=priority, zone="flexible"))
+    for name in ("h1", "m", "h2"):  # h2 takes the medium model's place
         with manager.use(name):
             pass
-    for _ in range(5):
-        with manager.use("often"):
-            pass
-    with manager.use("new"):  # flexible is full (1 + 1 + 2 MB): 2 MB must go
+    assert manager.entries["m"].level == "disk" and device.level() == "ok"
+    with manager.use("h3"):  # only high models there, no pressure: it runs on the CPU instead
         pass
-    levels = {e.name: e.level for e in manager.entries.values()}
-    assert levels["face"] == "device" and levels["often"] == "device" and levels["new"] == "device"
-    assert levels["rare"] == "disk" and levels["big"] == "disk"  # least valued: low priority, once; big, once
-    assert manager.pools[0].used == {"critical": 2 * MB, "flexible": 3 * MB}
+    assert [manager.entries[n].level for n in ("h1", "h2", "h3")] == ["device", "device", "cpu"]
+    for name in ("c1", "c2", "c3"):
+        manager.register(spec(name, 1, priority="critical", zone="flexible"))
+    with manager.use("c1"):  # nothing but high models can make room for a critical one: one goes
+        pass
+    assert manager.entries["c1"].level == "device"
+    assert sum(manager.entries[n].level == "device" for n in ("h1", "h2")) == 1
+    with manager.use("c2"):  # the other high one goes too
+        pass
+    with manager.use("c3"):  # only critical models left: they stay, and c3 runs on the CPU
+        pass
+    assert [manager.entries[n].level for n in ("c1", "c2", "c3")] == ["device", "device", "cpu"]
+
+    tight = pool(flexible=2, total_mb=2.5)  # both placed: 80 %, past the 75 % warning threshold
+    pressed = ModelManager([tight], preload=False)
+    for name, priority in (("h1", "high"), ("h2", "high"), ("m", "medium")):
+        pressed.register(spec(name, 1, priority=priority, zone="flexible"))
+    for name in ("h1", "h2", "m"):
+        with pressed.use(name):
+            pass
+    assert tight.level() == "warning" and pressed.entries["m"].level == "device"  # under pressure, a high one went
+    assert sum(pressed.entries[n].level == "device" for n in ("h1", "h2")) == 1
+
+
+def test_idle_unloading_never_unloads_a_critical_model():
+    clock = Clock()
+    manager = ModelManager([pool(flexible=2, critical=2)], idle_unload_s=900, clock=clock)
+    manager.register(spec("face", 1, priority="critical"))
+    manager.register(spec("extra", 1, priority="low"))
+    for name in ("face", "extra"):
+        with manager.use(name):
+            pass
+    clock.now += 10_000
+    assert manager.unload_idle() == ["extra"]
+    assert manager.entries["face"].level == "device"
 
 
 def test_critical_models_are_never_evicted_so_the_next_one_falls_back_to_the_cpu():
@@ -103,7 +169,8 @@ def test_critical_models_are_never_evicted_so_the_next_one_falls_back_to_the_cpu
 def test_a_model_that_may_not_run_on_the_cpu_fails_with_its_size_and_what_is_free():
     manager = ModelManager([pool(flexible=1)])
     manager.register(spec("huge", 2, cpu_fallback=False))
-    with pytest.raises(ModelMemoryError, match=r"'huge' needs 2\.0 MB \(2097152 bytes\).*gpu0/flexible: 1\.0 MB free"):
+    exact = r"'huge' needs 2\.0 MB \(2097152 bytes\).*gpu0/flexible: 1\.0 MB \(1048576 bytes\) free"
+    with pytest.raises(ModelMemoryError, match=exact):
         manager.acquire("huge")
     cpu_only = ModelManager([DevicePool("cpu", torch.device("cpu"), {"flexible": MB}, total=2 * MB, host=True)])
     cpu_only.register(spec("too_big", 2))
@@ -132,36 +199,101 @@ def test_a_model_used_by_a_frame_in_flight_is_never_evicted_under_it():
 
 
 def test_many_tasks_at_once_on_a_tight_budget_get_the_right_models_and_never_overfill():
-    manager = ModelManager([pool(flexible=3)])
+    manager = ModelManager([pool(flexible=4)])
     rng = random.Random(7)
-    for index in range(6):
+    manager.register(spec("m0", 1, value=1.0, priority="low"))
+    for index in range(1, 7):
         manager.register(spec(f"m{index}", 1, value=float(index + 1), priority=rng.choice(["low", "medium"])))
-    # At most two frames in the models at once: a third slot is always there to evict from, so
-    # every miss is an eviction and none a CPU fallback (with all three slots pinned, a model
-    # would fall back to the CPU and stay there, and a loaded machine could end with no eviction).
+    # An evicted model's memory goes to the next one: here its weights are zeroed as it is
+    # evicted, so a frame still computing with a model evicted under it gets zeros, not the
+    # model's value; and every victim's pins are recorded at the moment it goes.
+    victims: list[tuple[str, int]] = []
+    evict = manager._evict
+
+    def evict_and_reuse_its_memory(entry, *, reason):
+        victims.append((entry.name, entry.pins))
+        module = entry.module
+        evict(entry, reason=reason)
+        with torch.no_grad():
+            module.weight.zero_()
+
+    manager._evict = evict_and_reuse_its_memory
+    # A long frame holds m0 through the whole burst: soon the least valued and least recently
+    # used model, it is the first to go if a pin did not protect it. At most two more frames in
+    # the models at once: a fourth slot is always there to evict from, so every miss is an
+    # eviction and none a CPU fallback.
+    held = manager.acquire("m0")
     in_flight = asyncio.Semaphore(2)
 
-    def one_request(name: str) -> tuple[str, float]:
+    def one_request(name: str) -> tuple[str, float, float]:
         with manager.use(name) as model, torch.no_grad():
-            out = model(torch.ones(1, model.in_features))
-            return name, float(out[0, 0])
+            first = model(torch.ones(1, model.in_features))
+            second = model(torch.ones(1, model.in_features))  # still pinned: still the same weights
+            return name, float(first[0, 0]), float(second[0, 0])
 
-    async def request(name: str) -> tuple[str, float]:
+    async def request(name: str) -> tuple[str, float, float]:
         async with in_flight:
             return await asyncio.to_thread(one_request, name)
 
     async def main():
-        names = [f"m{rng.randrange(6)}" for _ in range(120)]
+        names = [f"m{rng.randrange(1, 7)}" for _ in range(120)]
         return await asyncio.gather(*(request(name) for name in names))
 
-    for name, result in asyncio.run(main()):
-        index = int(name[1:])
-        assert result == pytest.approx(SIDE_1MB * (index + 1))  # each request ran the model it asked for
+    results = asyncio.run(main())
+    with torch.no_grad():
+        assert float(held(torch.ones(1, SIDE_1MB))[0, 0]) == SIDE_1MB  # m0's weights, untouched under the frame
+    manager.release("m0")
+    for name, first, second in results:
+        expected = SIDE_1MB * (int(name[1:]) + 1)
+        assert (first, second) == (pytest.approx(expected), pytest.approx(expected))  # the model it asked for
+    assert victims and all(pins == 0 for _, pins in victims), victims  # never one a frame was using
     device = manager.pools[0]
     assert device.peak <= device.zones["flexible"]  # never more placed than the zone holds
     assert all(e.pins == 0 for e in manager.entries.values())
     totals = manager.status()["totals"]
-    assert totals["evictions"] > 0 and totals["fallbacks"] == 0
+    assert totals["evictions"] == len(victims) and totals["fallbacks"] == 0
+
+
+def test_status_and_other_models_answer_while_a_slow_model_loads():
+    """Building a model runs outside the manager's lock: the status (read on the event loop by
+    the server) and requests for other models do not wait for it."""
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_load() -> nn.Module:
+        started.set()
+        assert finish.wait(30)
+        return linear(1, 3.0)
+
+    manager = ModelManager([pool(flexible=4)])
+    manager.register(ModelSpec("slow", slow_load))
+    manager.register(spec("quick", 1))
+    slow_result: list[float] = []
+
+    def slow_request() -> None:
+        with manager.use("slow") as model, torch.no_grad():
+            slow_result.append(float(model(torch.ones(1, SIDE_1MB))[0, 0]))
+
+    loading = threading.Thread(target=slow_request)
+    loading.start()
+    assert started.wait(30)
+    seen: dict[str, object] = {}
+
+    def meanwhile() -> None:
+        seen["status"] = manager.status()
+        with manager.use("quick") as model:
+            seen["quick"] = model.weight.device.type
+
+    other = threading.Thread(target=meanwhile)
+    other.start()
+    other.join(timeout=30)
+    answered_during_the_load = not other.is_alive()
+    finish.set()
+    loading.join()
+    other.join()
+    assert answered_during_the_load
+    levels = {m["name"]: m["level"] for m in seen["status"]["models"]}
+    assert levels == {"slow": "loading", "quick": "disk"} and seen["quick"] == "cpu"
+    assert slow_result == [3.0 * SIDE_1MB] and manager.entries["slow"].level == "device"
 
 
 def test_idle_models_are_unloaded_after_the_timeout_unless_in_use():
@@ -256,19 +388,26 @@ def test_past_the_critical_threshold_low_priority_models_go_largest_first():
     assert manager.entries["important"].level == "device"
 
 
-def test_two_devices_models_go_where_there_is_room_and_the_slower_is_relieved_first():
-    fast, slow = pool("gpu0", flexible=4, speed=2.0, total_mb=5), pool("gpu1", flexible=4, speed=1.0, total_mb=5)
-    manager = ModelManager([fast, slow])
-    for name in ("a", "b", "c"):
-        manager.register(spec(name, 2, priority="low"))
-    for name in ("a", "b", "c"):
+def test_two_devices_models_go_where_there_is_room_and_the_slower_gives_up_room_first():
+    fast, slow = pool("gpu0", flexible=4, speed=2.0, total_mb=5), pool("gpu1", flexible=2, speed=1.0, total_mb=3)
+    clock, timer = Clock(), Clock()
+    manager = ModelManager([fast, slow], clock=clock, timer=timer, preload=False)
+    names = ("a", "b", "c", "d", "e", "f")
+    for name in names:  # all alike: the same size, priority, reload cost and uses
+        manager.register(costly(name, 1, timer, cost_s=0.5, priority="low"))
+    for name in names:
         with manager.use(name):
-            pass
-    placed = {name: manager.device_of(name) and manager.entries[name].pool.key for name in ("a", "b", "c")}
-    assert placed == {"a": "gpu0", "b": "gpu0", "c": "gpu1"}  # free room × speed
-    fast.reserved = slow.reserved = int(2.5 * MB)  # both past critical
+            clock.now += 1
+    where = {name: manager.entries[name].pool.key for name in names}
+    assert where == {"a": "gpu0", "b": "gpu0", "c": "gpu0", "d": "gpu0", "e": "gpu1", "f": "gpu1"}  # room × speed
+    manager.register(costly("new", 1, timer, cost_s=0.5, priority="low"))
+    with manager.use("new"):  # both full: the slower device makes the room, the faster keeps its four
+        pass
+    assert manager.entries["new"].pool is slow and manager.entries["e"].level == "disk"
+    assert sorted(n for n in names if manager.entries[n].pool is fast) == ["a", "b", "c", "d"]
+    fast.reserved = slow.reserved = int(2.5 * MB)  # both past critical: each sheds its own low models
     relieved = manager.relieve()
-    assert relieved[0] == "c"  # the slower device first
+    assert len(relieved) == 5 and {"f", "new"} <= set(relieved)  # 3 of the fast one's 4 bring it under warning
     manager.acquire("a", on=torch.device("cpu"))
     assert manager.copies == 0  # same device as the data
     manager.release("a")
@@ -305,6 +444,160 @@ def test_status_names_every_model_with_its_place_and_counters():
     assert status["devices"][0]["used_mb"] == {"flexible": 1.0}
     with pytest.raises(KeyError, match="not registered"):
         manager.acquire("nope")
+
+
+# ------------------------------------------------------------------ real CUDA readings, faked
+
+
+class FakeCuda:
+    """The torch.cuda calls the manager makes, on a machine without a GPU: a driver that reports
+    `free` bytes, a copy that raises out-of-memory `ooms` times, per-device cache figures."""
+
+    def __init__(self, monkeypatch, *, free: int, total: int = 64 * MB):
+        from pipeline import memory
+
+        self.free, self.total, self.ooms = free, total, 0
+        self.moved: list[str] = []
+        self.emptied: list[int] = []
+        self.reserved: dict[int, int] = {}
+        self.allocated: dict[int, int] = {}
+        self.current = 0
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (self.free, self.total))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: self.emptied.append(self.current))
+        monkeypatch.setattr(torch.cuda, "device", self.device)
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: self.reserved[torch.device(device).index])
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: self.allocated[torch.device(device).index])
+        monkeypatch.setattr(memory, "_move", self.move)
+        monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML: readings from mem_get_info
+
+    @contextlib.contextmanager
+    def device(self, device):
+        before, self.current = self.current, torch.device(device).index
+        try:
+            yield
+        finally:
+            self.current = before
+
+    def move(self, module, pool, nbytes):
+        if self.ooms:
+            self.ooms -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 MiB")
+        self.moved.append(pool.key)
+        return module, nbytes
+
+
+def gpu(index: int = 0, *, flexible: float = 8, total_mb: float = 64) -> DevicePool:
+    return DevicePool(
+        f"cuda:{index}", torch.device("cuda", index), {"flexible": int(flexible * MB)}, total=int(total_mb * MB)
+    )
+
+
+def test_a_model_goes_to_the_gpu_only_when_the_driver_has_room_for_its_load_peak(monkeypatch):
+    cuda = FakeCuda(monkeypatch, free=MB // 2)  # another process holds the rest of the card
+    manager = ModelManager([gpu(flexible=8)], preload=False)
+    manager.register(spec("m", 1))
+    manager.register(spec("strict", 1, cpu_fallback=False))
+    with manager.use("m"):  # 8 MB of zone free, but only 0.5 MB on the card: never copied there
+        pass
+    assert manager.entries["m"].level == "cpu" and cuda.moved == []
+    assert "cuda:0 driver: 524288 bytes free" in manager.events[-1]
+    with pytest.raises(ModelMemoryError, match=r"'strict' needs 1\.0 MB \(1048576 bytes\).*524288 bytes free"):
+        manager.acquire("strict")
+    cuda.free = 2 * MB
+    assert manager.retry_fallbacks() == ["m"] and manager.entries["m"].level == "device"
+    cuda.free = MB // 2  # the other process grew: too little for the next model, unless m's 1 MB goes
+    manager.register(spec("next", 1))
+    with manager.use("next"):
+        pass
+    assert manager.entries["next"].level == "device" and manager.entries["m"].level == "disk"
+    assert cuda.emptied == [0]  # m's blocks handed back to the driver before the copy
+
+
+def test_out_of_memory_while_placing_evicts_then_falls_back_and_never_crashes(monkeypatch):
+    cuda = FakeCuda(monkeypatch, free=32 * MB)
+    manager = ModelManager([gpu(flexible=8)], preload=False)
+    for name in ("resident", "new", "second", "strict"):
+        manager.register(spec(name, 1, cpu_fallback=name != "strict"))
+    with manager.use("resident"):
+        pass
+    cuda.ooms = 1  # the driver's reading was stale: the copy fails once
+    with manager.use("new") as model:
+        assert model(torch.ones(1, SIDE_1MB)).shape == (1, SIDE_1MB)
+    assert manager.entries["new"].level == "device" and manager.entries["resident"].level == "disk"
+    assert any("out of memory placing 1048576 bytes on cuda:0" in event for event in manager.events)
+    cuda.ooms = 2  # fails again after evicting: the CPU
+    with manager.use("second"):
+        pass
+    assert manager.entries["second"].level == "cpu" and manager.entries["second"].fallbacks == 1
+    assert manager.pools[0].used["flexible"] == 0  # "new" made room; nothing reserved is left behind
+    cuda.ooms = 1  # nothing of ours left there to evict: for a model that may not fall back, the error
+    with pytest.raises(ModelMemoryError, match=r"'strict'.*out of memory on cuda:0"):
+        manager.acquire("strict")
+    assert manager.entries["strict"].pins == 0 and manager.entries["strict"].level == "disk"
+    with manager.use("resident"):
+        pass
+    evictions = manager.status()["totals"]["evictions"]
+    cuda.ooms = 1  # moving the fallback back fails: it stays on the CPU, nothing is evicted for it
+    assert manager.retry_fallbacks() == [] and manager.entries["second"].level == "cpu"
+    assert manager.status()["totals"]["evictions"] == evictions and manager.entries["resident"].level == "device"
+
+
+def test_thresholds_read_nvml_when_present(monkeypatch):
+    """NVML counts every process on the card; its reading, not the manager's own bytes, decides."""
+    from types import SimpleNamespace
+
+    FakeCuda(monkeypatch, free=60 * MB)  # torch alone would say the card is nearly empty
+    nvml = SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(used=90, total=100),
+        nvmlDeviceGetTemperature=lambda handle, sensor: 60,
+        NVML_TEMPERATURE_GPU=0,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    device = gpu(flexible=8)
+    manager = ModelManager([device], preload=False)
+    manager.register(spec("low", 1, priority="low"))
+    with manager.use("low"):
+        pass
+    assert device.level() == "critical"
+    assert manager.relieve() == ["low"]
+
+
+def test_fragmentation_past_the_limit_releases_that_gpus_cached_blocks(monkeypatch):
+    cuda = FakeCuda(monkeypatch, free=32 * MB)
+    first, second = gpu(0), gpu(1)
+    first.fragmentation_limit = second.fragmentation_limit = 256 * MB
+    manager = ModelManager([first, second])
+    cuda.reserved = {0: 900 * MB, 1: 500 * MB}
+    cuda.allocated = {0: 600 * MB, 1: 400 * MB}  # 300 MB cached unused on cuda:0, 100 MB on cuda:1
+    manager.between_frames()
+    assert cuda.emptied == [0] and manager.cache_releases == 1  # only cuda:0, and on cuda:0
+    assert manager.status()["fragmentation_mb"] == 400.0
+    cuda.reserved = {0: 600 * MB, 1: 500 * MB}  # released
+    manager.between_frames()
+    assert cuda.emptied == [0] and manager.fragmentation == 100 * MB
+
+
+def test_a_precision_change_keeps_a_cpu_fallback_and_a_host_copy_where_they_are():
+    manager = ModelManager([pool(flexible=1)], host_budget=2 * MB, preload=False)
+    for name in ("resident", "fallback", "waiting"):
+        manager.register(spec(name, 1, priority="critical" if name == "resident" else "medium"))
+    with manager.use("waiting"):
+        pass
+    with manager.use("resident"):  # waiting goes to host memory
+        pass
+    with manager.use("fallback"):  # only a critical model there: the CPU
+        pass
+    assert [manager.entries[n].level for n in ("resident", "fallback", "waiting")] == ["device", "cpu", "host"]
+    for name in ("fallback", "waiting"):
+        manager.set_precision(name, "fp16")
+    assert [manager.entries[n].level for n in ("fallback", "waiting")] == ["cpu", "host"]  # not sent to disk
+    assert manager.entries["fallback"].module.weight.dtype == torch.float16
+    assert manager.host_used == MB // 2 and manager.fallback_used == MB // 2  # accounted at the new size
+    with manager.use("waiting") as model:  # back from host memory, not rebuilt
+        assert model.weight.dtype == torch.float16
+    assert manager.entries["waiting"].loads == 1 and manager.entries["fallback"].loads == 1
 
 
 # ------------------------------------------------------------------ device profiles
@@ -378,21 +671,40 @@ def run_sample(profile, frames: int = 20, analytics=None) -> dict:
     return result.report
 
 
-def test_the_6gb_profile_runs_the_full_graph_without_passing_its_budget():
-    profile = load_profile("rtx3060-laptop-6gb")
-    report = run_sample(profile)
-    models = report["models"]
-    (device,) = models["devices"]
-    assert report["device_profile"] == "rtx3060-laptop-6gb" and "simulated" in device["key"]
-    assert device["peak_mb"] <= profile.memory_mb  # at no moment more than the card has
-    for zone, used in device["used_mb"].items():
-        assert used <= device["zones_mb"][zone]
-    assert {m["name"] for m in models["models"]} == {"mtcnn(min_face=20)", "fer"}
-    assert all(m["level"] == "device" and m["zone"] == "high" for m in models["models"])
-    assert models["totals"]["fallbacks"] == 0 and models["totals"]["evictions"] == 0
-    requests = {m["name"]: m["hits"] + m["misses"] for m in models["models"]}
-    assert requests["mtcnn(min_face=20)"] == 20  # taken for every frame
-    assert requests["fer"] >= 20  # every frame, and again by the classifier's batcher for each call
+def test_the_6gb_profile_scaled_to_the_models_runs_the_full_graph_without_passing_its_budget(tmp_path):
+    """The 6 GB card's plan scaled down a thousandfold (MB for GB), so the real models (the detector
+    1.9 MB, the classifier 0.2 MB) press on it, with filler models taking the rest of the zones: the
+    classifier finds neither zone with room and must evict the low-priority filler. At no moment
+    is more placed in a zone than it holds, or on the card than it has."""
+    from pipeline.config import load_config
+    from pipeline.job import JobOptions, run_job
+
+    scaled = tmp_path / "rtx3060-scaled.yaml"
+    scaled.write_text(
+        "name: rtx3060-scaled\nkind: cuda\nmemory_mb: 6\nreserved_mb: 1\n"
+        "zones: {critical: 2, high: 2, flexible: 1}\nwarning: 0.9\ncritical: 0.95\n"
+    )
+    profile = load_profile(scaled)
+    manager = ModelManager.from_profile(profile, torch.device("cpu"), preload=False)
+    manager.register(spec("face_id", 1.5, priority="critical"))  # a critical model: never evicted
+    manager.register(spec("filler", 0.9, priority="low"))  # 0.9 of flexible's 1 MB
+    for name in ("face_id", "filler"):
+        with manager.use(name):
+            pass
+    options = JobOptions(config=load_config("default"), device=torch.device("cpu"), frames=12, device_profile=profile)
+    result = asyncio.run(run_job("sample", "null", options, models=manager))
+    assert result.status == "ok", result.reason
+    report = result.report["models"]
+    (device,) = report["devices"]
+    models = {m["name"]: m for m in report["models"]}
+    assert models["mtcnn(min_face=20)"]["zone"] == "high"  # 1.9 of the high zone's 2 MB
+    assert models["fer"]["zone"] == "flexible" and models["filler"]["level"] == "disk"  # room made for it
+    assert models["face_id"]["level"] == "device" and report["totals"]["fallbacks"] == 0
+    for zone, peak in device["zone_peaks_mb"].items():
+        assert peak <= device["zones_mb"][zone]  # never more in a zone than it holds
+    assert device["peak_mb"] <= profile.memory_mb
+    assert device["peak_mb"] >= 1 + 1.5 + 0.9 + 1.89  # the card was nearly full: the budget was tested
+    assert models["mtcnn(min_face=20)"]["hits"] + models["mtcnn(min_face=20)"]["misses"] == 12
 
 
 def test_a_card_too_small_for_the_detector_runs_it_on_the_cpu_and_still_finds_the_face(tmp_path):

@@ -121,9 +121,21 @@ class Emotion(ComputeStage):
             self._cadence = settings.inference_every
             self._offered = 0  # the first frame at a new cadence is looked at
         self.set_detect_width(round(self.options.detect_width * settings.inference_scale))
+        if settings.precision != "reduced":
+            self.set_precision(self.options.precision)
+            return
+        # Reduced precision follows where each model runs, not the run's device: a detector that
+        # fell back to the CPU on a CUDA run is quantized to int8, as fp16 on a CPU saves no time.
+        detector_gpu, classifier_gpu = self._on_gpu(self._detector_name), self._on_gpu(CLASSIFIER)
+        self.models.set_precision(self._detector_name, "fp16" if detector_gpu else "int8")
+        self.models.set_precision(CLASSIFIER, "fp16" if classifier_gpu else "fp32")  # int8 leaves its convs as they are
+        self.precision = "fp16" if detector_gpu else "int8"
+
+    def _on_gpu(self, model: str) -> bool:
+        """Whether `model` runs on a GPU: where the manager placed it, else (not loaded yet) the run's device."""
         assert self.ctx is not None
-        reduced = "fp16" if self.ctx.device.type == "cuda" else "int8"
-        self.set_precision(reduced if settings.precision == "reduced" else self.options.precision)
+        device = self.models.device_of(model) or self.ctx.device
+        return device.type == "cuda"
 
     def set_detect_width(self, width: int) -> None:
         """Detect on the frame scaled to `width` px (never above its own) from the next detection on.
@@ -146,9 +158,10 @@ class Emotion(ComputeStage):
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        assert self.ctx is not None
-        on_gpu = self.ctx.device.type == "cuda"
-        self.models.set_precision(self._detector_name, precision if precision == "int8" or on_gpu else "fp32")
+        # The detector is converted only where that precision pays: int8 on a CPU, fp16/bf16 on a GPU.
+        on_gpu = self._on_gpu(self._detector_name)
+        pays = (precision == "int8" and not on_gpu) or (precision in ("fp16", "bf16") and on_gpu)
+        self.models.set_precision(self._detector_name, precision if pays else "fp32")
         self.models.set_precision(CLASSIFIER, "fp32" if precision == "int8" else precision)
         self.precision = precision
 

@@ -3,10 +3,16 @@
 The HTTP server has one `SessionHost` in its own process; with `--serve --ray`, each Ray
 worker actor has one instead, and the server only places offers on them. Either way an offer
 becomes a session here: a peer connection, its own pipeline run, the shared models.
+
+The host runs the models' housekeeping round (idle unloading, relief past the critical
+threshold, CPU fallbacks moved back, preloading, cache release) for as long as it lives, not
+only while a session runs: a model loaded through `POST /api/resource/load`, or left by the
+last session, is still unloaded when idle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -45,17 +51,31 @@ class SessionHost:
         profile: DeviceProfile | None = None,
         prompt_receive: bool = True,
         silence_s: float = SILENCE_S,
+        models: ModelManager | None = None,
+        housekeeping_s: float = 1.0,
     ):
         self.config = config
         self.device = device
         self.capacity = capacity
         self.profile = profile or detect_profile(device)
-        self.models = ModelManager.for_device(device, self.profile)
+        self.models = models if models is not None else ModelManager.for_device(device, self.profile)
+        self.housekeeping_s = housekeeping_s  # seconds between the models' housekeeping rounds
+        self._housekeeping: asyncio.Task[None] | None = None
         self.prompt_receive = prompt_receive  # False: aiortc's receive path as it is (for comparison)
         self.silence_s = silence_s  # a peer that sends no video this long is gone
         self.sessions: set[Session] = set()
         self.sessions_total = 0
         self.retired = Retired()  # what ended sessions measured (counters only grow)
+
+    def start(self) -> None:
+        """Start the models' housekeeping round for the host's lifetime (once; needs a running loop).
+
+        It is the manager's oldest watcher, so it does the rounds and the sessions' runs,
+        which start their own, only stand by."""
+        if self._housekeeping is None or self._housekeeping.done():
+            self._housekeeping = asyncio.get_running_loop().create_task(
+                self.models.watch(self.housekeeping_s), name="models-housekeeping"
+            )
 
     @property
     def free(self) -> int:
@@ -63,6 +83,7 @@ class SessionHost:
 
     async def answer(self, sdp: str) -> dict[str, str]:
         """Open a session for an SDP offer; its answer as {"sdp", "type"}."""
+        self.start()  # a Ray worker's host has no start of its own: its first offer starts the round
         if self.free <= 0:
             raise HostFull(f"all {self.capacity} session(s) are taken; try again later")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
@@ -130,3 +151,7 @@ class SessionHost:
     async def close(self) -> None:
         for session in list(self.sessions):
             await session.close("host stopping")
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+            self._housekeeping = None

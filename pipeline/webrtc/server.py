@@ -119,6 +119,7 @@ class Server:
     async def start(self) -> None:
         if self.local:
             limit_ice_to(["127.0.0.1"])  # a loopback server offers loopback candidates, and only those
+        self.sessions_host.start()  # housekeeping between sessions too, not only while one runs
         if self.placer is not None:
             self.placer.start()
         self._runner = web.AppRunner(self.app)
