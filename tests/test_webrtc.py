@@ -52,15 +52,18 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             (session,) = server.sessions
             metrics = session.pipeline.metrics
 
-            def counts() -> tuple[int, int]:
-                return metrics.frames_in, sum(metrics.drops.values())
+            source = session.pipeline.source
+
+            def counts() -> tuple[int, int, int]:
+                return metrics.frames_in, source.stale_dropped, sum(metrics.drops.values())
 
             window = (asyncio.get_running_loop().time(), asyncio.get_running_loop().time() + 3.0)
             at_start = counts()
             await asyncio.sleep(3.0)
             at_end = counts()
             await asyncio.sleep(0.5)  # time for the window's last frames to come back
-            arrived, dropped = at_end[0] - at_start[0], at_end[1] - at_start[1]
+            taken, stale, dropped = (end - start for start, end in zip(at_start, at_end, strict=True))
+            arrived = taken + stale  # a picture a newer one replaced before the graph took it arrived too
             sent = sum(window[0] <= t < window[1] for t in client.face.sent_at)
             back = sum(window[0] <= t < window[1] for t, _ in client.frames)
             # The face's emotion arrives on the data channel.
@@ -93,7 +96,7 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             await asyncio.sleep(1.5)
             voice = np.concatenate([s for t, s in client.sound if t > said_at + 0.3] or [np.zeros(1)])
             status = server.performance()
-            return server, client, (sent, arrived, dropped, back), face, ack, speaking, voice, status
+            return server, client, (sent, arrived, stale, dropped, back), face, ack, speaking, voice, status
         finally:
             await client.close()
             await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
@@ -106,13 +109,13 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
         started_at = asyncio.get_running_loop().time()
         return await scenario()
 
-    server, client, (sent, arrived, dropped, back), face, ack, speaking, voice, status = asyncio.run(timed())
-    rates = (sent, arrived, dropped, back)
+    server, client, (sent, arrived, stale, dropped, back), face, ack, speaking, voice, status = asyncio.run(timed())
+    rates = (sent, arrived, stale, dropped, back)
     assert sent >= 45, rates  # the sender itself kept at least half its 30 fps: the machine was not stalled
     assert arrived >= RECEIVED_SHARE * sent, rates  # the server receives at the rate sent
     # Every frame the scheduler did not drop by its rule comes back, give or take the frames in
     # flight at the window's two edges.
-    assert abs(back - (arrived - dropped)) <= EDGE_FRAMES, rates
+    assert abs(back - (arrived - stale - dropped)) <= EDGE_FRAMES, rates
     assert back >= sent / 4, rates  # and the session kept serving (a lone rung drops half)
     frame = client.frames[-1][1]
     assert (frame.width, frame.height) == (320, 240)
