@@ -230,16 +230,23 @@ def test_without_ray_nothing_imports_it(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_an_unreachable_cluster_or_no_cpus_per_file_is_one_line(tmp_path, caplog):
-    from pipeline.cli import EXIT_USAGE, main
-
+def test_an_unreachable_cluster_or_no_cpus_per_file_is_one_line(tmp_path):
+    """In a process of its own: this module's cluster is still up in the test process, and a
+    process already in a Ray session would run the job there."""
     source = videos(tmp_path / "in", frames=(5,))
     base = ["--source", str(source), "--output", str(tmp_path / "out"), "--config", "passthrough"]
-    assert main([*base, "--ray", "127.0.0.1:1"]) == EXIT_USAGE  # nothing listens on port 1
-    assert main([*base, "--ray", "auto", "--ray-cpus", "0"]) == EXIT_USAGE
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == [
-        "--ray 127.0.0.1:1: cannot reach the cluster (nothing answers at 127.0.0.1:1: Connection refused)",
-        "--ray-cpus 0: must be > 0",
-    ]
-    assert not ray.is_initialized()
+    unreachable = [*base, "--ray", "127.0.0.1:1"]  # nothing listens on port 1
+    no_cpus = [*base, "--ray", "auto", "--ray-cpus", "0"]
+    code = (
+        "import ray; from pipeline.cli import main; "
+        f"print(main({unreachable!r}), main({no_cpus!r}), ray.is_initialized())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["2", "2", "False"]  # EXIT_USAGE twice, and no cluster was joined or started
+    errors = [line for line in run.stderr.splitlines() if "--ray" in line]
+    assert len(errors) == 2, run.stderr[-2000:]
+    assert errors[0].endswith(
+        "--ray 127.0.0.1:1: cannot reach the cluster (nothing answers at 127.0.0.1:1: Connection refused)"
+    )
+    assert errors[1].endswith("--ray-cpus 0: must be > 0")
