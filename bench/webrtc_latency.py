@@ -45,6 +45,7 @@ from pipeline.webrtc.ice import limit_ice_to  # noqa: E402
 from pipeline.webrtc.server import Server  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent / "webrtc_latency.html"
+FACE = ROOT / "pipeline" / "io" / "assets" / "astronaut.jpg"  # drawn into the canvas: the full graph reads a face
 JSON_SIZE = (640, 480)  # the size the last line (one JSON object) reports
 FLAGS = [
     "--no-sandbox",
@@ -65,6 +66,13 @@ async def bench_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(PAGE)
 
 
+async def bench_face(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(FACE)
+
+
+BENCH_ROUTES = [web.get("/bench", bench_page), web.get("/bench/face.jpg", bench_face)]
+
+
 class Relay:
     """aiortc's example server, reduced to what matters here: send the received video back."""
 
@@ -74,7 +82,7 @@ class Relay:
         self.relay = MediaRelay()
         self.pcs: set = set()
         self.app = web.Application()
-        self.app.add_routes([web.get("/bench", bench_page), web.post("/offer", self.offer)])
+        self.app.add_routes([*BENCH_ROUTES, web.post("/offer", self.offer)])
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -113,7 +121,7 @@ class Ours:
         # measures what the graph costs, not how the scheduler would trade it away.
         config = with_targets(load_config(config_name), latency_ms=10_000)
         self.server = Server(config, device=torch.device("cpu"), port=0, prompt_receive=prompt_receive)
-        self.server.app.router.add_get("/bench", bench_page)
+        self.server.app.add_routes(BENCH_ROUTES)
 
     async def start(self) -> None:
         await self.server.start()
@@ -121,6 +129,11 @@ class Ours:
 
     async def stop(self) -> None:
         await self.server.stop()
+
+    def stages_p50_ms(self) -> dict[str, float]:
+        """Each stage's median time per frame in the running session: where the graph's time goes."""
+        sessions = self.server.performance()["sessions"]
+        return {name: s["p50"] for name, s in sessions[0]["stages_ms"].items()} if sessions else {}
 
 
 async def measure(browser, target, width: int, height: int, warmup_s: float, seconds: float) -> dict:
@@ -141,6 +154,7 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
         received = await page.evaluate(
             "[document.getElementById('back').videoWidth, document.getElementById('back').videoHeight]"
         )
+        stages = target.stages_p50_ms() if isinstance(target, Ours) else {}
     finally:
         await page.close()
         await target.stop()
@@ -154,6 +168,7 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
         "frames": len(latencies),
         "undecodable": results["undecodable"],
         "received": f"{received[0]}x{received[1]}",
+        "stages_p50_ms": stages,
     }
 
 
@@ -203,6 +218,10 @@ def main() -> None:
             f"{f'{width}x{height}':<10}{name:<28}{r['median_ms']:>10.1f}{r['p95_ms']:>9.1f}{r['fps']:>7.1f}"
             f"{r['received']:>11}"
         )
+    for (name, width, height), r in results.items():
+        if name == "full" and r["stages_p50_ms"]:
+            per_stage = ", ".join(f"{stage} {ms:g}" for stage, ms in r["stages_p50_ms"].items())
+            print(f"{width}x{height} full graph, median ms per stage: {per_stage}")
     sizes = [key[1:] for key in results if key[0] == "relay"]
     first = JSON_SIZE if JSON_SIZE in sizes else sizes[0]  # the JSON line is for 640x480 when it was measured
     relay, passthrough, full = (results[(name, *first)] for name in ("relay", "passthrough", "full"))
