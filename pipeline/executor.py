@@ -223,6 +223,7 @@ class Pipeline:
                 stream=self.source.info,
                 shared=self.shared,
                 models=self.models,
+                live=self.source.live,
             )
             try:
                 stage.setup(ctx)

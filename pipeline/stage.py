@@ -54,6 +54,9 @@ class StageContext:
     # The model manager (pipeline.memory.ModelManager) stages get their models from; shared by
     # every session of the process. None: a stage on its own makes one for its device.
     models: Any = None
+    # A live source (camera, peer, stream): frames have deadlines, and a stage may trade the
+    # same-output-every-run guarantee of file runs for latency (see the emotion stage's detector).
+    live: bool = False
 
 
 def missing(reason: str) -> dict[str, Any]:

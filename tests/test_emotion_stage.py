@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import pytest
 import torch
@@ -269,3 +270,43 @@ def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_pat
     kept = [r for r in sink.records if not r["dropped"]]
     assert [r["index"] for r in kept] == list(range(1, 16, 2))
     assert [bool(r["annotations"]["emotion"].get("held")) for r in kept] == [False, True] * 4
+
+
+@pytest.mark.parametrize("background", ["auto", "off"])
+def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
+    """A detector made slow (150 ms a call): on a live run frames go on with the tracked boxes and
+    the faces are matched in when found; with the detector in line each detection frame waits."""
+    from conftest import RecordingSink
+
+    from models.mtcnn import MTCNN
+    from pipeline.io.synthetic import SyntheticSource
+
+    slow_ms = 150.0
+    detect = MTCNN.detect
+
+    def slow_detect(self, image):
+        threading.Event().wait(slow_ms / 1000)
+        return detect(self, image)
+
+    monkeypatch.setattr(MTCNN, "detect", slow_detect)
+    config = parse_config(
+        {
+            "name": "emotion-live",
+            "stages": [{"name": "emotion", "type": "emotion", "options": {"detect_in_background": background}}],
+            "quality": {"mode": "off"},  # every frame reaches the stage: this measures the stage, not the scheduler
+        }
+    )
+    sink = RecordingSink()
+    source = SyntheticSource(fps=30, frames=45, live=True, scene="face", width=320, height=180, pixel_format="rgb24")
+    pipeline = Pipeline(build_graph(config), source, sink)
+    report = asyncio.run(pipeline.run())
+    stage = report["stages"]["emotion"]
+    assert stage["errors"] == 0
+    # In line, frames pile up behind the detector and a live ring lets some go: those carry nothing.
+    faces = [r["annotations"]["emotion"].get("faces") for r in sink.records if "emotion" in r["annotations"]]
+    assert faces[-1] and faces[-1][0]["label"] == "happy"  # found either way
+    if background == "auto":  # the default on a live source
+        assert stage["latency_ms"]["p95"] < slow_ms / 2  # no frame waited for a detection
+        assert not faces[0]  # the first frame went on before its detection was done
+    else:
+        assert stage["latency_ms"]["max"] >= slow_ms  # a detection frame waits for the detector

@@ -1,11 +1,14 @@
 """Faces and their expressions: MTCNN on a downscaled frame, mini-Xception on every tracked face.
 
-Each frame: on detection frames (every `detect_every`th; a new face is found within that
-many frames), the frame is scaled to `detect_width` and converted to RGB in one kernel call, MTCNN finds
-the faces, and the tracker matches them to the faces it follows. Then every tracked face is
-cropped, resized to 64×64 gray and normalized — all of them in one kernel call, straight from
-the frame's own layout — and classified in one batch. Between detections the boxes are held,
-so expressions still update every frame at a fraction of the detector's cost.
+Each frame: on detection frames (every `detect_every`th; a new face is found within that many
+frames), the frame is scaled to `detect_width` and converted to RGB in one kernel call, MTCNN
+finds the faces, and the tracker matches them to the faces it follows. On live runs MTCNN runs
+beside the frames (`detect_in_background`, see `background_detection.py`): the frame goes on
+with the tracked boxes and the faces found are matched in when ready, so no frame waits for the
+detector. Then every tracked face is cropped, resized to 64×64 gray and normalized — all of
+them in one kernel call, straight from the frame's own layout — and classified in one batch.
+Between detections the boxes are held, so expressions still update every frame at a fraction
+of the detector's cost.
 
 Under load the scheduler turns three knobs (`apply_quality`): the stage runs on only every
 2nd or 3rd frame and the frames between carry the last result, marked `"held": true` (the
@@ -19,6 +22,7 @@ Annotation, under the stage's name in the analytics line:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from typing import Any, Literal
@@ -37,6 +41,7 @@ from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stages.background_detection import BackgroundDetector
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
@@ -59,6 +64,9 @@ class EmotionOptions(StageOptions):
     batch_wait_ms: float = Field(DEFAULT_WAIT_S * 1000, ge=0.0, le=100.0)
     batch_rows: int = Field(DEFAULT_MAX_BATCH, ge=1, le=4096)
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
+    # The detector off the frames' path, on a thread of its own; auto: on live runs only (file runs
+    # detect in line, so their output is the same every run).
+    detect_in_background: Literal["auto", "on", "off"] = "auto"
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
@@ -109,8 +117,15 @@ class Emotion(ComputeStage):
         # twice the target rate keeps only odd ones, and `index % 2` would then skip every frame).
         self._offered = 0
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
+        background = options.detect_in_background == "on" or (options.detect_in_background == "auto" and ctx.live)
+        self._background = BackgroundDetector(self._detect_beside, name=ctx.name) if background else None
+        self._detection_waiting = False  # a detection fell due while the background one still ran
 
     def teardown(self) -> None:
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.close()
+            self._background = None
         batcher = getattr(self, "_batcher", None)
         if batcher is not None:
             batcher.leave()
@@ -204,23 +219,48 @@ class Emotion(ComputeStage):
         classifier is pinned by its batcher for the call it makes.
         Returns, per frame, (track, the track as it was on that frame) for each face; and the readings."""
         assert self.ctx is not None
-        device = self.ctx.device
         seen = []
-        with torch.no_grad(), self.models.use(self._detector_name, on=device) as detector:
+        in_line = self._background is None
+        pinned = self.models.use(self._detector_name, on=self.ctx.device) if in_line else contextlib.nullcontext()
+        with torch.no_grad(), pinned as detector:
             for frame in frames:
-                if self._seen % self.options.detect_every == 0:
-                    tracks = self._tracker.update(*self._detect(detector, frame.image))
+                due = self._seen % self.options.detect_every == 0
+                if in_line:
+                    found = self._find_faces(detector, self._detector_input(frame.image)) if due else None
                 else:
-                    tracks = self._tracker.update(None)
+                    found = self._faces_from_beside(frame.image, due)
+                tracks = self._tracker.update(*found) if found is not None else self._tracker.update(None)
                 self._seen += 1
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
             readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         return seen, readings
 
-    def _detect(self, detector: Any, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _faces_from_beside(self, image: torch.Tensor, due: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The background detection that finished since the last frame, if any; and a new one
+        started on this frame's picture when one is due (or fell due while the last one ran)."""
+        assert self._background is not None
+        found = self._background.take()
+        if due or self._detection_waiting:
+            if self._background.busy:
+                self._detection_waiting = True
+            else:
+                self._background.start(self._detector_input(image))  # a copy: the frame's slot may go
+                self._detection_waiting = False
+        return found
+
+    def _detect_beside(self, small: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One background detection: the detector pinned on this thread for as long as it runs."""
+        assert self.ctx is not None
+        with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
+            return self._find_faces(detector, small)
+
+    def _detector_input(self, image: torch.Tensor) -> torch.Tensor:
+        """The picture at the detector's size, RGB 0..255, 1×3×H×W: a new tensor, not a view of the slot."""
+        return ops.prepare_input(image, layout=self._layout, size=self._detect_size, **PIXELS_0_255, **self._colour)
+
+    def _find_faces(self, detector: Any, small: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""
-        height, width = self._detect_size
-        small = ops.prepare_input(image, layout=self._layout, size=(height, width), **PIXELS_0_255, **self._colour)
+        height, width = small.shape[-2:]  # the size it was made at (the knob may have moved since)
         faces = detector.detect(small[0].to(_device_of(detector)))  # a model that fell back to the CPU: a copy
         self.detections += 1
         scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
