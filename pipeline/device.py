@@ -169,7 +169,7 @@ def cpu_nice(stage_priority: int, highest_stage_priority: int) -> int:
     return round((1.0 - share) * MAX_CPU_NICE)
 
 
-def _set_thread_nice(nice: int) -> None:
+def set_thread_nice(nice: int) -> None:
     """Give the calling thread `nice` (Linux schedules threads one by one; elsewhere this is a no-op)."""
     if nice and sys.platform.startswith("linux"):
         try:
@@ -198,7 +198,7 @@ class Lane:
         self._pool = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix=f"stage-{name}",
-            initializer=_set_thread_nice,
+            initializer=set_thread_nice,
             initargs=(cpu_nice,),
         )
         self.stream = torch.cuda.Stream(device=device, priority=stream_priority) if device.type == "cuda" else None

@@ -68,3 +68,23 @@ def test_close_waits_for_the_running_detection():
     detector.start(torch.ones(1))
     detector.close()  # it holds its model pinned: closing must not leave it running
     assert finished.is_set()
+
+
+def test_the_detection_thread_is_served_after_the_frames():
+    """On a busy CPU the frames come first: the detector's thread runs at a higher nice value."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("thread nice values are Linux's")
+    nice = []
+
+    def detect(picture: torch.Tensor) -> None:
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    detector = BackgroundDetector(detect, nice=7)
+    try:
+        detector.start(torch.ones(1))
+    finally:
+        detector.close()
+    assert nice == [max(7, os.getpriority(os.PRIO_PROCESS, 0))]  # (lowering a nice value needs privilege)

@@ -9,8 +9,10 @@ old, which the tracker's overlap matching already allows for between detections.
 
 One detection runs at a time, on a thread of its own: a frame due a detection while one is
 still running is not queued (the next frame after it ends starts a fresh one), so the detector
-never falls behind the camera. File runs keep detecting in line, so their output stays the same
-from run to run.
+never falls behind the camera. The thread runs at a higher nice value than the stage's own, so
+on a busy CPU the frames are served first and the detector takes what is left (on a saturated
+machine faces are then found later, never frames delayed). File runs keep detecting in line, so
+their output stays the same from run to run.
 """
 
 from __future__ import annotations
@@ -21,15 +23,22 @@ from typing import Generic, TypeVar
 
 import torch
 
+from pipeline.device import set_thread_nice
+
+BACKGROUND_NICE = 5  # how much further back than its stage's frames a background thread is served
+MAX_NICE = 19
+
 Found = TypeVar("Found")
 
 
 class BackgroundDetector(Generic[Found]):
     """Runs `detect(picture)` on its own thread, one picture at a time; results are taken in order."""
 
-    def __init__(self, detect: Callable[[torch.Tensor], Found], *, name: str = "detector"):
+    def __init__(self, detect: Callable[[torch.Tensor], Found], *, name: str = "detector", nice: int = 0):
         self._detect = detect
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-background")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"{name}-background", initializer=set_thread_nice, initargs=(nice,)
+        )
         self._running: Future[Found] | None = None
         self.started = 0  # detections handed over
         self.finished = 0  # detections whose result was taken
