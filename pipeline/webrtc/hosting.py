@@ -117,7 +117,7 @@ class SessionHost:
         self.sessions.discard(session)
 
     def frames_out(self) -> int:
-        return self.retired.frames_out + sum(
+        return self.retired.totals.frames_out + sum(
             s.pipeline.metrics.frames_out for s in self.sessions if s.pipeline is not None
         )
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,20 +88,11 @@ class Retired:
     """What ended sessions measured, kept so counters never go down."""
 
     def __init__(self) -> None:
-        self.stages: dict[str, Totals] = defaultdict(Totals)
-        self.end_to_end = Totals()
-        self.frames_out = 0
-        self.drops: Counter[str] = Counter()
-        self.rung_changes: Counter[tuple[str, str]] = Counter()
+        self.totals = Counters()
 
     def add(self, metrics: RunMetrics) -> None:
         metrics.fold()
-        for name, stats in metrics.stages.items():
-            self.stages[name].add(stats.latency)
-        self.end_to_end.add(metrics.end_to_end)
-        self.frames_out += metrics.frames_out
-        self.drops.update(metrics.drops)
-        self.rung_changes.update(metrics.rung_changes)
+        self.totals.add_run(metrics)
 
 
 @dataclass
@@ -120,24 +111,20 @@ class Counters:
 
     @classmethod
     def of(cls, retired: Retired, live: Iterable[RunMetrics], rungs: Iterable[str], **fields: Any) -> Counters:
-        counters = cls(
-            frames_out=retired.frames_out,
-            drops=Counter(retired.drops),
-            rung_changes=Counter(retired.rung_changes),
-            rungs=Counter(rungs),
-            **fields,
-        )
-        for name, totals in retired.stages.items():
-            counters.stages[name] = totals.copy()
-        counters.end_to_end = retired.end_to_end.copy()
+        """The ended sessions' totals with the running sessions' measurements added."""
+        counters = replace(retired.totals.ended(), rungs=Counter(rungs), **fields)
         for metrics in live:
-            for name, stats in metrics.stages.items():
-                counters.stages[name].add(stats.latency)
-            counters.end_to_end.add(metrics.end_to_end)
-            counters.frames_out += metrics.frames_out
-            counters.drops.update(metrics.drops)
-            counters.rung_changes.update(metrics.rung_changes)
+            counters.add_run(metrics)
         return counters
+
+    def add_run(self, metrics: RunMetrics) -> None:
+        """One session's measurements, added in."""
+        for name, stats in metrics.stages.items():
+            self.stages[name].add(stats.latency)
+        self.end_to_end.add(metrics.end_to_end)
+        self.frames_out += metrics.frames_out
+        self.drops.update(metrics.drops)
+        self.rung_changes.update(metrics.rung_changes)
 
     def add(self, other: Counters) -> None:
         for name, totals in other.stages.items():
@@ -154,7 +141,7 @@ class Counters:
     def ended(self) -> Counters:
         """What still counts once the host is gone: its totals, not its sessions, rungs or models."""
         return Counters(
-            stages={name: totals.copy() for name, totals in self.stages.items()},
+            stages=defaultdict(Totals, {name: totals.copy() for name, totals in self.stages.items()}),
             end_to_end=self.end_to_end.copy(),
             frames_out=self.frames_out,
             drops=Counter(self.drops),
