@@ -14,7 +14,7 @@ import pytest
 import torch
 from webrtc_kit import Client
 
-from pipeline.config import load_config
+from pipeline.config import GraphConfig, load_config, with_targets
 from pipeline.webrtc import receive
 from pipeline.webrtc.receive import PromptJitterBuffer
 from pipeline.webrtc.server import MAX_BODY, Server
@@ -22,9 +22,9 @@ from pipeline.webrtc.server import MAX_BODY, Server
 pytest.importorskip("skimage", reason="the test face comes from scikit-image")
 
 
-async def started_server(**options) -> Server:
+async def started_server(config: GraphConfig | None = None, **options) -> Server:
     options.setdefault("device", torch.device("cpu"))
-    server = Server(load_config("default"), port=0, **options)
+    server = Server(config or load_config("default"), port=0, **options)
     await server.start()
     return server
 
@@ -435,7 +435,9 @@ def test_an_offer_with_video_only_gets_video_back_and_a_valid_answer():
 
 def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_calls():
     async def scenario():
-        server = await started_server()
+        # Quality fixed: a scheduler lowering precision on a loaded machine would rebuild the models
+        # at the new precision, and loads would count that rather than sharing.
+        server = await started_server(with_targets(load_config("default"), quality="off"))
         clients = [Client(audio=False), Client(audio=False)]
         try:
             for client in clients:
