@@ -3,7 +3,10 @@
 Every part (head, hair, eyes, pupils, brows, mouth) is a signed-distance shape evaluated on
 the pixel grid with torch, so the same code draws on the GPU (on the stage's stream) and on
 the CPU. Edges are anti-aliased by turning each shape's distance into pixel coverage, and the
-parts are painted back to front into an RGBA image ready for the composite kernel.
+parts are painted back to front into an RGBA image ready for the composite kernel. Each part is
+evaluated only inside the box where its coverage can be above zero (the eyes, brows and mouth
+are a few percent of the picture each), which gives the same pixels as evaluating it everywhere
+at a fraction of the cost: painting zero coverage leaves a pixel exactly as it was.
 
 `FaceState` is everything that moves: expression (smile, brows), eyes (openness, gaze), mouth
 (openness and width, from the voice's viseme) and a head turn. The drawing is a pure function
@@ -12,6 +15,7 @@ of the state, the size and the theme: the same state gives the same pixels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +66,19 @@ def _capsule(
     return torch.sqrt((u - ax - t * dx) ** 2 + (v - ay - t * dy) ** 2) - r
 
 
+def _span(lo: float, hi: float, size: int) -> slice:
+    """The grid indices whose pixel centres lie within [lo, hi] (face units), a pixel of slack each side."""
+    first = math.floor((lo + 1.0) / 2.0 * size - 0.5) - 1
+    last = math.ceil((hi + 1.0) / 2.0 * size - 0.5) + 1
+    return slice(min(size, max(0, first)), max(0, min(size, last + 1)))
+
+
+def _reach(rx: float, ry: float, pixel: float, grow: float = 0.0) -> float:
+    """How far out, as a multiple of its radii, `_ellipse` (minus `grow`) still covers part of a pixel."""
+    rx, ry = max(rx, 1e-4), max(ry, 1e-4)
+    return 1.0 + (grow + pixel / 2.0) / min(rx, ry)
+
+
 def _paint(canvas: torch.Tensor, coverage: torch.Tensor, colour: tuple[int, int, int]) -> None:
     """Paint `colour` over `canvas` (4×H×W float, premultiplied) where `coverage` says."""
     rgb = torch.tensor(colour, dtype=canvas.dtype, device=canvas.device).view(3, 1, 1) / 255.0
@@ -77,20 +94,30 @@ def render_face(
         raise ValueError(f"unknown avatar theme {theme!r}; use one of {', '.join(THEMES)}")
     skin, hair, iris, mouth_colour, lips = THEMES[theme]
     axis = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size * 2.0 - 1.0
-    v, u = torch.meshgrid(axis, axis, indexing="ij")  # v down, u right, both −1..1
+    v_all, u_all = torch.meshgrid(axis, axis, indexing="ij")  # v down, u right, both −1..1
     pixel = 2.0 / size
     shift = 0.08 * state.turn  # features slide sideways as the head turns
-    canvas = torch.zeros((4, size, size), dtype=torch.float32, device=device)
+    canvas_all = torch.zeros((4, size, size), dtype=torch.float32, device=device)
 
+    def window(u0: float, u1: float, v0: float, v1: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The grid and the canvas (views) over the box u0..u1 × v0..v1, in face units."""
+        rows, cols = _span(v0, v1, size), _span(u0, u1, size)
+        return u_all[rows, cols], v_all[rows, cols], canvas_all[:, rows, cols]
+
+    u, v, canvas = window(-1.0, 1.0, -1.0, 1.0)
     head = _ellipse(u, v, 0.0, 0.05, 0.74, 0.88)
     _paint(canvas, _cover(head, pixel), skin)
+    u, v, canvas = window(-1.0, 1.0, -1.0, -0.32 + pixel)  # the cap is above v = −0.42 + 0.10·|u| ≤ −0.32
     hair_cap = torch.maximum(_ellipse(u, v, shift * 0.5, -0.30, 0.80, 0.62), v + 0.42 - 0.10 * u.abs())
     _paint(canvas, _cover(hair_cap, pixel), hair)
 
     for side in (-1.0, 1.0):
         ex = side * EYE_X + shift
         openness = max(0.0, min(1.0, state.eye_open))
-        white = _ellipse(u, v, ex, EYE_Y, 0.13, 0.02 + 0.085 * openness)
+        white_ry = 0.02 + 0.085 * openness
+        k = _reach(0.13, white_ry, pixel)  # the pupil and its dot paint only inside the white
+        u, v, canvas = window(ex - k * 0.13, ex + k * 0.13, EYE_Y - k * white_ry, EYE_Y + k * white_ry)
+        white = _ellipse(u, v, ex, EYE_Y, 0.13, white_ry)
         _paint(canvas, _cover(white, pixel), (250, 250, 250))
         if openness > 0.15:
             px, py = ex + 0.05 * state.gaze_x, EYE_Y + 0.03 * state.gaze_y
@@ -102,16 +129,28 @@ def render_face(
         knit = -0.05 * min(0.0, state.brows)  # inner ends drop when the brows knit
         inner = (ex - side * 0.12, EYE_Y - 0.17 - lift + knit)
         outer = (ex + side * 0.12, EYE_Y - 0.19 - lift - 0.02 * state.smile)
+        reach = 0.025 + pixel  # the capsule's radius and the pixel its edge is spread over
+        u, v, canvas = window(
+            min(inner[0], outer[0]) - reach,
+            max(inner[0], outer[0]) + reach,
+            min(inner[1], outer[1]) - reach,
+            max(inner[1], outer[1]) + reach,
+        )
         _paint(canvas, _cover(_capsule(u, v, inner, outer, 0.025), pixel), hair)
 
     width = 0.16 + 0.14 * max(0.0, min(1.0, state.mouth_width))
     height = 0.015 + 0.16 * max(0.0, min(1.0, state.mouth_open))
+    k = _reach(width, height, pixel, grow=0.012)  # the lips: the mouth grown by 0.012
+    bend = 0.55 * state.smile * width  # how far the corners rise (a smile) or fall (a frown)
+    top, bottom = MOUTH_Y - k * height - max(0.0, bend), MOUTH_Y + k * height - min(0.0, bend)
+    u, v, canvas = window(shift - k * width, shift + k * width, top, bottom)
     mu = u - shift
     curve = v - MOUTH_Y + 0.55 * state.smile * (mu / width).clamp(-1.0, 1.0) ** 2 * width
     mouth = _ellipse(mu, curve, 0.0, 0.0, width, height)
     _paint(canvas, _cover(mouth - 0.012, pixel), lips)
     _paint(canvas, _cover(mouth, pixel), mouth_colour)
 
+    canvas = canvas_all
     alpha = canvas[3].clamp(0.0, 1.0)
     rgb = canvas[:3] / alpha.clamp(min=1e-6)  # back to straight alpha
     out = torch.cat((rgb, alpha[None]), dim=0).clamp(0.0, 1.0)
