@@ -33,6 +33,16 @@ class AudioChunk:
         return self.pts / self.sample_rate
 
 
+def joined(first: AudioChunk | None, then: AudioChunk | None) -> AudioChunk | None:
+    """`first` and, right after it, `then` as one chunk: the sound of a picture dropped on arrival
+    rides on the next frame, so dropping pictures never drops sound."""
+    if first is None or first.samples.shape[-1] == 0:
+        return then
+    if then is None:
+        return first
+    return AudioChunk(torch.cat((first.samples, then.samples), dim=-1), first.sample_rate, first.pts)
+
+
 @dataclass(slots=True, eq=False)
 class Frame:
     """One video frame in flight, with its audio and the annotations stages add to it."""

@@ -324,13 +324,37 @@ def test_a_network_stream_is_live_and_an_http_file_is_not(tmp_path):
         source = MediaSource(f"{base}/live.ts", realtime=True)
         assert source.live and source.stream and not source.realtime
         graph = graph_of([{"name": "slow", "type": "costly", "options": {"cost_ms": 60.0}}])
-        report = asyncio.run(Pipeline(graph, source, NullSink()).run())
+        heard = SoundCounter()
+        report = asyncio.run(Pipeline(graph, source, heard).run())
     finally:
         server.shutdown()
         server.server_close()
     assert report["quality"]["enabled"]  # deadlines and the control loop, as for a camera
     stale = report["source_stats"]["stale_dropped"]
-    assert stale > 0 and report["frames"]["in"] + stale == 60  # it never waited for the slow stage
+    # It never waited for the slow stage; the sound of pictures dropped after the last one taken
+    # comes as one last frame of sound alone.
+    assert stale > 0 and report["frames"]["in"] + stale == 60 + heard.sound_only and heard.sound_only <= 1
+    # The sound of every picture dropped on arrival rides on a later frame: none of it is lost.
+    everything = SoundCounter()
+    asyncio.run(Pipeline(graph_of([]), MediaSource(tmp_path / "live.ts"), everything).run())
+    assert everything.samples > 0
+    assert heard.samples == everything.samples
+
+
+class SoundCounter(NullSink):
+    """Counts the audio samples of the frames written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples = 0
+        self.sound_only = 0  # frames the source gave with no picture
+
+    async def write(self, frame) -> None:
+        await super().write(frame)
+        if frame.audio is not None:
+            self.samples += frame.audio.samples.shape[-1]
+        if frame.lease is None and frame.drop_reason is None:
+            self.sound_only += 1
 
 
 def test_stream_urls_are_live_whatever_they_state():

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import SourceError, one_line
-from pipeline.frames import AudioChunk, Frame
+from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.io.audio_align import LAYOUTS, AudioAligner
 from pipeline.io.base import Source, StreamInfo
 from pipeline.io.picture import PictureWriter, even_size
@@ -377,8 +377,9 @@ class MediaSource(Source):
 
         Each frame needs a token: a pinned ring lease (or None when there is no video). A file
         waits for one, which is what keeps the reader from running ahead; a camera never waits,
-        and a picture that finds no free slot is dropped as stale.
+        and a picture that finds no free slot is dropped as stale (its sound goes with the next).
         """
+        carried: AudioChunk | None = None  # the sound of pictures dropped here, for the next frame
         try:
             for count, item in enumerate(self._decoded()):
                 if self.frame_limit is not None and count >= self.frame_limit:
@@ -388,6 +389,7 @@ class MediaSource(Source):
                         token = tokens.get_nowait()
                     except queue.Empty:
                         self.stale_dropped += 1
+                        carried = joined(carried, item.audio)
                         continue
                 else:
                     token = _take(tokens, stop)
@@ -401,7 +403,10 @@ class MediaSource(Source):
                         raise
                     item.lease = token
                 item.picture = None  # the decoder's buffer goes back to it now
+                item.audio, carried = joined(carried, item.audio), None
                 post(item)
+            if carried is not None:
+                post(carried)  # the sound of the last pictures dropped: the stream ended before another came
             post(_END)
         except BaseException as exc:  # handed to the event loop, which raises it from frames()
             post(exc)
@@ -425,6 +430,8 @@ class MediaSource(Source):
         handed: list[Any] = []  # leases the reader holds, oldest first
         time_base = self._info.time_base
         pace_anchor: tuple[float, float] | None = None  # (monotonic s, media s) of the first frame
+        carried: AudioChunk | None = None  # the sound of stale pictures skipped, for the next frame
+        last_pts = 0  # of the latest picture read, for a last frame of sound alone
         index = 0
         try:
             while True:
@@ -442,6 +449,11 @@ class MediaSource(Source):
                     handed.append(lease)
                     tokens.put(lease)
                 item = await inbox.get()
+                if isinstance(item, AudioChunk):  # sound the reader kept from pictures it dropped
+                    carried = joined(carried, item)
+                    continue
+                if isinstance(item, _Decoded):
+                    last_pts = item.pts
                 if isinstance(item, _Decoded) and item.lease is not None:
                     handed.remove(item.lease)
                     item.lease.started = False
@@ -453,10 +465,14 @@ class MediaSource(Source):
                     continue
                 if self.paced_by_sender and isinstance(item, _Decoded) and not inbox.empty():
                     self.stale_dropped += 1  # behind a camera: skip to the newest picture
+                    carried = joined(carried, item.audio)  # but never its sound
                     if item.lease is not None:
                         item.lease.release()
                     continue
                 if item is _END:
+                    if carried is not None:  # dropped pictures' sound, after the last frame: a frame of sound
+                        yield Frame(index, last_pts, time_base, time.monotonic_ns(), None, carried)
+                        index += 1
                     break
                 if isinstance(item, BaseException):
                     raise item
@@ -468,7 +484,8 @@ class MediaSource(Source):
                     if delay > 0:
                         await asyncio.sleep(delay)
                 capture_ns = item.capture_ns if self.paced_by_sender else time.monotonic_ns()
-                yield Frame(index, item.pts, time_base, capture_ns, item.lease, item.audio)
+                audio, carried = joined(carried, item.audio), None
+                yield Frame(index, item.pts, time_base, capture_ns, item.lease, audio)
                 index += 1
         finally:
             stop.set()
