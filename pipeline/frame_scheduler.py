@@ -109,8 +109,7 @@ class FrameScheduler:
         )
         self.deadlines = live  # a file run drops nothing
         self._source_fps = source_fps
-        self._arrived = 0
-        self.set_target_fps(config.targets.fps)
+        self.set_target_fps(config.targets.fps)  # also starts the arrival count
         self._admitted = 0
         nodes = graph.nodes
         watched: dict[str, Watched] = {}

@@ -271,9 +271,5 @@ class QualityController:
         )
         self.changes.append(change)
         self._last_change_s = now_s
-        self._margin_since_s = None
-        self._samples.clear()  # measured at the old rung
-        self._busy.clear()
-        self._previous = None
-        self._queue_age = None  # measured at the old rung
+        self.reset_window()  # measured at the old rung
         return change

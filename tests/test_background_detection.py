@@ -82,7 +82,7 @@ def test_the_detection_thread_is_served_after_the_frames():
     def detect(picture: torch.Tensor) -> None:
         nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
-    detector = BackgroundDetector(detect, nice=7)
+    detector = BackgroundDetector(detect, stage_nice=2)  # a stage at nice 2: its detector 5 steps behind
     try:
         detector.start(torch.ones(1))
     finally:

@@ -34,8 +34,9 @@ Found = TypeVar("Found")
 class BackgroundDetector(Generic[Found]):
     """Runs `detect(picture)` on its own thread, one picture at a time; results are taken in order."""
 
-    def __init__(self, detect: Callable[[torch.Tensor], Found], *, name: str = "detector", nice: int = 0):
+    def __init__(self, detect: Callable[[torch.Tensor], Found], *, name: str = "detector", stage_nice: int = 0):
         self._detect = detect
+        nice = min(MAX_NICE, stage_nice + BACKGROUND_NICE)  # behind the frames of the stage it serves
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-background", initializer=set_thread_nice, initargs=(nice,)
         )

@@ -41,7 +41,7 @@ from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
-from pipeline.stages.background_detection import BACKGROUND_NICE, MAX_NICE, BackgroundDetector
+from pipeline.stages.background_detection import BackgroundDetector
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
@@ -119,11 +119,7 @@ class Emotion(ComputeStage):
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
         background = options.detect_in_background == "on" or (options.detect_in_background == "auto" and ctx.live)
         self._background = (
-            BackgroundDetector(
-                self._detect_beside, name=ctx.name, nice=min(MAX_NICE, ctx.lane.cpu_nice + BACKGROUND_NICE)
-            )
-            if background
-            else None
+            BackgroundDetector(self._detect_beside, name=ctx.name, stage_nice=ctx.lane.cpu_nice) if background else None
         )
         self._detection_waiting = False  # a detection fell due while the background one still ran
 

@@ -88,7 +88,6 @@ class TrackSource(Source):
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
         self._newest: tuple[av.VideoFrame, int] | None = (first, time.monotonic_ns())  # picture, arrival
         self._arrived = asyncio.Event()
-        self._arrived.set()
         self._video_ended = False
         self.pictures_scaled = 0  # frames that arrived at another size than the first
         self.stale_dropped = 0  # pictures a newer one replaced before the graph took them
