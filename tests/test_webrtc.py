@@ -14,7 +14,7 @@ import pytest
 import torch
 from webrtc_kit import Client
 
-from pipeline.config import GraphConfig, load_config, with_targets
+from pipeline.config import GraphConfig, load_config, parse_config, with_targets
 from pipeline.webrtc import receive
 from pipeline.webrtc.receive import PromptJitterBuffer
 from pipeline.webrtc.server import MAX_BODY, Server
@@ -436,8 +436,14 @@ def test_an_offer_with_video_only_gets_video_back_and_a_valid_answer():
 def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_calls():
     async def scenario():
         # Quality fixed: a scheduler lowering precision on a loaded machine would rebuild the models
-        # at the new precision, and loads would count that rather than sharing.
-        server = await started_server(with_targets(load_config("default"), quality="off"))
+        # at the new precision, and loads would count that rather than sharing. The batcher waits
+        # up to 20 ms, over half the 33 ms between one session's frames: whatever the phase between
+        # the two clients' cameras, one session's crops come within the other's wait.
+        raw = with_targets(load_config("default"), quality="off").model_dump()
+        for stage in raw["stages"]:
+            if stage["type"] == "emotion":
+                stage["options"]["batch_wait_ms"] = 20
+        server = await started_server(parse_config(raw))
         clients = [Client(audio=False), Client(audio=False)]
         try:
             for client in clients:
