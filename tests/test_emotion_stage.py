@@ -280,6 +280,7 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
 
     from models.mtcnn import MTCNN
     from pipeline.io.synthetic import SyntheticSource
+    from pipeline.stages.emotion import Emotion
 
     slow_ms = 150.0
     detect = MTCNN.detect
@@ -289,6 +290,14 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
         return detect(self, image)
 
     monkeypatch.setattr(MTCNN, "detect", slow_detect)
+    preparing = set()  # threads that scaled and converted a picture for the detector
+    prepare = Emotion._detector_input
+
+    def recording_prepare(self, image, size=None):
+        preparing.add(threading.current_thread().name)
+        return prepare(self, image, size)
+
+    monkeypatch.setattr(Emotion, "_detector_input", recording_prepare)
     config = parse_config(
         {
             "name": "emotion-live",
@@ -308,5 +317,6 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
     if background == "auto":  # the default on a live source
         assert stage["latency_ms"]["p95"] < slow_ms / 2  # no frame waited for a detection
         assert not faces[0]  # the first frame went on before its detection was done
+        assert preparing and all("background" in name for name in preparing)  # even its input is made there
     else:
         assert stage["latency_ms"]["max"] >= slow_ms  # a detection frame waits for the detector

@@ -2,8 +2,9 @@
 
 On a live run a frame that has to wait for the detector waits its whole time (20–30 ms for
 MTCNN on a CPU, more than half of a 50 ms budget), though between detections the tracker
-already carries faces on held boxes. Here a frame that is due a detection hands over a small
-copy of its picture and goes on at once with the tracked boxes; the faces found are matched in
+already carries faces on held boxes. Here a frame that is due a detection hands over a plain
+copy of its picture (scaling and converting it for the detector is the thread's work too) and
+goes on at once with the tracked boxes; the faces found are matched in
 on the first frame after they are ready. A detection then describes a picture a frame or two
 old, which the tracker's overlap matching already allows for between detections.
 
@@ -32,9 +33,9 @@ Found = TypeVar("Found")
 
 
 class BackgroundDetector(Generic[Found]):
-    """Runs `detect(picture)` on its own thread, one picture at a time; results are taken in order."""
+    """Runs `detect(picture, *extra)` on its own thread, one picture at a time; results are taken in order."""
 
-    def __init__(self, detect: Callable[[torch.Tensor], Found], *, name: str = "detector", stage_nice: int = 0):
+    def __init__(self, detect: Callable[..., Found], *, name: str = "detector", stage_nice: int = 0):
         self._detect = detect
         nice = min(MAX_NICE, stage_nice + BACKGROUND_NICE)  # behind the frames of the stage it serves
         self._pool = ThreadPoolExecutor(
@@ -49,21 +50,22 @@ class BackgroundDetector(Generic[Found]):
         """A detection is running (or finished and not yet taken)."""
         return self._running is not None
 
-    def start(self, picture: torch.Tensor) -> None:
-        """Detect on `picture` (a tensor the caller no longer writes to) in the background."""
+    def start(self, picture: torch.Tensor, *extra: object) -> None:
+        """Detect on `picture` (a tensor the caller no longer writes to) in the background; `extra`
+        goes to `detect` with it (what the caller's settings were when it was taken)."""
         if self._running is not None:
             raise RuntimeError("a detection is already running")
         ready = None
         if picture.is_cuda:  # the picture was made on the caller's stream: the thread waits for it
             ready = torch.cuda.Event()
             ready.record()
-        self._running = self._pool.submit(self._run, picture, ready)
+        self._running = self._pool.submit(self._run, picture, extra, ready)
         self.started += 1
 
-    def _run(self, picture: torch.Tensor, ready: torch.cuda.Event | None) -> Found:
+    def _run(self, picture: torch.Tensor, extra: tuple[object, ...], ready: torch.cuda.Event | None) -> Found:
         if ready is not None:
             torch.cuda.current_stream(picture.device).wait_event(ready)
-        return self._detect(picture)
+        return self._detect(picture, *extra)
 
     def take(self) -> Found | None:
         """The finished detection's result, once (None while it runs or when none was started).

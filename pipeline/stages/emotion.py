@@ -246,19 +246,26 @@ class Emotion(ComputeStage):
             if self._background.busy:
                 self._detection_waiting = True
             else:
-                self._background.start(self._detector_input(image))  # a copy: the frame's slot may go
+                # A plain copy of the picture (the frame's slot may go once the frame does): scaling
+                # and converting it for the detector costs ten times the copy, and that work is
+                # the background thread's too.
+                self._background.start(image.clone(), self._detect_size)
                 self._detection_waiting = False
         return found
 
-    def _detect_beside(self, small: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One background detection: the detector pinned on this thread for as long as it runs."""
+    def _detect_beside(self, picture: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One background detection on a copy of a frame's picture, at the detector size of when it
+        was taken: the detector pinned on this thread for as long as it runs."""
         assert self.ctx is not None
+        small = self._detector_input(picture, size)
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
             return self._find_faces(detector, small)
 
-    def _detector_input(self, image: torch.Tensor) -> torch.Tensor:
-        """The picture at the detector's size, RGB 0..255, 1×3×H×W: a new tensor, not a view of the slot."""
-        return ops.prepare_input(image, layout=self._layout, size=self._detect_size, **PIXELS_0_255, **self._colour)
+    def _detector_input(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The picture at the detector's size (now, or `size`), RGB 0..255, 1×3×H×W: a new tensor,
+        not a view of the slot."""
+        size = size or self._detect_size
+        return ops.prepare_input(image, layout=self._layout, size=size, **PIXELS_0_255, **self._colour)
 
     def _find_faces(self, detector: Any, small: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""
