@@ -8,7 +8,9 @@ capacity), the source is paced at load × capacity for `--seconds`, once with th
 (`quality.mode: live`) and once without (`off`: frames go through at full quality, and a full
 ring drops the oldest waiting frame — dropping by queue length, as most tools do). Latency is
 capture to sink, of delivered frames, over the second half of each run (after the scheduler
-has settled). `targets.fps` is lifted out of the way so the offered load is what it says.
+has settled: at 4× it walks down all eight rungs this graph and sink have, at most one per
+0.5 s and each measured before the next, which takes it 4–5 s on a 2-core CPU; the default
+12 s leaves it 6). `targets.fps` is lifted out of the way so the offered load is what it says.
 
 The source behaves as a camera: each frame is stamped at its due time, so time spent waiting
 for a ring slot counts in its latency, and frames it could not hand over while the pipeline
@@ -17,7 +19,7 @@ waits and ring reclaims (a full ring dropping its oldest waiting frame) beside t
 
 Target: with the scheduler on, p99 ≤ budget at every load up to 4×.
 
-    python bench/latency_under_load.py [--seconds 8] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4] [--device cuda]
+    python bench/latency_under_load.py [--seconds 12] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4] [--device cuda]
 
 Writes bench/results/latency_under_load.png (needs matplotlib: pip install -e '.[bench]');
 the last line printed is one JSON object with the figures.
@@ -60,7 +62,7 @@ class LatencySink(NullSink):
 
     async def write(self, frame: Frame) -> None:
         await super().write(frame)
-        if not frame.dropped:
+        if frame.has_image:  # not dropped, nor a frame of sound alone
             now = time.monotonic_ns()
             self.samples.append((now / 1e9, (now - frame.capture_ns) / 1e6))
 
@@ -146,7 +148,7 @@ def plot(path: Path, loads: list[float], on: list[dict], off: list[dict], budget
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="per load and mode; the second half is measured")
+    parser.add_argument("--seconds", type=float, default=12.0, help="per load and mode; the second half is measured")
     parser.add_argument("--budget-ms", type=float, default=50.0)
     parser.add_argument("--loads", default="0.5,1,1.5,2,3,4", help="offered loads, × the measured capacity")
     parser.add_argument("--capacity-frames", type=int, default=240, help="frames to measure the capacity on")

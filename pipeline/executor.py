@@ -303,6 +303,7 @@ class Pipeline:
 
     async def _produce(self) -> None:
         cuda = self.device.type == "cuda"
+        last: Frame | None = None
         try:
             async with contextlib.aclosing(self.source.frames(self.ring)) as frames:
                 async for frame in frames:
@@ -313,18 +314,16 @@ class Pipeline:
                         ready = torch.cuda.Event()
                         ready.record()
                         frame.events["source"] = ready
-                    self.metrics.frame_in(time.monotonic_ns())
                     if self.scheduler is not None:
                         self.scheduler.admit(frame)
-                    self._in_flight[frame.index] = frame
-                    self._accepted += 1
-                    if self._roots:
-                        for root in self._roots:
-                            await root.queue.put(frame)
-                    else:
-                        await self._arrive_at_sink(frame)
+                    last = frame
+                    await self._take_in(frame)
                     if self._stop_requested:
                         break
+            leftover = self.scheduler.leftover_audio() if self.scheduler is not None else None
+            if leftover is not None and last is not None:  # thinned frames' sound after the last one admitted
+                sound = Frame(self._accepted, last.pts, last.time_base, time.monotonic_ns(), None, leftover)
+                await self._take_in(sound)
         except SourceError as exc:
             self.source_error = str(exc)
             log.error("source: %s", exc)
@@ -334,6 +333,17 @@ class Pipeline:
         finally:
             self._source_done = True
             self._check_done()
+
+    async def _take_in(self, frame: Frame) -> None:
+        """A frame from the source into the graph (or straight to the sink, with no stages)."""
+        self.metrics.frame_in(time.monotonic_ns())
+        self._in_flight[frame.index] = frame
+        self._accepted += 1
+        if self._roots:
+            for root in self._roots:
+                await root.queue.put(frame)
+        else:
+            await self._arrive_at_sink(frame)
 
     async def _work(self, running: _Running) -> None:
         # The hot loop: one iteration per frame per stage. A stage with one child that waits on

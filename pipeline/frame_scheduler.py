@@ -5,8 +5,10 @@ what it decides, so the executor only calls four hooks:
 
 - `admit(frame)` on arrival: the frame's deadline (capture time + the latency budget), its
   `quality` annotation, and thinning: a source faster than `targets.fps`, and the
-  `lower_source_fps` rung, drop frames here, before any work. Dropped frames still flow to the
-  sink as markers, so their audio plays and order is kept.
+  `lower_source_fps` rungs, drop frames here, before any work. A thinned frame's sound rides on
+  the next frame admitted (`frames.joined`), so the sound stages run once per frame admitted,
+  not once per frame the camera makes; the thinned frame still flows to the sink as a marker,
+  so order is kept. `leftover_audio()` at the end of the source is the sound still waiting.
 - `is_late(frame, node)` before a stage: a frame that cannot make its deadline if this stage
   and the slowest path after it cost what they have lately (mean + 20%) is dropped — but only when
   a newer frame is already waiting there (the newest frame wins; the stage never goes idle
@@ -37,7 +39,7 @@ from typing import Any
 
 from pipeline.config import GraphConfig
 from pipeline.device_profiles import DeviceProfile
-from pipeline.frames import Frame
+from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.gpu_health import GpuHealth, pressure
 from pipeline.graph import Graph
 from pipeline.metrics import RunMetrics
@@ -49,7 +51,7 @@ from pipeline.stage import StageRunner
 log = logging.getLogger(__name__)
 
 LATE = "late"  # drop reason: could not make its deadline, and a newer frame was waiting
-THINNED = "lower_source_fps"  # drop reason: the `lower_source_fps` rung skips every other frame
+THINNED = "lower_source_fps"  # drop reason: a `lower_source_fps` rung admits only 1 frame in 2 (3, 4)
 OVER_TARGET = "over_target_fps"  # drop reason: the source is faster than targets.fps
 MISSES = frozenset({LATE, RING_FULL})  # drops that mean "behind", and count against the budget
 MISS_FACTOR = 1.25  # a missed frame counts as this × the budget
@@ -72,6 +74,13 @@ class Watched:
     late_after_ns: int = 0  # path_ns with a margin: a frame with less time than this left is late
     _total_ns: int = 0
     _count: int = 0
+
+
+def source_rate_growth(ladder: tuple[str, ...]) -> tuple[float, ...]:
+    """Per rung, how many times the frames admitted grow when climbing out of it: 2 out of 1 in 2,
+    1.5 out of 1 in 3 into 1 in 2, and 1 for rungs that leave the rate alone."""
+    divisors = [settings_at(ladder, rung).fps_divisor for rung in range(len(ladder))]
+    return (1.0, *(divisors[rung] / divisors[rung - 1] for rung in range(1, len(ladder))))
 
 
 def scheduler_enabled(config: GraphConfig, *, live: bool) -> bool:
@@ -111,6 +120,7 @@ class FrameScheduler:
         self._source_fps = source_fps
         self.set_target_fps(config.targets.fps)  # also starts the arrival count
         self._admitted = 0
+        self._carried: AudioChunk | None = None  # thinned frames' sound, for the next frame admitted
         nodes = graph.nodes
         watched: dict[str, Watched] = {}
         for name in reversed(list(nodes)):  # children first, so each node can link them
@@ -144,6 +154,7 @@ class FrameScheduler:
             climb_after_s=self.quality.climb_after_s,
             climb_margin=self.quality.climb_margin,
             climb_busy=self.quality.climb_busy,
+            climb_growth=source_rate_growth(self.ladder),
         )
         self.settings: QualitySettings = FULL
         self._annotation = {"rung": FULL.rung}
@@ -185,11 +196,24 @@ class FrameScheduler:
         frame.deadline_ns = frame.capture_ns + int(self.controller.budget_ms * 1e6)
         arrived, self._arrived = self._arrived, self._arrived + 1
         if self._keep < 1.0 and int((arrived + 1) * self._keep) == int(arrived * self._keep):
-            frame.drop(OVER_TARGET)
+            self._thin(frame, OVER_TARGET)
             return
         admitted, self._admitted = self._admitted, self._admitted + 1
         if admitted % self.settings.fps_divisor:
-            frame.drop(THINNED)
+            self._thin(frame, THINNED)
+        elif self._carried is not None:
+            frame.audio, self._carried = joined(self._carried, frame.audio), None
+
+    def _thin(self, frame: Frame, reason: str) -> None:
+        """Drop `frame` on arrival and keep its sound for the next frame admitted."""
+        frame.drop(reason)
+        self._carried, frame.audio = joined(self._carried, frame.audio), None
+
+    def leftover_audio(self) -> AudioChunk | None:
+        """The sound of frames thinned since the last one admitted (once): at the end of the source
+        it goes out as a frame of sound alone."""
+        carried, self._carried = self._carried, None
+        return carried
 
     def is_late(self, frame: Frame, stage: Watched, now_ns: int) -> bool:
         """Whether `frame` would miss its deadline going through `stage` and on (the caller has

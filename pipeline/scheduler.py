@@ -7,7 +7,10 @@ in a run), and it answers with at most one rung change and the measurement behin
 - The measure is the p95 of end-to-end latency over a sliding window (`window_s`), or the age of
   the oldest frame waiting in a stage's queue when that is higher: delivered frames show a
   backlog only once they get out of it, the queue shows it while it grows (or while nothing
-  gets out at all).
+  gets out at all). The target is a p99, though, and a p95 held just under the budget leaves
+  the slowest frames over it: a window with more than one frame in a hundred late (and more
+  than one frame: a lone stall is no trend) is over budget too, and a margin needs that tail
+  gone as well.
 - Over budget: one rung down at once, then again after `down_cooldown_s` if still over and not
   getting better — fast, because a queue that grows only grows faster; but a backlog that is
   already draining after a step is left to drain rather than answered with another step.
@@ -15,7 +18,9 @@ in a run), and it answers with at most one rung change and the measurement behin
   break, and the busiest stage busy less than `climb_busy` of each frame's time: one rung
   up — slow, so a short quiet spell does not undo a step that was needed. Latency alone
   cannot tell a stage working at 85% of the frame time (fine, but one rung up would overflow
-  it) from one at 40%; the busy fraction can.
+  it) from one at 40%; the busy fraction can. Climbing out of a rung that thins the source
+  brings back the frames it gave up, so the busy fraction counts as it will be after the climb
+  (`climb_growth`: × 2 out of 1 frame in 2, × 1.5 out of 1 in 3 into 1 in 2).
   A climb that has to be undone anyway is undone at once, and doubles the wait before that
   climb is tried again (hysteresis: no oscillation), up to `MAX_CLIMB_WAIT_S`: a load that
   fell later is still found within half a minute. After `CLIMB_WAIT_RESET_S` without a step
@@ -41,6 +46,7 @@ MIN_SAMPLES = 8  # fewer frames than this in the window: no decision yet
 DOWN_COOLDOWN_S = 0.5  # at least this long between two steps down (the last one must take effect)
 CLIMB_AFTER_S = 3.0  # sustained margin needed before a step up
 CLIMB_MARGIN = 0.7  # "margin" is a p95 below this fraction of the budget
+TAIL_SHARE = 0.01  # more than this share of the window's frames over the budget is over budget (a p99 target)
 IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as getting better
 FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
 PRESSURE_COOLDOWN_S = 5.0  # between two steps down forced by GPU memory or temperature
@@ -65,6 +71,7 @@ class RungChange:
     budget_ms: float
     pressure: str | None = None  # what else forced the step (a hot or full GPU), if anything did
     queue_age_ms: float | None = None  # the oldest queued frame's age, when it weighed more than the p95
+    p99_ms: float | None = None  # the window's p99, when it was over the budget (a late tail)
 
     @property
     def reason(self) -> str:
@@ -80,8 +87,9 @@ class RungChange:
         why = f"{self.pressure}; " if self.pressure else ""
         p95 = "unknown" if self.p95_ms is None else f"{self.p95_ms:.1f} ms"
         backlog = f", oldest queued frame {self.queue_age_ms:.1f} ms old" if self.queue_age_ms is not None else ""
+        tail = f", p99 {self.p99_ms:.1f} ms" if self.p99_ms is not None else ""
         return (
-            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {p95}{backlog} "
+            f"scheduler: {verb} to rung {self.rung} ({self.name}): {why}end-to-end p95 {p95}{tail}{backlog} "
             f"against a budget of {self.budget_ms:.0f} ms"
         )
 
@@ -97,6 +105,8 @@ class RungChange:
             record["pressure"] = self.pressure
         if self.queue_age_ms is not None:
             record["queue_age_ms"] = self.queue_age_ms
+        if self.p99_ms is not None:
+            record["p99_ms"] = self.p99_ms
         return record
 
 
@@ -113,6 +123,7 @@ class QualityController:
         climb_after_s: float = CLIMB_AFTER_S,
         climb_margin: float = CLIMB_MARGIN,
         climb_busy: float = CLIMB_BUSY,
+        climb_growth: tuple[float, ...] | None = None,
     ):
         if budget_ms <= 0:
             raise ValueError(f"latency budget must be > 0 ms, got {budget_ms}")
@@ -125,6 +136,12 @@ class QualityController:
         self.climb_after_s = climb_after_s
         self.climb_margin = climb_margin
         self.climb_busy = climb_busy
+        # Per rung: how many times the frames a stage works on grow when climbing out of it (a
+        # rung that halves the source rate doubles the work when left); 1 where it is not known.
+        growth = tuple(climb_growth) if climb_growth is not None else (1.0,) * len(self.ladder)
+        if len(growth) != len(self.ladder) or any(g < 1.0 for g in growth):
+            raise ValueError(f"climb_growth needs one factor >= 1 per rung, got {growth}")
+        self.climb_growth = growth
         self.rung = 0
         self._busy: deque[tuple[float, float]] = deque()  # (time s, busiest stage's share of the frame time)
         self.changes: list[RungChange] = []
@@ -174,11 +191,16 @@ class QualityController:
 
     def p95_ms(self, now_s: float) -> float | None:
         """p95 over the window, or None with too few frames to say."""
+        latencies = self._window(now_s)
+        return float(np.percentile(latencies, 95)) if latencies is not None else None
+
+    def _window(self, now_s: float) -> np.ndarray | None:
+        """The latencies in the window (ms), or None with too few frames to say."""
         while self._samples and self._samples[0][0] < now_s - self.window_s:
             self._samples.popleft()
         if len(self._samples) < MIN_SAMPLES:
             return None
-        return float(np.percentile([latency for _, latency in self._samples], 95))
+        return np.fromiter((latency for _, latency in self._samples), dtype=np.float64, count=len(self._samples))
 
     def decide(self, now_s: float, pressure: str | None = None) -> RungChange | None:
         """Maybe one rung change (already applied to `rung`), else None.
@@ -186,7 +208,8 @@ class QualityController:
         `pressure` names a reason to step down that latency does not show (a GPU near its memory
         or temperature limit): it steps down as over-budget latency does, and blocks climbing.
         """
-        p95 = self.p95_ms(now_s)
+        latencies = self._window(now_s)
+        p95, p99 = (float(p) for p in np.percentile(latencies, (95, 99))) if latencies is not None else (None, None)
         if now_s - self._last_down_s >= CLIMB_WAIT_RESET_S:
             self._climb_wait = [self.climb_after_s] * len(self.ladder)
         if pressure is not None:
@@ -202,20 +225,24 @@ class QualityController:
         measure = max(m for m in (p95, age) if m is not None)
         backlog = age if age is not None and (p95 is None or age > p95) else None
         previous, self._previous = self._previous, measure
-        if measure > self.budget_ms:
+        tail_late = latencies is not None and self._tail_late(latencies)
+        if measure > self.budget_ms or tail_late:
             self._margin_since_s = None
+            tail = p99 if p99 is not None and p99 > self.budget_ms else None
             if self._climb_failed(now_s):  # a climb that does not hold is undone at once
-                return self._move(now_s, +1, p95, queue_age_ms=backlog)
-            # No second step before the first one has been measured, nor while the backlog drains.
-            draining = previous is None or measure < IMPROVING * previous
+                return self._move(now_s, +1, p95, queue_age_ms=backlog, p99_ms=tail)
+            # No second step before the first one has been measured, nor while the backlog drains
+            # (a tail alone is no backlog: it is measured afresh after each step).
+            draining = previous is None or (measure > self.budget_ms and measure < IMPROVING * previous)
             cooled = now_s - self._last_change_s >= self.down_cooldown_s
             if self.rung + 1 < len(self.ladder) and cooled and not draining:
-                return self._move(now_s, +1, p95, queue_age_ms=backlog)
+                return self._move(now_s, +1, p95, queue_age_ms=backlog, p99_ms=tail)
             return None
         busy = self.busy(now_s)
         if p95 is None:  # a queue age alone, within budget, is not enough to climb on
             return None
-        if measure < self.climb_margin * self.budget_ms and (busy is None or busy < self.climb_busy):
+        room = busy is None or busy * self.climb_growth[self.rung] < self.climb_busy  # busy after the climb
+        if measure < self.climb_margin * self.budget_ms and room:
             if self._margin_since_s is None:
                 self._margin_since_s = now_s
             if self.rung > 0 and now_s - self._margin_since_s >= self._climb_wait[self.rung - 1]:
@@ -223,6 +250,12 @@ class QualityController:
         else:
             self._margin_since_s = None  # within budget but no margin: stay
         return None
+
+    def _tail_late(self, latencies: np.ndarray) -> bool:
+        """Over 1% of the window's frames late, and more than one: the p99 is over the budget, and
+        not for one frame alone (a single stall in a short window is no trend to act on)."""
+        late = int(np.count_nonzero(latencies > self.budget_ms))
+        return late > max(1.0, TAIL_SHARE * len(latencies))
 
     def reset_window(self) -> None:
         """Forget the measurements so far (taken under other conditions, e.g. another budget)."""
@@ -249,6 +282,7 @@ class QualityController:
         pressure: str | None = None,
         *,
         queue_age_ms: float | None = None,
+        p99_ms: float | None = None,
     ) -> RungChange:
         if step > 0 and self._last_climb is not None:
             climbed_at, into = self._last_climb
@@ -268,6 +302,7 @@ class QualityController:
             self.budget_ms,
             pressure,
             round(queue_age_ms, 2) if queue_age_ms is not None else None,
+            round(p99_ms, 2) if p99_ms is not None else None,
         )
         self.changes.append(change)
         self._last_change_s = now_s

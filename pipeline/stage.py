@@ -71,6 +71,7 @@ class Stage:
     Options: ClassVar[type[StageOptions]] = StageOptions
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
     # Stages that work on the sound run on dropped frames too: a drop costs a picture, never audio.
+    # A dropped frame with no sound (a thinned frame's sound rides on the next frame) skips them too.
     handles_dropped: ClassVar[bool] = False
     # The quality knobs (`QualitySettings` field names) `apply_quality` acts on: the scheduler
     # leaves out of its ladder the rungs that no stage in the graph would feel.
@@ -190,8 +191,10 @@ class StageRunner:
         """One call of the stage on one frame, timed and isolated."""
         stats = self.stats
         lease = frame.lease
-        if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not self.handles_dropped:
-            stats.skipped += 1  # dropped, or reclaimed by the ring while it waited in the queue
+        if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not (
+            self.handles_dropped and frame.audio is not None
+        ):
+            stats.skipped += 1  # dropped, or reclaimed by the ring while it waited (and no sound to handle)
             return
         if stats.disabled is not None or self.shed:
             stats.missing += 1
@@ -217,7 +220,9 @@ class StageRunner:
         todo = []
         for frame in frames:
             lease = frame.lease
-            if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not self.handles_dropped:
+            if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not (
+                self.handles_dropped and frame.audio is not None
+            ):
                 stats.skipped += 1
             elif stats.disabled is not None or self.shed:
                 stats.missing += 1

@@ -89,7 +89,7 @@ class RecordingSink(Sink):
             raise OSError("disk full")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        stamp = None if frame.dropped else int(frame.image[0, 0, 0])
+        stamp = int(frame.image[0, 0, 0]) if frame.has_image else None
         self.records.append(
             {
                 "index": frame.index,
@@ -97,6 +97,7 @@ class RecordingSink(Sink):
                 "dropped": frame.dropped,
                 "annotations": dict(frame.annotations),
                 "audio_pts": frame.audio.pts if frame.audio is not None else None,
+                "audio_samples": frame.audio.samples.shape[-1] if frame.audio is not None else 0,
                 "latency_ms": (time.monotonic_ns() - frame.capture_ns) / 1e6,
                 "time_s": time.monotonic(),
             }

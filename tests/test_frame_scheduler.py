@@ -20,7 +20,7 @@ from conftest import IndexSource, RecordingSink
 from stage_kit import graph_of
 
 from pipeline.executor import Pipeline
-from pipeline.frame_scheduler import LATE, MISS_FACTOR, OVER_TARGET, THINNED, FrameScheduler
+from pipeline.frame_scheduler import LATE, MISS_FACTOR, OVER_TARGET, THINNED, FrameScheduler, source_rate_growth
 from pipeline.frames import Frame
 from pipeline.gpu_health import GpuReading, pressure
 from pipeline.metrics import RunMetrics
@@ -221,12 +221,47 @@ def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
     assert "lower_source_fps" not in make_scheduler(graph, live=False).ladder
 
 
+def test_thinned_frames_sound_rides_on_the_next_frame_and_the_sound_stages_run_once_per_frame_kept(run):
+    """At 1 frame in 3, the sound stages run on 1 frame in 3, and every sample still comes out once, in order."""
+    level = {"name": "level", "type": "audio_level", "priority": 5}
+    graph = graph_of(
+        [{"name": "infer", "type": "costly", "options": {"cost_ms": 1.0}}, level],
+        targets={"latency_ms": 10_000},  # no frame is late: only the rung drops
+    )
+    sink = RecordingSink()
+    pipeline = Pipeline(graph, IndexSource(29, live=True, fps=60), sink)
+    start_stages = pipeline._start_stages
+
+    def start_at_one_in_three() -> None:
+        start_stages()
+        ladder = pipeline.scheduler.ladder
+        pipeline.scheduler.apply(settings_at(ladder, ladder.index("lower_source_fps_3")))
+
+    pipeline._start_stages = start_at_one_in_three
+    report = run(pipeline.run())
+    per_frame = 16000 // 30
+    # Frames 0, 3, … 27 are kept; 28 is thinned, and its sound comes last, as a frame of sound alone (29).
+    assert sink.indices == list(range(30))
+    kept = [r["index"] for r in sink.records if not r["dropped"]]
+    assert kept == [*range(0, 29, 3), 29] and report["frames"]["dropped"] == {THINNED: 19}
+    sounding = [r for r in sink.records if r["audio_samples"]]
+    assert [r["index"] for r in sounding] == kept  # thinned frames carry none of their own
+    joined = [((i - 2) * per_frame, 3 * per_frame) for i in range(3, 29, 3)]  # frames i-2, i-1 and i
+    assert [(r["audio_pts"], r["audio_samples"]) for r in sounding] == [
+        (0, per_frame),
+        *joined,
+        (28 * per_frame, per_frame),
+    ]
+    assert report["stages"]["level"]["latency_ms"]["count"] == len(kept)  # not once per frame the source made
+    assert all("level" not in r["annotations"] for r in sink.records if not r["audio_samples"])
+
+
 def test_ladder_keeps_only_rungs_that_change_something_here():
     one_stage = make_scheduler(graph_of([{"name": "infer", "type": "costly"}]))
     assert "shed_lowest_priority" not in one_stage.ladder  # nothing to shed
     assert "lower_output_resolution" not in one_stage.ladder  # the sink cannot resize
     no_inference = make_scheduler(graph_of([{"name": "a", "type": "stamp"}]))
-    assert no_inference.ladder == ("full", "lower_source_fps")
+    assert no_inference.ladder == ("full", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4")
     assert effective_ladder(
         DEFAULT_LADDER, has_inference=True, can_shed=True, can_resize_output=True, live=True
     ) == tuple(DEFAULT_LADDER)
@@ -395,3 +430,8 @@ def test_an_overloaded_file_run_drops_nothing_and_is_bit_identical_to_an_unsched
     assert scheduled_bytes == unscheduled_bytes
     paced, _, _ = run_once("live", realtime=True)  # the control: live, the same load makes it drop
     assert paced["quality"]["enabled"] and paced["frames"]["dropped"].get(LATE, 0) > 0, paced["frames"]
+
+
+def test_climbing_out_of_a_thinning_rung_counts_the_frames_it_brings_back():
+    ladder = check_ladder(["full", "emotion_every_2", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4"])
+    assert source_rate_growth(ladder) == (1.0, 1.0, 2.0, 1.5, 4 / 3)

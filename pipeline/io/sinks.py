@@ -54,17 +54,17 @@ class NullSink(Sink):
     def __init__(self) -> None:
         self.info: StreamInfo | None = None
         self.frames = 0  # frames that arrived with pixels
-        self.dropped = 0  # frames that arrived dropped
+        self.dropped = 0  # frames that arrived dropped (or as sound alone)
         self.audio_samples = 0  # per channel, over all frames, dropped ones included
 
     async def open(self, info: StreamInfo) -> None:
         self.info = info
 
     async def write(self, frame: Frame) -> None:
-        if frame.dropped:
-            self.dropped += 1
-        else:
+        if frame.has_image:
             self.frames += 1
+        else:
+            self.dropped += 1
         if frame.audio is not None:
             self.audio_samples += frame.audio.samples.shape[-1]
 
