@@ -302,6 +302,19 @@ class Pipeline:
     # ----------------------------------------------------------------- data path
 
     async def _produce(self) -> None:
+        try:
+            last = await self._read_source()
+            # The sound of frames thinned after the last one admitted: one last frame of sound alone.
+            leftover = self.scheduler.leftover_audio() if self.scheduler is not None else None
+            if leftover is not None and last is not None:
+                sound = Frame(self._accepted, last.pts, last.time_base, time.monotonic_ns(), None, leftover)
+                await self._take_in(sound)
+        finally:
+            self._source_done = True
+            self._check_done()
+
+    async def _read_source(self) -> Frame | None:
+        """Take the source's frames in until it ends, fails or a stop is asked; returns the last one."""
         cuda = self.device.type == "cuda"
         last: Frame | None = None
         try:
@@ -320,19 +333,13 @@ class Pipeline:
                     await self._take_in(frame)
                     if self._stop_requested:
                         break
-            leftover = self.scheduler.leftover_audio() if self.scheduler is not None else None
-            if leftover is not None and last is not None:  # thinned frames' sound after the last one admitted
-                sound = Frame(self._accepted, last.pts, last.time_base, time.monotonic_ns(), None, leftover)
-                await self._take_in(sound)
         except SourceError as exc:
             self.source_error = str(exc)
             log.error("source: %s", exc)
         except Exception as exc:  # a source that breaks mid-stream still yields what it gave
             self.source_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.error("source failed after %d frame(s): %s", self._accepted, self.source_error)
-        finally:
-            self._source_done = True
-            self._check_done()
+        return last
 
     async def _take_in(self, frame: Frame) -> None:
         """A frame from the source into the graph (or straight to the sink, with no stages)."""

@@ -221,15 +221,18 @@ def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
     assert "lower_source_fps" not in make_scheduler(graph, live=False).ladder
 
 
-def test_thinned_frames_sound_rides_on_the_next_frame_and_the_sound_stages_run_once_per_frame_kept(run):
-    """At 1 frame in 3, the sound stages run on 1 frame in 3, and every sample still comes out once, in order."""
+@pytest.mark.parametrize("source_fails", [False, True])
+def test_thinned_frames_sound_rides_on_the_next_frame_and_the_sound_stages_run_once_per_frame_kept(run, source_fails):
+    """At 1 frame in 3, the sound stages run on 1 frame in 3, and every sample still comes out once, in
+    order: also when the source fails after frame 28."""
     level = {"name": "level", "type": "audio_level", "priority": 5}
     graph = graph_of(
         [{"name": "infer", "type": "costly", "options": {"cost_ms": 1.0}}, level],
         targets={"latency_ms": 10_000},  # no frame is late: only the rung drops
     )
     sink = RecordingSink()
-    pipeline = Pipeline(graph, IndexSource(29, live=True, fps=60), sink)
+    source = IndexSource(100, live=True, fps=60, fail_at=29) if source_fails else IndexSource(29, live=True, fps=60)
+    pipeline = Pipeline(graph, source, sink)
     start_stages = pipeline._start_stages
 
     def start_at_one_in_three() -> None:
