@@ -25,8 +25,8 @@ RUNG_EFFECTS: dict[str, dict[str, Any]] = {
     "shed_lowest_priority": {"shed": True},  # the lowest-priority stage(s) stop running
     "lower_output_resolution": {"output_scale": 0.5},  # what the sink shows or sends, at half the size
     "lower_source_fps": {"fps_divisor": 2},  # every 2nd frame is dropped on arrival (its audio still plays)
-    "lower_source_fps_3": {"fps_divisor": 3},  # 1 frame in 3 admitted: the last valves, for when even
-    "lower_source_fps_4": {"fps_divisor": 4},  # the cheapest frame costs more than half the interval
+    "lower_source_fps_3": {"fps_divisor": 3},  # 1 frame in 3 admitted
+    "lower_source_fps_4": {"fps_divisor": 4},  # 1 frame in 4: the last valve, when even the cheapest frame is too slow
 }
 DEFAULT_LADDER = tuple(RUNG_EFFECTS)
 

@@ -187,14 +187,19 @@ class StageRunner:
             self.stats.disabled = reason
             log.warning("%s: disabled (%s)", self.name, reason)
 
+    def _passes_by(self, frame: Frame) -> bool:
+        """Whether the stage has nothing to do on `frame`: it was dropped, or reclaimed by the ring
+        while it waited, and (for a stage that works on sound) carries no sound either."""
+        lease = frame.lease
+        dropped = frame.drop_reason is not None or (lease is not None and lease.revoked)
+        return dropped and not (self.handles_dropped and frame.audio is not None)
+
     async def run(self, frame: Frame) -> None:
         """One call of the stage on one frame, timed and isolated."""
         stats = self.stats
         lease = frame.lease
-        if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not (
-            self.handles_dropped and frame.audio is not None
-        ):
-            stats.skipped += 1  # dropped, or reclaimed by the ring while it waited (and no sound to handle)
+        if self._passes_by(frame):
+            stats.skipped += 1
             return
         if stats.disabled is not None or self.shed:
             stats.missing += 1
@@ -220,9 +225,7 @@ class StageRunner:
         todo = []
         for frame in frames:
             lease = frame.lease
-            if (frame.drop_reason is not None or (lease is not None and lease.revoked)) and not (
-                self.handles_dropped and frame.audio is not None
-            ):
+            if self._passes_by(frame):
                 stats.skipped += 1
             elif stats.disabled is not None or self.shed:
                 stats.missing += 1
