@@ -207,7 +207,9 @@ class FrameScheduler:
     def _thin(self, frame: Frame, reason: str) -> None:
         """Drop `frame` on arrival and keep its sound for the next frame admitted."""
         frame.drop(reason)
-        self._carried, frame.audio = joined(self._carried, frame.audio), None
+        if frame.audio is not None:
+            self._carried, frame.audio = joined(self._carried, frame.audio), None
+            frame.sound_passed_on = True
 
     def leftover_audio(self) -> AudioChunk | None:
         """The sound of frames thinned since the last one admitted (once): at the end of the source

@@ -56,6 +56,7 @@ class Frame:
     annotations: dict[str, Any] = field(default_factory=dict)  # one JSON-able dict per stage
     drop_reason: str | None = None  # set when the frame is dropped; it still flows, without pixels
     deadline_ns: int = 0  # live runs: capture_ns + the latency budget (0: no deadline)
+    sound_passed_on: bool = False  # dropped on arrival, its sound moved to the next frame admitted
     # CUDA events recorded by the stages that produced this frame's data, keyed by stage name.
     events: dict[str, Any] = field(default_factory=dict)
 

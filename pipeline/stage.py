@@ -71,7 +71,7 @@ class Stage:
     Options: ClassVar[type[StageOptions]] = StageOptions
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
     # Stages that work on the sound run on dropped frames too: a drop costs a picture, never audio.
-    # A dropped frame with no sound (a thinned frame's sound rides on the next frame) skips them too.
+    # Not on a frame whose sound was passed on to the next frame (thinned on arrival): that one carries it.
     handles_dropped: ClassVar[bool] = False
     # The quality knobs (`QualitySettings` field names) `apply_quality` acts on: the scheduler
     # leaves out of its ladder the rungs that no stage in the graph would feel.
@@ -189,10 +189,12 @@ class StageRunner:
 
     def _passes_by(self, frame: Frame) -> bool:
         """Whether the stage has nothing to do on `frame`: it was dropped, or reclaimed by the ring
-        while it waited, and (for a stage that works on sound) carries no sound either."""
+        while it waited, and (for a stage that works on sound) its sound went on with another frame.
+        A dropped frame of a stream without sound still reaches the sound stages: the avatar's
+        voice keeps its clock by the frames it is given."""
         lease = frame.lease
         dropped = frame.drop_reason is not None or (lease is not None and lease.revoked)
-        return dropped and not (self.handles_dropped and frame.audio is not None)
+        return dropped and not (self.handles_dropped and not frame.sound_passed_on)
 
     async def run(self, frame: Frame) -> None:
         """One call of the stage on one frame, timed and isolated."""

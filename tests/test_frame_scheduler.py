@@ -21,11 +21,11 @@ from stage_kit import graph_of
 
 from pipeline.executor import Pipeline
 from pipeline.frame_scheduler import LATE, MISS_FACTOR, OVER_TARGET, THINNED, FrameScheduler, source_rate_growth
-from pipeline.frames import Frame
+from pipeline.frames import AudioChunk, Frame
 from pipeline.gpu_health import GpuReading, pressure
 from pipeline.metrics import RunMetrics
 from pipeline.quality import DEFAULT_LADDER, check_ladder, effective_ladder, settings_at
-from pipeline.stage import StageRunner
+from pipeline.stage import Stage, StageRunner
 
 FPS = 50
 BUDGET_MS = 100.0
@@ -438,3 +438,34 @@ def test_an_overloaded_file_run_drops_nothing_and_is_bit_identical_to_an_unsched
 def test_climbing_out_of_a_thinning_rung_counts_the_frames_it_brings_back():
     ladder = check_ladder(["full", "emotion_every_2", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4"])
     assert source_rate_growth(ladder) == (1.0, 1.0, 2.0, 1.5, 4 / 3)
+
+
+def test_a_sound_stage_runs_on_dropped_frames_except_those_whose_sound_went_on(run):
+    """A late frame keeps its sound; a frame of a stream without sound still keeps the voice's clock;
+    a thinned frame's sound rides on the next frame admitted, so there is nothing left on it."""
+
+    class Listening(Stage):
+        handles_dropped = True
+
+        def __init__(self) -> None:
+            super().__init__("listening")
+            self.seen: list[int] = []
+
+        async def process(self, frame: Frame) -> None:
+            self.seen.append(frame.index)
+
+    stage = Listening()
+    runner = StageRunner(stage, RunMetrics().stage("listening"))
+    chunk = AudioChunk(torch.zeros(1, 160), 16000, 0)
+    late, silent, thinned = Frame(0, 0, Fraction(1, 30), 0, audio=chunk), frame(1), Frame(2, 2, Fraction(1, 30), 0)
+    late.drop(LATE)
+    silent.drop(LATE)  # a stream without sound: no audio to begin with
+    thinned.audio = chunk
+    scheduler = make_scheduler(graph_of([{"name": "infer", "type": "costly"}]))
+    scheduler.apply(settings_at(scheduler.ladder, scheduler.ladder.index("lower_source_fps")))
+    scheduler.admit(frame(9))  # kept
+    scheduler.admit(thinned)  # dropped, its sound kept for the next frame
+    assert thinned.sound_passed_on and thinned.audio is None
+    for f in (late, silent, thinned):
+        run(runner.run(f))
+    assert stage.seen == [0, 1]
