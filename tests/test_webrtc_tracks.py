@@ -1,4 +1,5 @@
-"""The outgoing tracks: video keeps only the newest picture, audio keeps every chunk up to a cap."""
+"""The outgoing tracks: video keeps only the newest picture, audio keeps every chunk up to a cap and goes
+out in 20 ms frames."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ import time
 
 import av
 import numpy as np
+import torch
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from pipeline.frames import AudioChunk, Frame
 from pipeline.ringbuffer import RingBuffer
-from pipeline.webrtc.tracks import AUDIO_RATE, MAX_AUDIO_QUEUE_S, OutgoingAudio, OutgoingVideo, TrackSource
+from pipeline.webrtc.tracks import (
+    AUDIO_RATE,
+    MAX_AUDIO_QUEUE_S,
+    OutgoingAudio,
+    OutgoingVideo,
+    PeerSink,
+    TrackSource,
+)
 
 CHUNK = 960  # 20 ms at 48 kHz
 
@@ -68,6 +78,18 @@ def test_the_audio_track_cuts_the_oldest_sound_over_its_cap_and_keeps_the_newest
     assert pts[0] == track.cut  # the oldest were the ones cut
 
 
+def test_one_frame_bringing_more_sound_than_the_cap_keeps_it_all():
+    """The sound of pictures dropped on arrival comes with the next frame, in one go: only sound that
+    has waited since earlier frames counts as a sender that stopped reading."""
+    cap = int(MAX_AUDIO_QUEUE_S * AUDIO_RATE)
+    burst = [sound(i * CHUNK) for i in range(cap // CHUNK + 5)]
+    track = OutgoingAudio()
+    track.put(*burst)
+    assert track.cut == 0 and len(track._chunks) == len(burst)
+    track.put(sound(len(burst) * CHUNK))  # the next frame, and nothing was read: now the oldest go
+    assert track.cut == 6 * CHUNK and track._chunks[-1].pts == len(burst) * CHUNK
+
+
 def test_the_audio_track_cuts_nothing_while_the_sender_keeps_up():
     async def scenario():
         track = OutgoingAudio()
@@ -79,6 +101,31 @@ def test_the_audio_track_cuts_nothing_while_the_sender_keeps_up():
 
     track, out = asyncio.run(scenario())
     assert track.cut == 0 and [f.pts for f in out] == [i * CHUNK for i in range(200)]
+
+
+def test_the_sink_sends_sound_in_20_ms_frames_whatever_the_frames_carry():
+    """aiortc sends every Opus packet of one frame under one RTP timestamp, which a receiver cannot
+    decode: frames carrying joined sound (pictures dropped on arrival) must not reach it whole."""
+    lengths = [1600, 4800, 100, 1600, 0, 2400]  # one frame's sound at 30 fps, three frames', a sliver, …
+    ramp = np.arange(sum(lengths), dtype=np.float32) / 2**16  # every sample distinct
+
+    async def scenario():
+        sink = PeerSink()
+        start = 0
+        for index, length in enumerate(lengths):
+            audio = AudioChunk(torch.from_numpy(ramp[start : start + length].copy())[None], AUDIO_RATE, start)
+            await sink.write(Frame(index, index, fractions.Fraction(1, 30), time.monotonic_ns(), None, audio))
+            start += length
+        sent_before_close = len(sink.audio._chunks)
+        await sink.close()
+        return [sink.audio._chunks.popleft() for _ in range(len(sink.audio._chunks))], sent_before_close
+
+    sent, before_close = asyncio.run(scenario())
+    whole, rest = divmod(sum(lengths), CHUNK)
+    assert before_close == whole and [f.samples for f in sent] == [CHUNK] * whole + [rest]  # the rest at the end
+    assert [f.pts for f in sent] == [i * CHUNK for i in range(whole + 1)]
+    pcm = np.concatenate([f.to_ndarray()[0] for f in sent])
+    assert np.array_equal(pcm, (ramp * 32767).astype(np.int16))  # every sample once, in order
 
 
 class BurstTrack(MediaStreamTrack):

@@ -47,6 +47,10 @@ WEBRTC_COLOUR = Colour(
 )  # BT.601, limited range: what VP8/H.264 decoders give
 SILENCE_S = 10.0  # a peer that sends no video for this long is gone
 MAX_AUDIO_QUEUE_S = 0.5  # outgoing sound waiting for the sender beyond this is cut, oldest first
+# Outgoing sound goes to the sender in 20 ms frames: aiortc's Opus encoder makes one packet per
+# 20 ms, and sends all the packets of one frame under one RTP timestamp, which a receiver takes
+# for one undecodable packet. Frames carry joined sound (pictures dropped on arrival) of any length.
+PACKET_S = 0.02
 
 
 async def first_picture(track: MediaStreamTrack, timeout_s: float = SILENCE_S) -> av.VideoFrame:
@@ -219,10 +223,14 @@ class OutgoingAudio(MediaStreamTrack):
         self._ready = asyncio.Event()
         self.cut = 0  # samples cut because the sender stopped reading
 
-    def put(self, chunk: av.AudioFrame) -> None:
-        self._chunks.append(chunk)
-        self._queued += chunk.samples
-        while self._queued > MAX_AUDIO_QUEUE_S * AUDIO_RATE and len(self._chunks) > 1:
+    def put(self, *chunks: av.AudioFrame) -> None:
+        """Queue one frame's sound (its packets, in order). Over the cap the oldest sound waiting from
+        earlier frames is cut, never this frame's: a frame may bring much sound at once (the sound
+        of pictures dropped on arrival) with a sender that keeps up."""
+        for chunk in chunks:
+            self._chunks.append(chunk)
+            self._queued += chunk.samples
+        while self._queued > MAX_AUDIO_QUEUE_S * AUDIO_RATE and len(self._chunks) > max(1, len(chunks)):
             old = self._chunks.popleft()
             self._queued -= old.samples
             self.cut += old.samples
@@ -251,6 +259,8 @@ class PeerSink(Sink):
         self.frames = 0
         self.dropped = 0
         self._audio_pts = 0
+        self._pcm = np.zeros(0, dtype=np.int16)  # sound short of a whole packet, sent with the next frame
+        self._pcm_rate = AUDIO_RATE
 
     async def open(self, info: StreamInfo) -> None:
         self.info = info
@@ -258,14 +268,11 @@ class PeerSink(Sink):
     async def write(self, frame: Frame) -> None:
         chunk = frame.audio
         if chunk is not None and chunk.samples.shape[-1]:
-            samples = chunk.samples[:1].detach().cpu().numpy()
+            samples = chunk.samples[0].detach().cpu().numpy()
             pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)  # aiortc's Opus encoder takes s16
-            sound = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout="mono")
-            sound.sample_rate = chunk.sample_rate
-            sound.pts = self._audio_pts
-            sound.time_base = fractions.Fraction(1, chunk.sample_rate)
-            self._audio_pts += samples.shape[-1]
-            self.audio.put(sound)
+            self._pcm = np.concatenate((self._pcm, pcm)) if self._pcm.size else pcm
+            self._pcm_rate = chunk.sample_rate
+            self._send_packets(whole_only=True)
         if frame.has_image:
             events = [e for e in frame.events.values() if e is not None]
             pixels = host_pixels(frame.image, events)
@@ -279,6 +286,25 @@ class PeerSink(Sink):
         if self.on_frame is not None:
             self.on_frame(frame, (time.monotonic_ns() - frame.capture_ns) / 1e6)
 
+    def _send_packets(self, *, whole_only: bool) -> None:
+        """The buffered sound to the audio track in `PACKET_S` frames (and the rest, unless `whole_only`)."""
+        size = round(self._pcm_rate * PACKET_S)
+        start = 0
+        packets = []
+        while len(self._pcm) - start >= size or (not whole_only and start < len(self._pcm)):
+            packet = self._pcm[start : start + size]
+            sound = av.AudioFrame.from_ndarray(np.ascontiguousarray(packet[None]), format="s16", layout="mono")
+            sound.sample_rate = self._pcm_rate
+            sound.pts = self._audio_pts
+            sound.time_base = fractions.Fraction(1, self._pcm_rate)
+            self._audio_pts += len(packet)
+            packets.append(sound)
+            start += len(packet)
+        self._pcm = self._pcm[start:]
+        if packets:
+            self.audio.put(*packets)
+
     async def close(self) -> None:
+        self._send_packets(whole_only=False)
         self.video.stop()
         self.audio.stop()
