@@ -103,17 +103,19 @@ def test_the_audio_track_cuts_nothing_while_the_sender_keeps_up():
     assert track.cut == 0 and [f.pts for f in out] == [i * CHUNK for i in range(200)]
 
 
-def test_the_sink_sends_sound_in_20_ms_frames_whatever_the_frames_carry():
-    """aiortc sends every Opus packet of one frame under one RTP timestamp, which a receiver cannot
-    decode: frames carrying joined sound (pictures dropped on arrival) must not reach it whole."""
+def test_the_sink_sends_sound_as_20_ms_opus_packets_whatever_the_frames_carry():
+    """aiortc sends every Opus packet one frame of raw sound makes under one RTP timestamp, which a
+    receiver cannot decode: the sink encodes 20 ms packets itself, whatever length of sound each
+    frame carries (joined sound from pictures dropped on arrival, a sliver, none)."""
     lengths = [1600, 4800, 100, 1600, 0, 2400]  # one frame's sound at 30 fps, three frames', a sliver, …
-    ramp = np.arange(sum(lengths), dtype=np.float32) / 2**16  # every sample distinct
+    total = sum(lengths)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / AUDIO_RATE)).astype(np.float32)
 
     async def scenario():
         sink = PeerSink()
         start = 0
         for index, length in enumerate(lengths):
-            audio = AudioChunk(torch.from_numpy(ramp[start : start + length].copy())[None], AUDIO_RATE, start)
+            audio = AudioChunk(torch.from_numpy(tone[start : start + length].copy())[None], AUDIO_RATE, start)
             await sink.write(Frame(index, index, fractions.Fraction(1, 30), time.monotonic_ns(), None, audio))
             start += length
         sent_before_close = len(sink.audio._chunks)
@@ -121,11 +123,23 @@ def test_the_sink_sends_sound_in_20_ms_frames_whatever_the_frames_carry():
         return [sink.audio._chunks.popleft() for _ in range(len(sink.audio._chunks))], sent_before_close
 
     sent, before_close = asyncio.run(scenario())
-    whole, rest = divmod(sum(lengths), CHUNK)
-    assert before_close == whole and [f.samples for f in sent] == [CHUNK] * whole + [rest]  # the rest at the end
-    assert [f.pts for f in sent] == [i * CHUNK for i in range(whole + 1)]
-    pcm = np.concatenate([f.to_ndarray()[0] for f in sent])
-    assert np.array_equal(pcm, (ramp * 32767).astype(np.int16))  # every sample once, in order
+    assert all(isinstance(p, av.Packet) for p in sent)
+    assert all(p.duration == CHUNK for p in sent[:-1]) and 0 < sent[-1].duration <= CHUNK  # the encoder's tail
+    assert before_close <= total // CHUNK  # only whole 20 ms frames go before the end
+    assert [p.pts for p in sent] == [i * CHUNK for i in range(len(sent))]  # one timestamp each, in order
+    decoder = av.CodecContext.create("libopus", "r")  # as a receiver does; it may give stereo, planar or not
+    decoded = [f for p in sent for f in decoder.decode(p)]
+
+    def left(f: av.AudioFrame) -> np.ndarray:
+        pcm = f.to_ndarray()
+        return pcm[0] if f.format.is_planar else pcm.reshape(-1)[:: len(f.layout.channels)]
+
+    heard = np.concatenate([left(f) for f in decoded]).astype(np.float32)
+    heard = heard / (32767 if decoded[0].format.name.startswith("s16") else 1)
+    assert len(heard) >= total  # all of it, the last packet padded with silence
+    assert abs(np.sqrt(np.mean(heard[:total] ** 2)) - np.sqrt(np.mean(tone**2))) < 0.05  # the tone's level
+    spectrum = np.abs(np.fft.rfft(heard[:total]))
+    assert abs(np.argmax(spectrum) * AUDIO_RATE / total - 440) < 5  # and its pitch
 
 
 class BurstTrack(MediaStreamTrack):

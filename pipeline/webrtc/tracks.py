@@ -12,8 +12,13 @@ same way).
 
 `PeerSink` hands each processed frame to two outgoing tracks. The video track keeps no backlog:
 it holds at most the newest picture, so a slow encoder or network sees fresh frames, never a
-queue. The audio track keeps every chunk (sound is never dropped) up to `MAX_AUDIO_QUEUE_S`,
-past which the oldest goes: a peer that stopped reading must not grow memory.
+queue. The sound is encoded here, into Opus packets of 20 ms each, and the audio track keeps
+every packet (sound is never dropped) up to `MAX_AUDIO_QUEUE_S`, past which the oldest goes: a
+peer that stopped reading must not grow memory. aiortc would encode raw sound itself, but it
+sends all the packets one frame of sound makes under one RTP timestamp, which the receiver
+cannot decode (a frame carries 33 ms of sound at 30 fps, more when pictures were dropped on
+arrival), and it makes a trip to a worker thread per frame; its sender passes encoded packets
+straight on.
 """
 
 from __future__ import annotations
@@ -41,16 +46,15 @@ from pipeline.ringbuffer import RingBuffer
 log = logging.getLogger(__name__)
 
 AUDIO_RATE = 48000  # Hz: what Opus carries, and what the pipeline's audio runs at
+AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 VIDEO_CLOCK = fractions.Fraction(1, 90000)  # RTP's video clock
 WEBRTC_COLOUR = Colour(
     matrix=6, primaries=6, transfer=6, range=1
 )  # BT.601, limited range: what VP8/H.264 decoders give
 SILENCE_S = 10.0  # a peer that sends no video for this long is gone
 MAX_AUDIO_QUEUE_S = 0.5  # outgoing sound waiting for the sender beyond this is cut, oldest first
-# Outgoing sound goes to the sender in 20 ms frames: aiortc's Opus encoder makes one packet per
-# 20 ms, and sends all the packets of one frame under one RTP timestamp, which a receiver takes
-# for one undecodable packet. Frames carry joined sound (pictures dropped on arrival) of any length.
-PACKET_S = 0.02
+OPUS_FRAME = 960  # samples at 48 kHz: 20 ms, one Opus packet
+OPUS_BIT_RATE = 96_000  # as aiortc's own encoder
 
 
 async def first_picture(track: MediaStreamTrack, timeout_s: float = SILENCE_S) -> av.VideoFrame:
@@ -211,39 +215,44 @@ class OutgoingVideo(MediaStreamTrack):
         return picture
 
 
+def _samples(item: av.AudioFrame | av.Packet) -> int:
+    return item.samples if isinstance(item, av.AudioFrame) else int(item.duration or 0)
+
+
 class OutgoingAudio(MediaStreamTrack):
-    """The processed sound (the user's, ducked, with the avatar's voice): every chunk, in order."""
+    """The processed sound (the user's, ducked, with the avatar's voice): every packet (or raw
+    chunk), in order."""
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._chunks: deque[av.AudioFrame] = deque()
+        self._chunks: deque[av.AudioFrame | av.Packet] = deque()
         self._queued = 0  # samples waiting
         self._ready = asyncio.Event()
         self.cut = 0  # samples cut because the sender stopped reading
 
-    def put(self, *chunks: av.AudioFrame) -> None:
+    def put(self, *chunks: av.AudioFrame | av.Packet) -> None:
         """Queue one frame's sound (its packets, in order). Over the cap the oldest sound waiting from
         earlier frames is cut, never this frame's: a frame may bring much sound at once (the sound
         of pictures dropped on arrival) with a sender that keeps up."""
         for chunk in chunks:
             self._chunks.append(chunk)
-            self._queued += chunk.samples
+            self._queued += _samples(chunk)
         while self._queued > MAX_AUDIO_QUEUE_S * AUDIO_RATE and len(self._chunks) > max(1, len(chunks)):
-            old = self._chunks.popleft()
-            self._queued -= old.samples
-            self.cut += old.samples
+            old = _samples(self._chunks.popleft())
+            self._queued -= old
+            self.cut += old
         self._ready.set()
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         while not self._chunks:
             self._ready.clear()
             await self._ready.wait()
         chunk = self._chunks.popleft()
-        self._queued -= chunk.samples
+        self._queued -= _samples(chunk)
         return chunk
 
 
@@ -260,7 +269,8 @@ class PeerSink(Sink):
         self.dropped = 0
         self._audio_pts = 0
         self._pcm = np.zeros(0, dtype=np.int16)  # sound short of a whole packet, sent with the next frame
-        self._pcm_rate = AUDIO_RATE
+        self._opus: Any = None  # the encoder, made with the first sound
+        self._first_pts: int | None = None  # the encoder's first packet starts before 0: moved to 0
 
     async def open(self, info: StreamInfo) -> None:
         self.info = info
@@ -268,11 +278,12 @@ class PeerSink(Sink):
     async def write(self, frame: Frame) -> None:
         chunk = frame.audio
         if chunk is not None and chunk.samples.shape[-1]:
+            if chunk.sample_rate != AUDIO_RATE:
+                raise ValueError(f"the outgoing sound must be {AUDIO_RATE} Hz, got {chunk.sample_rate}")
             samples = chunk.samples[0].detach().cpu().numpy()
-            pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)  # aiortc's Opus encoder takes s16
+            pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
             self._pcm = np.concatenate((self._pcm, pcm)) if self._pcm.size else pcm
-            self._pcm_rate = chunk.sample_rate
-            self._send_packets(whole_only=True)
+            self._send_packets(flush=False)
         if frame.has_image:
             events = [e for e in frame.events.values() if e is not None]
             pixels = host_pixels(frame.image, events)
@@ -286,25 +297,46 @@ class PeerSink(Sink):
         if self.on_frame is not None:
             self.on_frame(frame, (time.monotonic_ns() - frame.capture_ns) / 1e6)
 
-    def _send_packets(self, *, whole_only: bool) -> None:
-        """The buffered sound to the audio track in `PACKET_S` frames (and the rest, unless `whole_only`)."""
-        size = round(self._pcm_rate * PACKET_S)
-        start = 0
+    def _send_packets(self, *, flush: bool) -> None:
+        """The buffered sound, in whole 20 ms frames, encoded and queued on the audio track; with
+        `flush`, also the rest (padded with silence) and what the encoder still holds."""
+        if self._opus is None:
+            self._opus = opus_encoder()
+        if flush and len(self._pcm) % OPUS_FRAME:
+            self._pcm = np.concatenate((self._pcm, np.zeros(OPUS_FRAME - len(self._pcm) % OPUS_FRAME, np.int16)))
+        whole = len(self._pcm) // OPUS_FRAME * OPUS_FRAME
         packets = []
-        while len(self._pcm) - start >= size or (not whole_only and start < len(self._pcm)):
-            packet = self._pcm[start : start + size]
-            sound = av.AudioFrame.from_ndarray(np.ascontiguousarray(packet[None]), format="s16", layout="mono")
-            sound.sample_rate = self._pcm_rate
-            sound.pts = self._audio_pts
-            sound.time_base = fractions.Fraction(1, self._pcm_rate)
-            self._audio_pts += len(packet)
-            packets.append(sound)
-            start += len(packet)
-        self._pcm = self._pcm[start:]
+        for start in range(0, whole, OPUS_FRAME):
+            sound = av.AudioFrame.from_ndarray(self._pcm[None, start : start + OPUS_FRAME], format="s16", layout="mono")
+            sound.sample_rate, sound.time_base, sound.pts = AUDIO_RATE, AUDIO_TIME_BASE, self._audio_pts
+            self._audio_pts += OPUS_FRAME
+            packets += self._opus.encode(sound)
+        if flush:
+            packets += self._opus.encode(None)
+        self._pcm = self._pcm[whole:]
+        for packet in packets:
+            if self._first_pts is None:
+                self._first_pts = packet.pts
+            packet.pts -= self._first_pts
+            packet.time_base = AUDIO_TIME_BASE
         if packets:
             self.audio.put(*packets)
 
     async def close(self) -> None:
-        self._send_packets(whole_only=False)
+        if self._opus is not None or len(self._pcm):
+            self._send_packets(flush=True)
         self.video.stop()
         self.audio.stop()
+
+
+def opus_encoder() -> Any:
+    """A 48 kHz mono Opus encoder with 20 ms packets, set as aiortc's own (whose sender then only
+    packs what it is given)."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = OPUS_BIT_RATE
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = AUDIO_RATE
+    codec.time_base = AUDIO_TIME_BASE
+    codec.options = {"application": "voip"}
+    return codec
