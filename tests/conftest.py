@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -24,6 +27,29 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 AUDIO_RATE = 16000  # Hz
+
+
+class Clock:
+    """A clock that moves only when a test sets `now` (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler], **handler_options: Any) -> tuple[ThreadingHTTPServer, str]:
+    """A local HTTP server on a free port, on a daemon thread, with `handler`'s request log silenced;
+    returns the server (the caller shuts it down) and its base URL."""
+
+    class Quiet(handler):  # type: ignore[misc, valid-type]
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, **handler_options))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 class IndexSource(Source):

@@ -132,9 +132,10 @@ def test_the_sample_run_greets_the_face_and_the_avatar_says_it(tmp_path):
 
 def fake_endpoint(reply: str, *, delay_s: float = 0.0):
     """A local OpenAI-compatible chat endpoint that answers every request with `reply`."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from conftest import serve_http
 
     class Chat(BaseHTTPRequestHandler):
         def do_POST(self):  # the name http.server calls
@@ -148,12 +149,8 @@ def fake_endpoint(reply: str, *, delay_s: float = 0.0):
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    server, base = serve_http(Chat)
+    return server, f"{base}/v1/chat/completions"
 
 
 def wait_for(condition, timeout_s: float = 5.0) -> bool:

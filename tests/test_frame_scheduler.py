@@ -154,12 +154,18 @@ def frame(index: int) -> Frame:
     return Frame(index, index, Fraction(1, 30), capture_ns=1_000_000_000 + index)
 
 
+def admitted(scheduler: FrameScheduler, indices: range) -> list[Frame]:
+    """Frames with these indices, each taken through the scheduler's arrival hook in turn."""
+    frames = [frame(i) for i in indices]
+    for f in frames:
+        scheduler.admit(f)
+    return frames
+
+
 def test_a_source_faster_than_the_target_is_thinned_on_arrival_evenly():
     graph = graph_of([{"name": "infer", "type": "costly"}], targets={"fps": 40})
     scheduler = make_scheduler(graph, source_fps=60.0)
-    frames = [frame(i) for i in range(60)]
-    for f in frames:
-        scheduler.admit(f)
+    frames = admitted(scheduler, range(60))
     kept = [f.index for f in frames if f.drop_reason is None]
     assert len(kept) == 40
     assert all(f.drop_reason == OVER_TARGET for f in frames if f.index not in kept)
@@ -170,13 +176,9 @@ def test_a_source_faster_than_the_target_is_thinned_on_arrival_evenly():
 def test_a_new_target_fps_at_run_time_changes_the_thinning_from_the_next_frame():
     graph = graph_of([{"name": "infer", "type": "costly"}], targets={"fps": 120})
     scheduler = make_scheduler(graph, source_fps=60.0)
-    before = [frame(i) for i in range(30)]
-    for f in before:
-        scheduler.admit(f)
+    before = admitted(scheduler, range(30))
     scheduler.set_target_fps(15.0)
-    after = [frame(30 + i) for i in range(60)]
-    for f in after:
-        scheduler.admit(f)
+    after = admitted(scheduler, range(30, 90))
     assert all(f.drop_reason is None for f in before)  # 60 fps under a 120 fps target: all kept
     kept = [f.index for f in after if f.drop_reason is None]
     assert len(kept) == 15 and set(np.diff(kept)) == {4}  # one in four, evenly
@@ -213,9 +215,7 @@ def test_lower_source_fps_rung_drops_every_other_frame_and_only_live():
     graph = graph_of([{"name": "infer", "type": "costly"}])
     scheduler = make_scheduler(graph)
     scheduler.apply(settings_at(scheduler.ladder, scheduler.ladder.index("lower_source_fps")))
-    frames = [frame(i) for i in range(10)]
-    for f in frames:
-        scheduler.admit(f)
+    frames = admitted(scheduler, range(10))
     assert [f.drop_reason for f in frames] == [None, THINNED] * 5
     assert frames[0].annotations["quality"] == {"rung": "lower_source_fps"}
     assert "lower_source_fps" not in make_scheduler(graph, live=False).ladder

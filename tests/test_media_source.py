@@ -186,9 +186,9 @@ def test_a_cancel_during_the_source_cleanup_still_gives_every_slot_back(tmp_path
 
 
 def test_an_http_url_is_transcoded_like_a_file(tmp_path):
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import SimpleHTTPRequestHandler
+
+    from conftest import serve_http
 
     from pipeline.cli import EXIT_OK, main
 
@@ -196,15 +196,9 @@ def test_an_http_url_is_transcoded_like_a_file(tmp_path):
     served.mkdir()
     make_clip(served / "talk.mp4", frames=30, options={"movflags": "faststart"})  # index first: streamable
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, base = serve_http(SimpleHTTPRequestHandler, directory=str(served))
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/talk.mp4"
+        url = f"{base}/talk.mp4"
         assert main(["--source", url, "--output", str(tmp_path / "out.mp4"), "--config", "passthrough"]) == EXIT_OK
     finally:
         server.shutdown()
@@ -215,19 +209,15 @@ def test_an_http_url_is_transcoded_like_a_file(tmp_path):
 
 
 def test_an_http_url_that_is_not_there_is_one_line(tmp_path, caplog):
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import SimpleHTTPRequestHandler
+
+    from conftest import serve_http
 
     from pipeline.cli import EXIT_USAGE, main
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, base = serve_http(SimpleHTTPRequestHandler, directory=str(tmp_path))
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/missing.mp4"
+        url = f"{base}/missing.mp4"
         assert main(["--source", url, "--output", str(tmp_path / "out.mp4")]) == EXIT_USAGE
     finally:
         server.shutdown()
@@ -286,10 +276,10 @@ def test_a_network_stream_is_live_and_an_http_file_is_not(tmp_path):
     """An http stream with no duration (a live broadcast) comes at the sender's pace: the run gets the
     scheduler, and a slow graph drops stale pictures rather than holding the stream back; an http URL
     of a plain file with a duration is still read as a file, every frame."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
+    from conftest import serve_http
     from stage_kit import graph_of
 
     broadcast = make_clip(tmp_path / "live.ts", frames=60).read_bytes()
@@ -311,12 +301,7 @@ def test_a_network_stream_is_live_and_an_http_file_is_not(tmp_path):
                 self.end_headers()
                 self.wfile.write(recording)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sender)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server, base = serve_http(Sender)
     try:
         recorded = MediaSource(f"{base}/talk.mp4")
         assert not recorded.live and not recorded.stream

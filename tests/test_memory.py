@@ -16,6 +16,7 @@ import threading
 
 import pytest
 import torch
+from conftest import Clock
 from torch import nn
 
 from pipeline.device_profiles import MB, detect_profile, load_profile, pick_profile, profile_names
@@ -49,14 +50,6 @@ def pool(key: str = "gpu0", *, flexible: float = 4, critical: float = 0, high: f
         zones["high"] = int(high * MB)
     total = int(kw.pop("total_mb", (flexible + critical + high) / 0.9) * MB)
     return DevicePool(key, torch.device("cpu"), zones, total=total, speed=speed, **kw)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_module_bytes_counts_weights_at_their_precision():

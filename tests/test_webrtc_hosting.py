@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import torch
+from conftest import Clock
 from torch import nn
 
 from pipeline.config import load_config
@@ -14,14 +15,6 @@ from pipeline.webrtc.hosting import SessionHost
 
 PERIOD_S = 0.01  # between housekeeping rounds: short, so the test is quick
 PATIENCE_S = 30.0  # the most the test waits for a round on a loaded machine
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_idle_models_are_unloaded_between_sessions_and_the_round_ends_with_the_host():
