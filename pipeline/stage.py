@@ -72,6 +72,9 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
     # Stages that work on the sound run on dropped frames too: a drop costs a picture, never audio.
     # Not on a frame whose sound was passed on to the next frame (thinned on arrival): that one carries it.
+    # Such a stage never reads the pixels (a reclaimed frame's slot already holds another picture), so
+    # it does not pin the frame's ring slot either: a frame it has seen can still be dropped or
+    # reclaimed, and give its slot back at once.
     handles_dropped: ClassVar[bool] = False
     # The quality knobs (`QualitySettings` field names) `apply_quality` acts on: the scheduler
     # leaves out of its ladder the rungs that no stage in the graph would feel.
@@ -207,7 +210,7 @@ class StageRunner:
             stats.missing += 1
             frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
             return
-        if lease is not None:
+        if lease is not None and not self.handles_dropped:
             lease.started = True  # from here on the ring may not reclaim it
         start = _clock_ns()
         try:
@@ -233,7 +236,7 @@ class StageRunner:
                 stats.missing += 1
                 frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
             else:
-                if lease is not None:
+                if lease is not None and not self.handles_dropped:
                     lease.started = True
                 todo.append(frame)
         if not todo:

@@ -25,6 +25,7 @@ from pipeline.frames import AudioChunk, Frame
 from pipeline.gpu_health import GpuReading, pressure
 from pipeline.metrics import RunMetrics
 from pipeline.quality import DEFAULT_LADDER, check_ladder, effective_ladder, settings_at
+from pipeline.ringbuffer import RingBuffer
 from pipeline.stage import Stage, StageRunner
 
 FPS = 50
@@ -469,3 +470,27 @@ def test_a_sound_stage_runs_on_dropped_frames_except_those_whose_sound_went_on(r
     for f in (late, silent, thinned):
         run(runner.run(f))
     assert stage.seen == [0, 1]
+
+
+def test_a_sound_stage_leaves_the_ring_slot_free_to_go_back_when_the_frame_is_dropped(run):
+    """A stage that only hears a frame does not pin its slot: when the picture stage then drops
+    the frame as late, the slot goes back at once instead of waiting for the frame to reach the sink."""
+
+    class Listening(Stage):
+        handles_dropped = True
+
+        async def process(self, frame: Frame) -> None:
+            return None
+
+    class Looking(Stage):
+        async def process(self, frame: Frame) -> None:
+            return None
+
+    ring = RingBuffer(2, (4,), policy="latest")
+    heard, seen = (Frame(i, i, Fraction(1, 30), 0, lease=ring.try_acquire()) for i in range(2))
+    run(StageRunner(Listening("level"), RunMetrics().stage("level")).run(heard))
+    run(StageRunner(Looking("infer"), RunMetrics().stage("infer")).run(seen))
+    assert not heard.lease.started and seen.lease.started
+    heard.drop(LATE)
+    seen.drop(LATE)
+    assert heard.lease is None and ring.in_use == 1  # only the frame a picture stage began on keeps its slot
