@@ -120,7 +120,8 @@ def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path
                     played = await page.evaluate("document.getElementById('video').currentTime") - shown_at
                     analytics = await page.wait_for_function(
                         "window.lastAnalytics && window.lastAnalytics.emotion && "
-                        "window.lastAnalytics.emotion.faces.length && window.lastAnalytics",
+                        "window.lastAnalytics.emotion.faces.length && window.lastAnalytics.emotion.faces[0].label && "
+                        "window.lastAnalytics",
                         timeout=30_000,
                     )
                     message = await analytics.json_value()

@@ -320,3 +320,48 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
         assert preparing and all("background" in name for name in preparing)  # even its input is made there
     else:
         assert stage["latency_ms"]["max"] >= slow_ms  # a detection frame waits for the detector
+
+
+@pytest.mark.parametrize("background", ["auto", "off"])
+def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, background):
+    """A classifier made slow (200 ms a batch): on a live run frames go on with each face's last
+    reading, and the readings land on later frames; in line, every frame with a face waits for it."""
+    from conftest import RecordingSink
+
+    from pipeline.io.synthetic import SyntheticSource
+    from pipeline.stages.emotion import Emotion
+
+    slow_ms = 200.0
+    classify = Emotion._classify
+    reading = set()  # threads the classifier ran on
+
+    def slow_classify(self, pictures):
+        reading.add(threading.current_thread().name)
+        threading.Event().wait(slow_ms / 1000)
+        return classify(self, pictures)
+
+    monkeypatch.setattr(Emotion, "_classify", slow_classify)
+    options = {"classify_in_background": background}
+    config = parse_config(
+        {
+            "name": "emotion-live",
+            "stages": [{"name": "emotion", "type": "emotion", "options": options}],
+            "quality": {"mode": "off"},
+        }
+    )
+    sink = RecordingSink()
+    source = SyntheticSource(fps=30, frames=30, live=True, scene="face", width=320, height=180, pixel_format="rgb24")
+    report = asyncio.run(Pipeline(build_graph(config), source, sink).run())
+    stage = report["stages"]["emotion"]
+    assert stage["errors"] == 0
+    annotations = [r["annotations"].get("emotion", {}) for r in sink.records]  # a frame the ring let go has none
+    faces = [annotation["faces"][0] for annotation in annotations if annotation.get("faces")]
+    assert faces[-1]["label"] == "happy" and faces[-1]["probs"]["happy"] > 0.5
+    if background == "auto":  # the default on a live source
+        assert reading and all("expressions-background" in name for name in reading)
+        assert faces[0]["probs"] is None and faces[0]["label"] is None  # its reading came on a later frame
+        assert stage["latency_ms"]["p95"] < slow_ms / 2  # no frame waited for the classifier
+    else:
+        assert not any("background" in name for name in reading)
+        assert faces[0]["label"] == "happy"  # read on its own frame
+        assert stage["latency_ms"]["p50"] >= slow_ms

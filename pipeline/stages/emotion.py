@@ -8,7 +8,11 @@ with the tracked boxes and the faces found are matched in when ready, so no fram
 detector. Then every tracked face is cropped, resized to 64×64 gray and normalized — all of
 them in one kernel call, straight from the frame's own layout — and classified in one batch.
 Between detections the boxes are held, so expressions still update every frame at a fraction
-of the detector's cost.
+of the detector's cost. On live runs the classifier runs beside the frames too
+(`classify_in_background`): a frame hands a copy of its picture and its tracked boxes over and
+goes on with each face's expression as last read, so a reading lands on the frame after the one
+it was taken from (the probabilities are smoothed over several readings anyway), and a frame
+waits for neither model.
 
 Under load the scheduler turns three knobs (`apply_quality`): the stage runs on only every
 2nd or 3rd frame and the frames between carry the last result, marked `"held": true` (the
@@ -17,7 +21,8 @@ run at lower precision (fp16 on a GPU, int8 dynamic quantization on a CPU).
 
 Annotation, under the stage's name in the analytics line:
 `{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "landmarks": [[x, y] × 5],
-"score", "probs": {label: p}, "label", "detected"}]}`, faces in track order.
+"score", "probs": {label: p}, "label", "detected"}]}`, faces in track order. `probs` and `label`
+are null until a face's first reading (on live runs, its first frame or two).
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class EmotionOptions(StageOptions):
     # The detector off the frames' path, on a thread of its own; auto: on live runs only (file runs
     # detect in line, so their output is the same every run).
     detect_in_background: Literal["auto", "on", "off"] = "auto"
+    # The expression classifier too: frames carry each face's last reading, a frame behind.
+    classify_in_background: Literal["auto", "on", "off"] = "auto"
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
@@ -117,17 +124,25 @@ class Emotion(ComputeStage):
         # twice the target rate keeps only odd ones, and `index % 2` would then skip every frame).
         self._offered = 0
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
-        background = options.detect_in_background == "on" or (options.detect_in_background == "auto" and ctx.live)
+        nice = ctx.lane.cpu_nice
         self._background = (
-            BackgroundDetector(self._detect_beside, name=ctx.name, stage_nice=ctx.lane.cpu_nice) if background else None
+            BackgroundDetector(self._detect_beside, name=ctx.name, stage_nice=nice)
+            if _beside(options.detect_in_background, ctx.live)
+            else None
         )
         self._detection_waiting = False  # a detection fell due while the background one still ran
+        self._reader = (
+            BackgroundDetector(self._classify_beside, name=f"{ctx.name}-expressions", stage_nice=nice)
+            if _beside(options.classify_in_background, ctx.live)
+            else None
+        )
 
     def teardown(self) -> None:
-        background = getattr(self, "_background", None)
-        if background is not None:
-            background.close()
-            self._background = None
+        for name in ("_background", "_reader"):
+            background = getattr(self, name, None)
+            if background is not None:
+                background.close()
+                setattr(self, name, None)
         batcher = getattr(self, "_batcher", None)
         if batcher is not None:
             batcher.leave()
@@ -197,12 +212,13 @@ class Emotion(ComputeStage):
                     held.add(frame.index)
                 self._offered += 1
         work = [f for f in frames if f.has_image and f.index not in held]
-        seen, readings = self._look(work) if work else ([], [])
+        seen, readings = self._look(work) if work else ([], None)
         records: dict[int, dict[str, Any]] = {}
         for frame, faces in seen:
             for track, face in faces:
-                self._tracker.observe(track, readings.pop(0))
-                face.probs, face.label = track.probs, track.label
+                if readings is not None:  # read in line: this frame's own reading
+                    self._tracker.observe(track, readings.pop(0))
+                    face.probs, face.label = track.probs, track.label
             records[frame.index] = {"faces": [_face_record(face) for _, face in faces]}
         results = []
         for frame in frames:
@@ -215,11 +231,14 @@ class Emotion(ComputeStage):
             results.append(record)
         return results
 
-    def _look(self, frames: list[Frame]) -> tuple[list[tuple[Frame, list[tuple[Track, Track]]]], list[np.ndarray]]:
+    def _look(
+        self, frames: list[Frame]
+    ) -> tuple[list[tuple[Frame, list[tuple[Track, Track]]]], list[np.ndarray] | None]:
         """Detect (every `detect_every`th frame looked at) and track, frame by frame, and read every
         tracked face's expression in one classifier batch. The detector is pinned meanwhile; the
         classifier is pinned by its batcher for the call it makes.
-        Returns, per frame, (track, the track as it was on that frame) for each face; and the readings."""
+        Returns, per frame, (track, the track as it was on that frame) for each face; and the readings
+        (None when they are taken beside the frames: the tracks then carry them already)."""
         assert self.ctx is not None
         seen = []
         in_line = self._background is None
@@ -233,9 +252,34 @@ class Emotion(ComputeStage):
                     found = self._faces_from_beside(frame.image, due)
                 tracks = self._tracker.update(*found) if found is not None else self._tracker.update(None)
                 self._seen += 1
+                if self._reader is not None:
+                    self._read_beside(frame.image, tracks)
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
+            if self._reader is not None:
+                return seen, None
             readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         return seen, readings
+
+    def _read_beside(self, image: torch.Tensor, tracks: list[Track]) -> None:
+        """Fold in the expressions read beside the frames since the last frame (faces that have
+        gone since are passed over), and start reading this frame's faces if the reader is free."""
+        assert self._reader is not None
+        readings = self._reader.take()
+        if readings is not None:
+            by_id = {track.id: track for track in tracks}
+            for track_id, reading in readings:
+                track = by_id.get(track_id)
+                if track is not None:
+                    self._tracker.observe(track, reading)
+        if tracks and not self._reader.busy:
+            # A plain copy of the picture and of the boxes: the slot and the tracks move on meanwhile.
+            self._reader.start(image.clone(), [copy.copy(track) for track in tracks])
+
+    def _classify_beside(self, picture: torch.Tensor, faces: list[Track]) -> list[tuple[int, np.ndarray]]:
+        """One classifier batch on a copy of a frame's picture, beside the frames: (track id, probabilities)."""
+        with torch.no_grad():
+            readings = self._classify([(picture, faces)])
+        return [(face.id, reading) for face, reading in zip(faces, readings, strict=True)]
 
     def _faces_from_beside(self, image: torch.Tensor, due: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The background detection that finished since the last frame, if any; and a new one
@@ -303,18 +347,23 @@ class Emotion(ComputeStage):
         return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
 
 
+def _beside(option: str, live: bool) -> bool:
+    """Whether a model runs beside the frames: `on`, or `auto` on a live run."""
+    return option == "on" or (option == "auto" and live)
+
+
 def _device_of(module: Any) -> torch.device:
     return next(module.parameters()).device
 
 
 def _face_record(track: Track) -> dict[str, Any]:
-    probs = track.probs if track.probs is not None else np.zeros(len(LABELS), dtype=np.float32)
+    probs = track.probs
     return {
         "track": track.id,
         "box": [round(float(v), 1) for v in track.box],
         "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in track.landmarks],
         "score": round(track.score, 4),
-        "probs": {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)},
+        "probs": None if probs is None else {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)},
         "label": LABELS[track.label] if track.label is not None else None,
         "detected": track.detected,
     }
