@@ -18,7 +18,12 @@ At 640×480 and 1280×720: median and p95 of the round trip and received fps, ov
 after `--warmup`. Targets: passthrough's median below the relay's; full at most 15 ms above
 passthrough's. The last line is one JSON object for 640×480.
 
-    python bench/webrtc_latency.py [--seconds 8] [--warmup 3] [--sizes 640x480,1280x720]
+The face sways sideways by `--sway` px (default 40, over a 3 s period), as a person in front of a
+camera does: the avatar then follows it with its eyes and is drawn anew on most frames. With
+`--sway 0` it sits still, and once the avatar has settled its drawing is kept from frame to frame.
+Each full row reports the share of frames on which the avatar was drawn anew.
+
+    python bench/webrtc_latency.py [--seconds 8] [--warmup 3] [--sizes 640x480,1280x720] [--sway 40]
 
 Needs Debian's Chromium (apt install chromium) and the dev extra (playwright).
 """
@@ -135,12 +140,20 @@ class Ours:
         sessions = self.server.performance()["sessions"]
         return {name: s["p50"] for name, s in sessions[0]["stages_ms"].items()} if sessions else {}
 
+    def avatar_redrawn(self) -> float | None:
+        """The share of frames on which the session's avatar was drawn anew (None: no avatar)."""
+        for session in self.server.sessions:
+            for avatar in session.pipeline.stages_of("avatar") if session.pipeline is not None else []:
+                sprites = avatar.sprites
+                return sprites.drawn / max(1, sprites.drawn + sprites.reused)
+        return None
 
-async def measure(browser, target, width: int, height: int, warmup_s: float, seconds: float) -> dict:
+
+async def measure(browser, target, width: int, height: int, warmup_s: float, seconds: float, sway: int) -> dict:
     await target.start()
     page = await browser.new_page()
     try:
-        await page.goto(f"{target.url}/bench?w={width}&h={height}")
+        await page.goto(f"{target.url}/bench?w={width}&h={height}&sway={sway}")
         await page.wait_for_function("window.results.state !== 'starting'", timeout=20_000)
         state = await page.evaluate("window.results.state")
         if state != "connected":
@@ -155,6 +168,7 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
             "[document.getElementById('back').videoWidth, document.getElementById('back').videoHeight]"
         )
         stages = target.stages_p50_ms() if isinstance(target, Ours) else {}
+        redrawn = target.avatar_redrawn() if isinstance(target, Ours) else None
     finally:
         await page.close()
         await target.stop()
@@ -169,6 +183,7 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
         "undecodable": results["undecodable"],
         "received": f"{received[0]}x{received[1]}",
         "stages_p50_ms": stages,
+        "avatar_redrawn": redrawn,
     }
 
 
@@ -191,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict:
                 )
                 for name, make in targets:
                     results[(name, width, height)] = await measure(
-                        browser, make(), width, height, args.warmup, args.seconds
+                        browser, make(), width, height, args.warmup, args.seconds, args.sway
                     )
         finally:
             await browser.close()
@@ -203,6 +218,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--sway", type=int, default=40, help="px the face moves sideways (0: still)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -222,6 +238,8 @@ def main() -> None:
         if name == "full" and r["stages_p50_ms"]:
             per_stage = ", ".join(f"{stage} {ms:g}" for stage, ms in r["stages_p50_ms"].items())
             print(f"{width}x{height} full graph, median ms per stage: {per_stage}")
+            if r["avatar_redrawn"] is not None:
+                print(f"{width}x{height} full graph: the avatar was drawn anew on {r['avatar_redrawn']:.0%} of frames")
     sizes = [key[1:] for key in results if key[0] == "relay"]
     first = JSON_SIZE if JSON_SIZE in sizes else sizes[0]  # the JSON line is for 640x480 when it was measured
     relay, passthrough, full = (results[(name, *first)] for name in ("relay", "passthrough", "full"))
@@ -245,6 +263,8 @@ def main() -> None:
                 ),
                 "size": f"{first[0]}x{first[1]}",
                 "full_received": full["received"],
+                "sway_px": args.sway,
+                "avatar_redrawn": None if full["avatar_redrawn"] is None else round(full["avatar_redrawn"], 3),
             }
         )
     )

@@ -103,19 +103,48 @@ def _overlay_at(
     device = overlay.device
     cols = torch.arange(c0, c1, device=device, dtype=torch.float32)
     rows = torch.arange(r0, r1, device=device, dtype=torch.float32)
-    u = (cols - x + 0.5) / scale - 0.5  # overlay pixels
-    v = (rows - y + 0.5) / scale - 0.5
-    over_h, over_w = overlay.shape[:2]
-    grid_x = ((u + 0.5) / over_w * 2 - 1)[None, :].expand(len(rows), -1)
-    grid_y = ((v + 0.5) / over_h * 2 - 1)[:, None].expand(-1, len(cols))
-    grid = torch.stack((grid_x, grid_y), dim=-1)[None]
-    source = overlay.permute(2, 0, 1).to(torch.float32)[None]
-    sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    # At scale 1 every frame pixel sits on an overlay pixel's centre, where the bilinear sample is
+    # that pixel: it is read straight out (a view, mostly) instead of interpolated.
+    if scale == 1.0:
+        sampled = _picked(overlay, r0 - y, r1 - y, c0 - x, c1 - x)
+    else:
+        sampled = _interpolated(overlay, x, y, scale, rows, cols)
     inside_c = (cols >= x) & (cols < x + box_w)
     inside_r = (rows >= y) & (rows < y + box_h)
     inside = inside_r[:, None] & inside_c[None, :]
     alpha = sampled[3] / 255.0 * inside
     return sampled[:3], alpha
+
+
+def _interpolated(
+    overlay: torch.Tensor, x: int, y: int, scale: float, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """The overlay at frame pixels `rows` × `cols`, bilinearly, edges held: 4×h×w float."""
+    over_h, over_w = overlay.shape[:2]
+    u = (cols - x + 0.5) / scale - 0.5  # overlay pixels
+    v = (rows - y + 0.5) / scale - 0.5
+    grid_x = ((u + 0.5) / over_w * 2 - 1)[None, :].expand(len(rows), -1)
+    grid_y = ((v + 0.5) / over_h * 2 - 1)[:, None].expand(-1, len(cols))
+    grid = torch.stack((grid_x, grid_y), dim=-1)[None]
+    source = overlay.permute(2, 0, 1).to(torch.float32)[None]
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def _picked(overlay: torch.Tensor, row0: int, row1: int, col0: int, col1: int) -> torch.Tensor:
+    """Overlay rows [row0, row1) × columns [col0, col1), edges held: `_interpolated` at scale 1
+    without interpolating. 4×h×w float."""
+    picked = _held_range(_held_range(overlay, 0, row0, row1), 1, col0, col1)
+    return picked.permute(2, 0, 1).to(torch.float32)
+
+
+def _held_range(overlay: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
+    """Indices start..stop-1 of `overlay` along `dim`, those off its edge holding the edge's value:
+    a view when all are on it (the usual case), a gathered copy otherwise."""
+    size = overlay.shape[dim]
+    if start >= 0 and stop <= size:
+        return overlay.narrow(dim, start, stop - start)
+    picks = torch.arange(start, stop, device=overlay.device).clamp(0, size - 1)
+    return overlay.index_select(dim, picks)
 
 
 def _round_u8(values: torch.Tensor) -> torch.Tensor:

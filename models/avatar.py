@@ -11,12 +11,18 @@ at a fraction of the cost: painting zero coverage leaves a pixel exactly as it w
 `FaceState` is everything that moves: expression (smile, brows), eyes (openness, gaze), mouth
 (openness and width, from the voice's viseme) and a head turn. The drawing is a pure function
 of the state, the size and the theme: the same state gives the same pixels.
+
+`FaceSprites` draws a state rounded to steps too small to see (a quarter pixel at most for any
+part) and keeps the last few drawings: a face at rest, whose parameters still creep toward their
+targets by imperceptible amounts, is drawn once, not on every frame.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import astuple, dataclass
 
 import torch
 
@@ -26,8 +32,15 @@ THEMES = {
     "cool": ((214, 226, 240), (40, 52, 90), (50, 140, 120), (90, 30, 60), (170, 110, 150)),
     "mint": ((198, 236, 212), (30, 90, 70), (110, 70, 150), (110, 40, 50), (190, 120, 120)),
 }
+EYE_WHITE, PUPIL_DOT = (250, 250, 250), (20, 20, 25)
 EYE_X, EYE_Y = 0.30, -0.12  # eye centres (±x, y) in face units (the head spans about −0.8..0.8 wide)
 MOUTH_Y = 0.42
+# The most any part moves, in face units (the face spans 2), for a change of 1 in any FaceState
+# field: the mouth's curve (0.55 · smile · width up to 0.3) is the largest, then the mouth's
+# opening (0.16) and width (0.14). Rounding a field to 1/n moves nothing by more than
+# SWAY / n face units, i.e. SWAY / n · size / 2 pixels.
+SWAY = 0.17
+SETTLE_PX = 0.25  # how far a part may be off its exact place in a drawing from `FaceSprites`
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ def _cover(distance: torch.Tensor, pixel: float) -> torch.Tensor:
 def _ellipse(u: torch.Tensor, v: torch.Tensor, cx: float, cy: float, rx: float, ry: float) -> torch.Tensor:
     """Approximate signed distance to an ellipse (exact for circles; good near the edge otherwise)."""
     rx, ry = max(rx, 1e-4), max(ry, 1e-4)
-    k = torch.sqrt(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
+    k = torch.hypot((u - cx) / rx, (v - cy) / ry)
     return (k - 1.0) * min(rx, ry)
 
 
@@ -79,11 +92,17 @@ def _reach(rx: float, ry: float, pixel: float, grow: float = 0.0) -> float:
     return 1.0 + (grow + pixel / 2.0) / min(rx, ry)
 
 
-def _paint(canvas: torch.Tensor, coverage: torch.Tensor, colour: tuple[int, int, int]) -> None:
-    """Paint `colour` over `canvas` (4×H×W float, premultiplied) where `coverage` says."""
-    rgb = torch.tensor(colour, dtype=canvas.dtype, device=canvas.device).view(3, 1, 1) / 255.0
-    canvas[:3] = canvas[:3] * (1.0 - coverage) + rgb * coverage
-    canvas[3] = canvas[3] * (1.0 - coverage) + coverage
+def _paint(canvas: torch.Tensor, coverage: torch.Tensor, colour: torch.Tensor) -> None:
+    """Paint `colour` (from `_paint_colour`) over `canvas` (4×H×W float, premultiplied) where
+    `coverage` says: each channel moves toward the colour's by the coverage, in one op."""
+    canvas.lerp_(colour, coverage)
+
+
+@functools.cache
+def _paint_colour(colour: tuple[int, int, int], device: str) -> torch.Tensor:
+    """(r, g, b, 1) in 0..1 as a 4×1×1 tensor, made once per colour and device (on a GPU, one copy
+    to the device instead of one per part and frame)."""
+    return torch.tensor([*(c / 255.0 for c in colour), 1.0], dtype=torch.float32, device=device).view(4, 1, 1)
 
 
 def render_face(
@@ -92,7 +111,9 @@ def render_face(
     """The face as size×size×4 uint8 RGBA (straight alpha), transparent around the head."""
     if theme not in THEMES:
         raise ValueError(f"unknown avatar theme {theme!r}; use one of {', '.join(THEMES)}")
-    skin, hair, iris, mouth_colour, lips = THEMES[theme]
+    where = str(torch.device(device))
+    skin, hair, iris, mouth_colour, lips = (_paint_colour(colour, where) for colour in THEMES[theme])
+    eye_white, pupil_dot = _paint_colour(EYE_WHITE, where), _paint_colour(PUPIL_DOT, where)
     axis = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size * 2.0 - 1.0
     v_all, u_all = torch.meshgrid(axis, axis, indexing="ij")  # v down, u right, both −1..1
     pixel = 2.0 / size
@@ -118,13 +139,13 @@ def render_face(
         k = _reach(0.13, white_ry, pixel)  # the pupil and its dot paint only inside the white
         u, v, canvas = window(ex - k * 0.13, ex + k * 0.13, EYE_Y - k * white_ry, EYE_Y + k * white_ry)
         white = _ellipse(u, v, ex, EYE_Y, 0.13, white_ry)
-        _paint(canvas, _cover(white, pixel), (250, 250, 250))
+        _paint(canvas, _cover(white, pixel), eye_white)
         if openness > 0.15:
             px, py = ex + 0.05 * state.gaze_x, EYE_Y + 0.03 * state.gaze_y
             pupil = torch.maximum(_ellipse(u, v, px, py, 0.06, 0.06), white)  # inside the white only
             _paint(canvas, _cover(pupil, pixel), iris)
             dot = torch.maximum(_ellipse(u, v, px, py, 0.028, 0.028), white)
-            _paint(canvas, _cover(dot, pixel), (20, 20, 25))
+            _paint(canvas, _cover(dot, pixel), pupil_dot)
         lift = 0.07 * state.brows
         knit = -0.05 * min(0.0, state.brows)  # inner ends drop when the brows knit
         inner = (ex - side * 0.12, EYE_Y - 0.17 - lift + knit)
@@ -155,3 +176,44 @@ def render_face(
     rgb = canvas[:3] / alpha.clamp(min=1e-6)  # back to straight alpha
     out = torch.cat((rgb, alpha[None]), dim=0).clamp(0.0, 1.0)
     return (out * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def steps_per_unit(size: int) -> int:
+    """How finely `FaceSprites` rounds each state field for a face `size` px wide: no part moves
+    more than SETTLE_PX between neighbouring steps (56 steps per unit at 168 px)."""
+    return max(8, math.ceil(SWAY * size / 2 / SETTLE_PX))
+
+
+def settled(state: FaceState, size: int) -> FaceState:
+    """`state` rounded to the steps a face `size` px wide can show."""
+    steps = steps_per_unit(size)
+    return FaceState(*(round(value * steps) / steps for value in astuple(state)))
+
+
+class FaceSprites:
+    """The faces drawn lately, by their settled state, size and theme: a face that has not moved by
+    a visible amount is not drawn again. The tensors handed out are shared: read them, never write."""
+
+    def __init__(self, entries: int = 16):
+        self.entries = entries
+        self.drawn = 0  # faces drawn (misses)
+        self.reused = 0  # faces handed out again (hits)
+        self._faces: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def face(
+        self, state: FaceState, size: int, *, theme: str = "warm", device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """`render_face` of the settled state, drawn now or kept from before."""
+        state = settled(state, size)
+        key = (state, size, theme, str(device))
+        face = self._faces.get(key)
+        if face is not None:
+            self._faces.move_to_end(key)
+            self.reused += 1
+            return face
+        face = render_face(state, size, theme=theme, device=device)
+        self._faces[key] = face
+        if len(self._faces) > self.entries:
+            self._faces.popitem(last=False)
+        self.drawn += 1
+        return face

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.avatar import FaceState, render_face
+from models.avatar import FaceSprites, FaceState, render_face, settled
 from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.io.base import StreamInfo
@@ -47,6 +47,39 @@ def test_states_look_different_where_they_should():
     assert np.abs(talking[mouth] - neutral[mouth]).mean() > 10
     assert np.abs(talking[eyes] - neutral[eyes]).mean() < 1  # opening the mouth leaves the eyes alone
     assert neutral[0, 0, 3] == 0 and neutral[32, 32, 3] == 255  # transparent around, opaque face
+
+
+def premultiplied(face: torch.Tensor) -> torch.Tensor:
+    """What a drawing puts on a frame: colour times coverage (and the coverage)."""
+    rgba = face.float()
+    return torch.cat((rgba[..., :3] * rgba[..., 3:] / 255, rgba[..., 3:]), dim=-1)
+
+
+@pytest.mark.parametrize("size", [48, 168, 432])
+def test_a_settled_state_draws_within_a_fraction_of_a_pixel_of_the_exact_one(size):
+    """Rounding moves no edge by more than an eighth of a pixel: at most that share of an edge
+    pixel's contrast changes, and on average almost nothing."""
+    rng = np.random.default_rng(size)
+    for _ in range(10):
+        state = FaceState(*rng.uniform(-1, 1, 2), rng.uniform(0, 1), *rng.uniform(0, 1, 2), *rng.uniform(-1, 1, 3))
+        exact, rounded = (premultiplied(render_face(s, size)) for s in (state, settled(state, size)))
+        assert settled(state, size) != state
+        difference = (exact - rounded).abs()
+        assert difference.max() <= 0.15 * 255 and difference.mean() <= 0.5, state
+
+
+def test_sprites_draw_a_settled_state_once_and_keep_the_latest():
+    sprites = FaceSprites(entries=2)
+    still, blink, talk = FaceState(smile=0.4), FaceState(smile=0.4, eye_open=0.0), FaceState(mouth_open=0.6)
+    first = sprites.face(still, 96)
+    assert torch.equal(first, render_face(settled(still, 96), 96))
+    assert sprites.face(FaceState(smile=0.4001), 96) is first  # too small a change to see
+    sprites.face(blink, 96)
+    assert sprites.face(still, 96) is first and (sprites.drawn, sprites.reused) == (2, 2)
+    sprites.face(talk, 96)  # the third face: the least recently used (the blink) goes
+    sprites.face(blink, 96)
+    assert sprites.drawn == 4
+    assert sprites.face(still, 128) is not first  # another size is another drawing
 
 
 def make_stage(**options) -> Avatar:
@@ -187,3 +220,24 @@ def test_drawing_each_part_in_its_box_gives_the_pixels_of_drawing_it_everywhere(
     monkeypatch.setattr(avatar, "_span", lambda lo, hi, size: slice(0, size))  # every part everywhere
     for state, size, windowed in cases:
         assert torch.equal(windowed, avatar.render_face(state, size)), (state, size)
+
+
+def test_a_face_at_rest_is_drawn_once_and_a_talking_one_on_every_frame():
+    from pipeline.ringbuffer import RingBuffer
+
+    stage = make_stage()
+    ring = RingBuffer(1, (540, 640))  # 640×360 I420
+    redrawn = []
+    for index in range(90):
+        speaking = 30 <= index < 60
+        loudness = 0.1 + 0.5 * (index * 0.618 % 1)  # the voice moves from frame to frame, never repeating
+        frame = frame_at(index, probs={"happy": 1.0}, speaking=speaking, mouth=loudness)
+        frame.lease = ring.try_acquire()
+        redrawn.append(stage.compute(frame)["redrawn"])
+        frame.release()
+    blinks = 2  # a blink, at most one in these 3 s, draws the shut eyes once; the open ones are kept
+    assert redrawn[0] and sum(redrawn[:30]) <= 1 + blinks
+    # A mouth that moves with the voice is drawn anew on many frames (a shape it had a moment ago
+    # comes back from the sprites).
+    assert sum(redrawn[31:60]) >= 10
+    assert sum(redrawn[75:]) <= blinks  # closed again and still

@@ -117,3 +117,18 @@ def test_bad_overlays_are_refused(overlay, scale, message):
         device = DEVICE if blend is composite_triton.composite else torch.device("cpu")
         with pytest.raises(ValueError, match=message):
             blend(frame.to(device), overlay.to(device), layout="rgb", x=0, y=0, scale=scale)
+
+
+@pytest.mark.parametrize("layout", ["rgb", "i420"])
+@pytest.mark.parametrize(("x", "y"), [(3, 4), (-3, -2), (25, 15), (3, 5), (-4, 17)])
+def test_at_scale_one_reading_the_overlay_out_gives_what_interpolating_it_gives(layout, x, y):
+    """The reference reads the overlay's pixels straight out at scale 1 (off its edges, the edge's
+    value, as the interpolation holds it): the same samples as bilinear interpolation there."""
+    overlay = random_overlay()
+    region = composite.blend_region(WIDTH, HEIGHT, x, y, overlay.shape[1], overlay.shape[0], layout)
+    r0, r1, c0, c1 = region
+    rows, cols = torch.arange(r0, r1, dtype=torch.float32), torch.arange(c0, c1, dtype=torch.float32)
+    picked = composite._picked(overlay, r0 - y, r1 - y, c0 - x, c1 - x)
+    interpolated = composite._interpolated(overlay, x, y, 1.0, rows, cols)
+    assert picked.shape == interpolated.shape
+    assert torch.allclose(picked, interpolated, atol=1e-3)

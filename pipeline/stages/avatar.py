@@ -4,15 +4,17 @@ Each frame the stage sets targets from the frame's annotations — expression fr
 emotion (mirrored, or answered empathetically), mouth from the voice stage's viseme and
 openness, gaze and head turn toward the user's face, blinks on a random (seeded) schedule —
 moves every parameter toward its target with a time constant, so a label flip never makes
-the face jump, draws the face (`models.avatar`) and blends it into the frame with the
-composite kernel, in the frame's own layout.
+the face jump, draws the face (`models.avatar`; a face that has not moved by a visible amount
+since a recent frame is not drawn again) and blends it into the frame with the composite
+kernel, in the frame's own layout.
 
 Layouts: `pip` puts the face in a corner; `replace` puts it over the user's face (the largest
 tracked one; in the corner when there is none); `side` splits the picture: the middle half of
 the camera's view on the left, the avatar large on a plain backdrop on the right (the output
 keeps the input's size, so the two sit side by side within it).
 
-Annotation: `smile`, `brows`, `mouth`, `eye_open`, `viseme`, `blink`, `box` (where it was drawn).
+Annotation: `smile`, `brows`, `mouth`, `eye_open`, `viseme`, `blink`, `box` (where it was drawn),
+`redrawn` (false: the face's last drawing still showed it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pydantic import Field
 
 from kernels import ops
 from kernels.colour import i420_planes
-from models.avatar import THEMES, FaceState, render_face
+from models.avatar import THEMES, FaceSprites, FaceState
 from pipeline.frames import Frame
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
@@ -119,6 +121,7 @@ class Avatar(ComputeStage):
         self._random = random.Random(self.options.seed)
         self._next_blink = self._random.uniform(*BLINK_GAP_S)
         self._blink_until = -1.0
+        self.sprites = FaceSprites()
 
     def targets(self, frame: Frame) -> tuple[FaceState, str, bool]:
         """Where each parameter is heading on this frame, the viseme, and whether the eyes are shut for a blink."""
@@ -192,7 +195,8 @@ class Avatar(ComputeStage):
         if self.options.layout == "side":
             self._split(frame.image)
         x, y, side = self._placement(frame)
-        face = render_face(state, side, theme=self.options.theme, device=frame.image.device)
+        drawn = self.sprites.drawn
+        face = self.sprites.face(state, side, theme=self.options.theme, device=frame.image.device)
         ops.composite(frame.image, face, layout=self._layout, x=x, y=y, **self._colour)
         return {
             "smile": round(state.smile, 3),
@@ -202,6 +206,7 @@ class Avatar(ComputeStage):
             "viseme": viseme,
             "blink": blinking,
             "box": [x, y, x + side, y + side],
+            "redrawn": self.sprites.drawn > drawn,
         }
 
     def _split(self, image: Any) -> None:
