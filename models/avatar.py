@@ -102,7 +102,10 @@ def _paint(canvas: torch.Tensor, coverage: torch.Tensor, colour: torch.Tensor) -
 def _paint_colour(colour: tuple[int, int, int], device: str) -> torch.Tensor:
     """(r, g, b, 1) in 0..1 as a 4×1×1 tensor, made once per colour and device (on a GPU, one copy
     to the device instead of one per part and frame)."""
-    return torch.tensor([*(c / 255.0 for c in colour), 1.0], dtype=torch.float32, device=device).view(4, 1, 1)
+    paint = torch.tensor([*(c / 255.0 for c in colour), 1.0], dtype=torch.float32, device=device).view(4, 1, 1)
+    if paint.is_cuda:  # shared by every stream that draws: let the copy land before any of them reads it
+        torch.cuda.current_stream(paint.device).synchronize()
+    return paint
 
 
 def render_face(
