@@ -365,3 +365,37 @@ def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, backg
         assert not any("background" in name for name in reading)
         assert faces[0]["label"] == "happy"  # read on its own frame
         assert stage["latency_ms"]["p50"] >= slow_ms
+
+
+def test_readings_from_beside_reach_only_the_faces_still_tracked():
+    """A reading lands a frame or more after its picture: a face lost since is passed over, and the
+    next reading starts on this frame's faces (copies: the tracker moves them on meanwhile)."""
+    import numpy as np
+
+    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.face_tracker import FaceTracker, Track
+
+    class Reader:
+        busy = False
+
+        def __init__(self, readings):
+            self.readings, self.started = readings, []
+
+        def take(self):
+            readings, self.readings = self.readings, None
+            return readings
+
+        def start(self, picture, faces):
+            self.started.append((picture, faces))
+
+    happy = np.eye(7, dtype=np.float32)[3]
+    stage = Emotion("emotion")
+    stage._tracker = FaceTracker(smoothing=0.0)
+    stage._reader = Reader([(1, happy), (2, happy)])  # face 2 has gone since its picture
+    face = Track(1, np.array([10, 10, 50, 50], dtype=np.float32), np.zeros((5, 2), np.float32), 0.9)
+    picture = torch.zeros(8, 8)
+    stage._read_beside(picture, [face])
+    assert face.probs is not None and face.label == 3
+    ((copy_of_picture, faces),) = stage._reader.started
+    assert copy_of_picture is not picture and torch.equal(copy_of_picture, picture)
+    assert [f.id for f in faces] == [1] and faces[0] is not face
