@@ -14,6 +14,9 @@ never falls behind the camera. The thread runs at a higher nice value than the s
 on a busy CPU the frames are served first and the detector takes what is left (on a saturated
 machine faces are then found later, never frames delayed). File runs keep detecting in line, so
 their output stays the same from run to run.
+
+The emotion stage runs its expression classifier the same way, on a second one of these: any
+model whose result a frame can take one frame late fits.
 """
 
 from __future__ import annotations
