@@ -27,6 +27,7 @@ camera does: the avatar then follows it with its eyes and is drawn anew on most 
 Each full row reports the share of frames on which the avatar was drawn anew.
 
     python bench/webrtc_latency.py [--seconds 8] [--warmup 3] [--sizes 640x480,1280x720] [--sway 40]
+                                   [--client chromium|aiortc] [--device auto|cpu|cuda]
 
 Needs Debian's Chromium (apt install chromium) and the dev extra (playwright).
 """
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config, with_targets  # noqa: E402
+from pipeline.device import resolve_device  # noqa: E402
 from pipeline.webrtc.ice import limit_ice_to  # noqa: E402
 from pipeline.webrtc.server import Server  # noqa: E402
 
@@ -124,11 +128,13 @@ class Relay:
 
 
 class Ours:
+    device = torch.device("cpu")  # where our server's graphs run (--device)
+
     def __init__(self, config_name: str, *, prompt_receive: bool = True, budget_ms: float = 10_000) -> None:
         # By default a budget out of reach: the scheduler must not lower quality or drop frames;
         # this measures what the graph costs, not how the scheduler would trade it away.
         config = with_targets(load_config(config_name), latency_ms=budget_ms)
-        self.server = Server(config, device=torch.device("cpu"), port=0, prompt_receive=prompt_receive)
+        self.server = Server(config, device=self.device, port=0, prompt_receive=prompt_receive)
         self.server.app.add_routes(BENCH_ROUTES)
 
     async def start(self) -> None:
@@ -153,6 +159,9 @@ class Ours:
 
 
 async def measure(browser, target, width: int, height: int, warmup_s: float, seconds: float, sway: int) -> dict:
+    """One row: `browser` is a Playwright browser, or None for the aiortc peer (bench/webrtc_client.py)."""
+    if browser is None:
+        return await measure_with_aiortc(target, width, height, warmup_s, seconds, sway)
     await target.start()
     page = await browser.new_page()
     try:
@@ -193,30 +202,69 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
     }
 
 
-async def run(args: argparse.Namespace) -> dict:
-    from playwright.async_api import async_playwright
+async def measure_with_aiortc(target, width: int, height: int, warmup_s: float, seconds: float, sway: int) -> dict:
+    """One row with the aiortc peer in a process of its own instead of a browser."""
+    from webrtc_client import measure_in_process
 
+    await target.start()
+    session: dict = {}
+    redrawn = None
+    try:
+        running = asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                measure_in_process, target.url, width, height, sway=sway, warmup_s=warmup_s, seconds=seconds
+            ),
+        )
+        while not running.done():  # the session ends with the peer: read its status while it lasts
+            if isinstance(target, Ours) and target.session():
+                session, redrawn = target.session(), target.avatar_redrawn()
+            await asyncio.wait([running], timeout=0.25)
+        client = running.result()
+    finally:
+        await target.stop()
+    latencies = client["latencies_ms"]
+    if not latencies:
+        raise RuntimeError("no frame came back with a readable time code")
+    return {
+        "median_ms": float(np.median(latencies)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "fps": client["fps"],
+        "frames": len(latencies),
+        "undecodable": client["undecodable"],
+        "received": client["received"],
+        "stages_p50_ms": {name: s["p50"] for name, s in session.get("stages_ms", {}).items()},
+        "avatar_redrawn": redrawn,
+        "rung": session.get("rung"),
+        "dropped": session.get("dropped", {}),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
     limit_ice_to(["127.0.0.1"])
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     results: dict = {}
-    async with async_playwright() as driver:
-        browser = await driver.chromium.launch(executable_path=args.chromium, headless=True, args=FLAGS)
-        try:
-            for width, height in sizes:
-                targets = (
-                    ("relay", Relay),
-                    ("passthrough", lambda: Ours("passthrough")),
-                    ("full", lambda: Ours("default")),
-                    # Ours again with aiortc's receive path as it is: what the prompt jitter buffer saves.
-                    ("passthrough, stock receive", lambda: Ours("passthrough", prompt_receive=False)),
-                    ("full, 50 ms budget", lambda: Ours("default", budget_ms=50)),
+    async with contextlib.AsyncExitStack() as stack:
+        browser = None  # the aiortc peer
+        if args.client == "chromium":
+            from playwright.async_api import async_playwright
+
+            driver = await stack.enter_async_context(async_playwright())
+            browser = await driver.chromium.launch(executable_path=args.chromium, headless=True, args=FLAGS)
+            stack.push_async_callback(browser.close)
+        for width, height in sizes:
+            targets = (
+                ("relay", Relay),
+                ("passthrough", lambda: Ours("passthrough")),
+                ("full", lambda: Ours("default")),
+                # Ours again with aiortc's receive path as it is: what the prompt jitter buffer saves.
+                ("passthrough, stock receive", lambda: Ours("passthrough", prompt_receive=False)),
+                ("full, 50 ms budget", lambda: Ours("default", budget_ms=50)),
+            )
+            for name, make in targets:
+                results[(name, width, height)] = await measure(
+                    browser, make(), width, height, args.warmup, args.seconds, args.sway
                 )
-                for name, make in targets:
-                    results[(name, width, height)] = await measure(
-                        browser, make(), width, height, args.warmup, args.seconds, args.sway
-                    )
-        finally:
-            await browser.close()
     return results
 
 
@@ -227,13 +275,25 @@ def main() -> None:
     parser.add_argument("--sizes", default="640x480,1280x720")
     parser.add_argument("--sway", type=int, default=40, help="px the face moves sideways (0: still)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument(
+        "--client",
+        choices=["chromium", "aiortc"],
+        default="chromium",
+        help="who sends and reads the stamped video: headless Chromium, or an aiortc peer in its own "
+        "process (for machines without a browser; its rows compare with each other, not with Chromium's)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="where our server's graphs run: auto (cuda if present), cpu or cuda"
+    )
     args = parser.parse_args()
+    Ours.device = resolve_device(args.device)
     logging.basicConfig(level=logging.WARNING)
-    if not Path(args.chromium).exists():
-        sys.exit(f"no Chromium at {args.chromium} (apt install chromium)")
+    if args.client == "chromium" and not Path(args.chromium).exists():
+        sys.exit(f"no Chromium at {args.chromium} (apt install chromium, or --client aiortc)")
     results = asyncio.run(run(args))
     print(
-        f"glass-to-glass round trip, headless Chromium on loopback, {args.seconds:g} s after {args.warmup:g} s warm-up"
+        f"glass-to-glass round trip, {'headless Chromium' if args.client == 'chromium' else 'an aiortc peer'} "
+        f"on loopback, our graphs on {Ours.device}, {args.seconds:g} s after {args.warmup:g} s warm-up"
     )
     print(f"{'size':<10}{'server':<28}{'median ms':>10}{'p95 ms':>9}{'fps':>7}{'received':>11}")
     for (name, width, height), r in results.items():
@@ -272,6 +332,8 @@ def main() -> None:
                     results[("passthrough, stock receive", *first)]["median_ms"], 2
                 ),
                 "size": f"{first[0]}x{first[1]}",
+                "client": args.client,
+                "device": str(Ours.device),
                 "full_received": full["received"],
                 "sway_px": args.sway,
                 "avatar_redrawn": None if full["avatar_redrawn"] is None else round(full["avatar_redrawn"], 3),
