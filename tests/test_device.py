@@ -17,6 +17,7 @@ from pipeline.device import (
     Lane,
     array_module,
     configure_cpu_threads,
+    copy_frame,
     cpu_cores,
     cpu_nice,
     cupy_module,
@@ -189,3 +190,23 @@ def test_cores_granted_to_the_process_cap_torch_threads_not_the_machine_s():
     finally:
         grant_cpu_cores(None)
         torch.set_num_threads(before)
+
+
+def test_a_frame_copy_on_a_cpu_is_one_plain_copy_not_a_torch_op(monkeypatch):
+    """A strided view of a wider picture (as the synthetic source pans) and a NumPy picture (as the
+    WebRTC source decodes) land in a slot exactly, without torch's copy: on an event loop that
+    would wake torch's sleeping intra-op threads for every frame."""
+    wide = torch.randint(0, 256, (36, 128), dtype=torch.uint8)
+    slot = torch.zeros(36, 64, dtype=torch.uint8)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("torch's copy was used")
+
+    monkeypatch.setattr(torch.Tensor, "copy_", refused)
+    copy_frame(slot, wide[:, 10:74])
+    assert torch.equal(slot, wide[:, 10:74])
+    picture = np.arange(36 * 64, dtype=np.uint8).reshape(36, 64)
+    copy_frame(slot, picture)
+    assert np.array_equal(slot.numpy(), picture)
+    with pytest.raises(TypeError):
+        copy_frame(slot, picture.astype(np.float32))  # no silent conversion

@@ -23,6 +23,7 @@ import av
 import torch
 
 from kernels.colour import i420_planes, rgb_to_i420
+from pipeline.device import copy_frame
 from pipeline.errors import SourceError
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Source, StreamInfo
@@ -187,13 +188,13 @@ class SyntheticSource(Source):
         x = _bounce(int(t_s * SQUARE_SPEED[0] * w), w - side) & ~1
         y = _bounce(int(t_s * SQUARE_SPEED[1] * h), h - side) & ~1
         if self.pixel_format is PixelFormat.RGB24:
-            slot.copy_(wide[:, offset : offset + w])
+            copy_frame(slot, wide[:, offset : offset + w])
             slot[y : y + side, x : x + side].fill_(WHITE_RGB)
             return
         # `wide` is the I420 image of the double-width strip: planes H×2W and (H/2)×W.
         for plane, source, value, scale in zip(i420_planes(slot), i420_planes(wide), WHITE_YUV, (1, 2, 2), strict=True):
             plane_w = w // scale
-            plane.copy_(source[:, offset // scale : offset // scale + plane_w])
+            copy_frame(plane, source[:, offset // scale : offset // scale + plane_w])
             plane[y // scale : (y + side) // scale, x // scale : (x + side) // scale].fill_(value)
 
     def _audio_chunk(self, first: int, end: int) -> AudioChunk:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from pipeline.device import copy_frame
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, Source, StreamInfo
 from pipeline.io.sinks import host_pixels
@@ -163,7 +164,7 @@ class TrackSource(Source):
                     self.pictures_scaled += 1
                 pixels = picture.reformat(width=width, height=height, format="yuv420p").to_ndarray()
                 lease = await ring.acquire()
-                lease.tensor.copy_(torch.from_numpy(pixels))
+                copy_frame(lease.tensor, pixels)
                 yield Frame(
                     index=index,
                     pts=int(picture.pts or 0),
