@@ -183,7 +183,7 @@ def render_face(
 
 def steps_per_unit(size: int) -> int:
     """How finely `FaceSprites` rounds each state field for a face `size` px wide: no part moves
-    more than SETTLE_PX between neighbouring steps (56 steps per unit at 168 px)."""
+    more than SETTLE_PX between neighbouring steps (58 steps per unit at 168 px)."""
     return max(8, math.ceil(SWAY * size / 2 / SETTLE_PX))
 
 
