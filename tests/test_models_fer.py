@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.fer import LABELS, WEIGHTS, load_fer, tf_same_pad
+from models.fer import LABELS, WEIGHTS, MiniXception, fold_batch_norms, load_fer, tf_same_pad
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fer_keras_reference.npz"
 ASTRONAUT = slice(6, 9)  # the fixture's three crops of the astronaut's (smiling) face
@@ -37,6 +37,21 @@ def test_the_astronaut_is_happy(reference):
     inputs, _ = reference
     probs = run(load_fer(), inputs[ASTRONAUT])
     assert [LABELS[i] for i in probs.argmax(1)] == ["happy"] * 3
+
+
+def test_folding_the_batch_norms_leaves_the_logits_as_they_were():
+    from safetensors.torch import load_file
+
+    model = MiniXception()
+    model.load_state_dict(load_file(str(WEIGHTS)))
+    model.eval()
+    x = torch.rand((5, 1, 64, 64), generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        before = model.logits(x)
+        fold_batch_norms(model)
+        after = model.logits(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(after, before, atol=1e-4, rtol=1e-5)
 
 
 def test_weights_say_where_they_come_from():
