@@ -93,6 +93,19 @@ def test_reference_yuv_agrees_with_the_colour_conversion():
     assert float((out[0] * 255.0 - rgb).abs().max()) <= 0.5 + 1e-3  # the conversion rounds, this does not
 
 
+@pytest.mark.parametrize("layout", ["i420", "nv12"])
+def test_converting_the_whole_frame_gives_what_converting_each_neighbour_gives(layout, monkeypatch):
+    """The reference's two ways to RGB from YUV: the whole frame then blended, or four neighbours per sample."""
+    image = frame(layout, 20, 30, seed=7)
+    kwargs = dict(layout=layout, size=(12, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), matrix="bt709")
+    for boxes in (None, BOXES):
+        monkeypatch.setattr(prepare, "WHOLE_FRAME_SHARE", 10**9)  # every request converts the whole frame
+        whole = prepare.prepare_input(image, boxes=boxes, **kwargs)
+        monkeypatch.setattr(prepare, "WHOLE_FRAME_SHARE", 0)  # none does
+        neighbours = prepare.prepare_input(image, boxes=boxes, **kwargs)
+        assert float((whole - neighbours).abs().max()) <= 1e-4
+
+
 def test_reference_outside_the_frame_is_black():
     image = torch.full((4, 4, 3), 200, dtype=torch.uint8)
     off = torch.tensor([[10.0, 10.0, 14.0, 14.0]])  # entirely outside
