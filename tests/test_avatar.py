@@ -222,6 +222,22 @@ def test_drawing_each_part_in_its_box_gives_the_pixels_of_drawing_it_everywhere(
         assert torch.equal(windowed, avatar.render_face(state, size)), (state, size)
 
 
+def test_the_head_drawn_once_is_what_each_drawing_starts_from_and_stays_as_it_was():
+    """The head no state moves is drawn once per size, theme and device; drawings paint on a copy."""
+    import models.avatar as avatar
+
+    avatar._bare_head.cache_clear()
+    shut = render_face(FaceState(eye_open=0.0), 64, theme="mint")
+    _, _, head = avatar._bare_head(64, "mint", "cpu")
+    before = head.clone()
+    talking = render_face(FaceState(mouth_open=1.0, smile=1.0), 64, theme="mint")
+    assert avatar._bare_head.cache_info().misses == 1  # both drawings used one head
+    assert torch.equal(head, before)  # neither painted on it
+    assert not torch.equal(shut, talking)
+    avatar._bare_head.cache_clear()
+    assert torch.equal(render_face(FaceState(mouth_open=1.0, smile=1.0), 64, theme="mint"), talking)
+
+
 def test_a_face_at_rest_is_drawn_once_and_a_talking_one_on_every_frame():
     from pipeline.ringbuffer import RingBuffer
 
