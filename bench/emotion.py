@@ -6,11 +6,13 @@ as I420 slots on the chosen device; the stage runs exactly as in a pipeline (`co
 each frame in turn). Time is split into detection (MTCNN), preparation (the fused
 crop/resize/normalize kernel, for the detector's input and the faces) and classification
 (mini-Xception); tracking and bookkeeping are the rest. Detection every frame is the baseline
-each "every 3rd" row is compared with, in the same run.
+each "every 3rd" row is compared with, in the same run; the last row of each also searches the
+whole frame on only every 5th detection (`search_every`), looking near the tracked faces between.
 
     python bench/emotion.py [--frames 30] [--device auto|cpu|cuda]
 
-Last line: one JSON object {"device", "runs": [{"size", "faces", "detect_every", "fps", "ms", "share"}...]}.
+Last line: one JSON object
+{"device", "runs": [{"size", "faces", "detect_every", "search_every", "fps", "ms", "share"}...]}.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pipeline.stage import StageContext
 
 SIZES = ((640, 480), (1280, 720))
 FACE_COUNTS = (1, 4)
-CADENCES = (1, 3)
+CADENCES = ((1, 1), (3, 1), (3, 5))  # (detect_every, search_every)
 
 
 def scene(width: int, height: int, faces: int) -> torch.Tensor:
@@ -76,9 +78,11 @@ class Timed:
         return out
 
 
-def run(width: int, height: int, faces: int, detect_every: int, frames: int, device: torch.device) -> dict:
+def run(width: int, height: int, faces: int, cadence: tuple[int, int], frames: int, device: torch.device) -> dict:
+    detect_every, search_every = cadence
     info = StreamInfo(width, height, Fraction(30), Fraction(1, 30))
-    stage = emotion_module.Emotion("emotion", options=emotion_module.EmotionOptions(detect_every=detect_every))
+    options = emotion_module.EmotionOptions(detect_every=detect_every, search_every=search_every)
+    stage = emotion_module.Emotion("emotion", options=options)
     stage.setup(StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info))
     totals: dict[str, float] = defaultdict(float)
     # The stage's own run's models: its manager holds them resident (there is room), so these are
@@ -86,6 +90,7 @@ def run(width: int, height: int, faces: int, detect_every: int, frames: int, dev
     detector = stage.models.acquire(stage._detector_name)
     classifier = stage.models.acquire(emotion_module.CLASSIFIER)
     detector.detect = Timed(detector.detect, "detection", totals, device)
+    detector.detect_near = Timed(detector.detect_near, "detection", totals, device)
     classifier.forward = Timed(classifier.forward, "classification", totals, device)
     timed_ops = type(
         "TimedOps", (), {"prepare_input": staticmethod(Timed(ops.prepare_input, "preparation", totals, device))}
@@ -110,7 +115,7 @@ def run(width: int, height: int, faces: int, detect_every: int, frames: int, dev
         wall = time.perf_counter() - began
     finally:
         emotion_module.ops = original_ops
-        del detector.detect, classifier.forward
+        del detector.detect, detector.detect_near, classifier.forward
         stage.models.release(stage._detector_name)
         stage.models.release(emotion_module.CLASSIFIER)
     parts = {name: totals[name] for name in ("detection", "preparation", "classification")}
@@ -120,6 +125,7 @@ def run(width: int, height: int, faces: int, detect_every: int, frames: int, dev
         "faces": faces,
         "found": int(np.median(found[3:])),
         "detect_every": detect_every,
+        "search_every": search_every,
         "fps": round(frames / wall, 1),
         "ms": round(wall / frames * 1e3, 2),
         "share": {name: round(value / wall, 3) for name, value in parts.items()},
@@ -136,22 +142,34 @@ def main() -> None:
     if device.type == "cpu":
         configure_cpu_threads(1)  # as in a pipeline: the stage has its own worker thread
     print(f"emotion stage on {device}, {args.frames} frames per row (after 3 warm-up frames)")
-    columns = ("faces", 6), ("found", 6), ("detect", 8), ("fps", 8), ("ms", 8), ("det", 6), ("prep", 6), ("cls", 6)
+    columns = (
+        ("faces", 6),
+        ("found", 6),
+        ("detect", 6),
+        ("search", 8),
+        ("fps", 8),
+        ("ms", 8),
+        ("det", 6),
+        ("prep", 6),
+        ("cls", 6),
+    )
     print(f"{'size':<10}" + "".join(f"{name:>{width}}" for name, width in columns) + f"{'other':>7}{'vs every':>10}")
     runs = []
     for (width, height), faces in ((s, f) for s in SIZES for f in FACE_COUNTS):
         baseline = None
-        for detect_every in CADENCES:
-            row = run(width, height, faces, detect_every, args.frames, device)
+        for detect_every, search_every in CADENCES:
+            row = run(width, height, faces, (detect_every, search_every), args.frames, device)
             runs.append(row)
             baseline = baseline or row["fps"]
             share = row["share"]
             print(
-                f"{row['size']:<10}{faces:>6}{row['found']:>6}{'1/' + str(detect_every):>8}{row['fps']:>8.1f}"
+                f"{row['size']:<10}{faces:>6}{row['found']:>6}{f'1/{detect_every}':>8}{f'1/{search_every}':>8}"
+                f"{row['fps']:>8.1f}"
                 f"{row['ms']:>8.2f}{share['detection']:>6.0%}{share['preparation']:>6.0%}"
                 f"{share['classification']:>6.0%}{share['other']:>7.0%}{row['fps'] / baseline:>9.2f}x"
             )
     print("det: MTCNN; prep: the fused crop/resize/normalize kernel; cls: mini-Xception")
+    print("search: detections that search the whole frame (the others look near the tracked faces)")
     print("vs every: fps over detecting every frame, same size and faces")
     print(json.dumps({"device": str(device), "runs": runs}))
 

@@ -36,6 +36,11 @@ MIN_FACE = 20  # px: the smallest face the pyramid looks for
 FACTOR = 0.709  # each pyramid level's scale over the previous one
 THRESHOLDS = (0.6, 0.7, 0.7)  # face probability each stage needs
 CELL, STRIDE = 12, 2  # P-Net's window and its step, in pyramid pixels
+# `detect_near` tries each known box as it is, moved an eighth of its side each way, and grown
+# and shrunk by as much on each side: the proposals P-Net would make around a face that moved a
+# little since the box was found.
+NUDGES = ((0, 0, 0, 0), (1, 0, 1, 0), (-1, 0, -1, 0), (0, 1, 0, 1), (0, -1, 0, -1), (-1, -1, 1, 1), (1, 1, -1, -1))
+NUDGE = 0.125  # of the box's side
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +230,29 @@ class MTCNN(nn.Module):
         if len(boxes):
             boxes = self._refine(image, boxes)
         if not len(boxes):
-            return Faces(image.new_zeros((0, 4)), image.new_zeros(0), image.new_zeros((0, 5, 2)))
+            return _no_faces(image)
         return self._output(image, boxes)
+
+    @torch.no_grad()
+    def detect_near(self, image: torch.Tensor, boxes: torch.Tensor) -> Faces:
+        """Faces near `boxes` (K×4 image pixels: where faces were a moment ago), without the pyramid.
+
+        Each box, squared, and its `NUDGES` go to R-Net and O-Net as if P-Net had proposed them:
+        a face that stayed about where it was is found again, refined and with its landmarks, at a
+        small part of a full detection's cost (P-Net over the pyramid is most of that). A face
+        that moved further, or that no box was near, is not looked for.
+        """
+        image = image.to(next(self.parameters()).dtype)
+        if not len(boxes):
+            return _no_faces(image)
+        known = square(boxes.to(image))
+        side = (known[:, 2] - known[:, 0])[:, None, None] * NUDGE
+        nudges = torch.tensor(NUDGES, dtype=image.dtype, device=image.device)
+        proposals = (known[:, None, :] + side * nudges[None]).reshape(-1, 4)
+        found = self._refine(image, proposals)
+        if not len(found):
+            return _no_faces(image)
+        return self._output(image, found)
 
     def _propose(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """P-Net candidates, squared: K×4."""
@@ -274,6 +300,10 @@ class MTCNN(nn.Module):
         boxes = refine(boxes, regression)
         keep = nms(boxes, scores, 0.7, by_min=True)
         return Faces(boxes[keep], scores[keep], landmarks[keep])
+
+
+def _no_faces(image: torch.Tensor) -> Faces:
+    return Faces(image.new_zeros((0, 4)), image.new_zeros(0), image.new_zeros((0, 5, 2)))
 
 
 def load_mtcnn(device: torch.device | str = "cpu", path: Path = WEIGHTS, **settings: object) -> MTCNN:

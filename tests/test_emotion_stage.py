@@ -58,6 +58,28 @@ def test_detection_every_third_frame_holds_boxes_and_still_reads_expressions(tmp
     assert all(record["faces"][0]["label"] == "happy" for record in records)
 
 
+def test_between_searches_of_the_whole_frame_it_finds_the_face_near_its_box(tmp_path):
+    """search_every 3: detections 0, 3, 6 and 9 search the whole frame, the others look near the
+    tracked box; the drifting face is found on every frame, in one track, where a search finds it."""
+    clip = make_face_clip(tmp_path / "face.mp4", frames=10)
+    searched = run_emotion(clip, tmp_path)
+    config = parse_config(
+        {"name": "emotion-test", "stages": [{"name": "emotion", "type": "emotion", "options": {"search_every": 3}}]}
+    )
+    analytics = tmp_path / "near.jsonl"
+    pipeline = Pipeline(build_graph(config), MediaSource(clip), AnalyticsSink(NullSink(), analytics))
+    asyncio.run(pipeline.run())
+    stage = pipeline._running["emotion"].runner.stage
+    assert (stage.detections, stage.searches) == (10, 4)
+    records = [json.loads(line)["emotion"] for line in analytics.read_text().splitlines()]
+    assert len(records) == 10
+    for record, reference in zip(records, searched, strict=True):
+        (face,) = record["faces"]
+        assert face["track"] == 1 and face["detected"] is True and face["label"] == "happy"
+        (want,) = reference["faces"]
+        assert max(abs(a - b) for a, b in zip(face["box"], want["box"], strict=True)) <= 6  # px, a ~90 px face
+
+
 def test_two_faces_get_two_tracks(tmp_path):
     clip = make_face_clip(tmp_path / "two.mp4", frames=4, size=(480, 240), mirrored=True)
     records = run_emotion(clip, tmp_path)

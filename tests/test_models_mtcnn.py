@@ -55,6 +55,21 @@ def test_the_astronaut_is_found_and_read_as_happy(detector, images):
     assert LABELS[int(probs[0].argmax())] == "happy"
 
 
+def test_near_a_box_it_finds_the_face_that_moved_from_it_and_nothing_where_none_is(detector, images):
+    """detect_near: R-Net and O-Net on a known box and its nudges find the face the full cascade finds."""
+    image = images["astronaut"]
+    (box,) = detector.detect(image).boxes
+    side = float(box[2] - box[0])
+    for dx, dy, grow in ((0.0, 0.0, 0.0), (0.25, 0.0, 0.0), (0.0, -0.2, 0.0), (0.1, 0.1, 0.15), (0.0, 0.0, -0.15)):
+        moved = box + side * torch.tensor([dx - grow, dy - grow, dx + grow, dy + grow])
+        near = detector.detect_near(image, moved[None])
+        assert len(near) == 1, (dx, dy, grow)
+        assert float((near.boxes[0] - box).abs().max()) <= 0.06 * side  # px, against the full search's
+        assert float(near.scores[0]) > 0.99 and near.landmarks.shape == (1, 5, 2)
+    assert len(detector.detect_near(image, torch.tensor([[5.0, 400.0, 85.0, 480.0]]))) == 0  # the suit
+    assert len(detector.detect_near(image, torch.zeros((0, 4)))) == 0
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]])
     scores = torch.tensor([0.8, 0.9, 0.7, 0.1])

@@ -2,7 +2,10 @@
 
 Each frame: on detection frames (every `detect_every`th; a new face is found within that many
 frames), the frame is scaled to `detect_width` and converted to RGB in one kernel call, MTCNN
-finds the faces, and the tracker matches them to the faces it follows. On live runs MTCNN runs
+finds the faces, and the tracker matches them to the faces it follows. With `search_every` N,
+only every Nth detection searches the whole frame; those between look only near the faces
+already tracked (`MTCNN.detect_near`: R-Net and O-Net on their boxes, no pyramid, about a
+quarter of the cost), so a new face is found within N detections. On live runs MTCNN runs
 beside the frames (`detect_in_background`, see `background_detection.py`): the frame goes on
 with the tracked boxes and the faces found are matched in when ready, so no frame waits for the
 detector. Then every tracked face is cropped, resized to 64×64 gray and normalized — all of
@@ -57,6 +60,9 @@ PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # 
 class EmotionOptions(StageOptions):
     detect_every: int = Field(1, ge=1, le=300)  # frames between detections; tracked boxes in between
     detect_width: int = Field(320, ge=48, le=4096)  # px: the frame is scaled to this width to detect
+    # Detections per search of the whole frame; those between look only near the tracked faces (a
+    # quarter of the cost), so a new face is found within this many detections. 1: every one searches.
+    search_every: int = Field(1, ge=1, le=300)
     min_face: int = Field(20, ge=12, le=1000)  # px at detection size: smaller faces are not looked for
     max_faces: int = Field(8, ge=1, le=64)  # the most confident faces kept per detection
     smoothing: float = Field(SMOOTHING, ge=0.0, lt=1.0)  # weight of the past in each face's probabilities
@@ -117,6 +123,8 @@ class Emotion(ComputeStage):
             label_margin=options.label_margin,
         )
         self.detections = 0  # detector runs, for the report and tests
+        self.searches = 0  # of them, searches of the whole frame
+        self._rounds = 0  # detections started, which `search_every` counts
         self._cadence = 1  # the stage runs on 1 frame in this many (the scheduler's knob)
         self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
         # Frames with pixels given to the stage since the cadence was set: the cadence counts these,
@@ -247,7 +255,10 @@ class Emotion(ComputeStage):
             for frame in frames:
                 due = self._seen % self.options.detect_every == 0
                 if in_line:
-                    found = self._find_faces(detector, self._detector_input(frame.image)) if due else None
+                    found = None
+                    if due:
+                        near = self._where_to_look(self._detect_size)
+                        found = self._find_faces(detector, self._detector_input(frame.image), near)
                 else:
                     found = self._faces_from_beside(frame.image, due)
                 tracks = self._tracker.update(*found) if found is not None else self._tracker.update(None)
@@ -293,17 +304,30 @@ class Emotion(ComputeStage):
                 # A plain copy of the picture (the frame's slot may go once the frame does): scaling
                 # and converting it for the detector costs ten times the copy, and that work is
                 # the background thread's too.
-                self._background.start(image.clone(), self._detect_size)
+                self._background.start(image.clone(), self._detect_size, self._where_to_look(self._detect_size))
                 self._detection_waiting = False
         return found
 
-    def _detect_beside(self, picture: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One background detection on a copy of a frame's picture, at the detector size of when it
-        was taken: the detector pinned on this thread for as long as it runs."""
+    def _detect_beside(
+        self, picture: torch.Tensor, size: tuple[int, int], near: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One background detection on a copy of a frame's picture, at the detector size and with
+        the boxes to look near of when it was taken: the detector pinned on this thread meanwhile."""
         assert self.ctx is not None
         small = self._detector_input(picture, size)
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
-            return self._find_faces(detector, small)
+            return self._find_faces(detector, small, near)
+
+    def _where_to_look(self, size: tuple[int, int]) -> np.ndarray | None:
+        """Where the detection starting now looks: None for the whole frame (every `search_every`th
+        detection, and any while no face is tracked), else the tracked faces' boxes at `size`."""
+        search = self._rounds % self.options.search_every == 0 or not self._tracker.tracks
+        self._rounds += 1
+        if search:
+            return None
+        (height, width), (frame_w, frame_h) = size, self._frame_size
+        scale = np.array([width / frame_w, height / frame_h] * 2, dtype=np.float32)
+        return np.stack([track.box for track in self._tracker.tracks]).astype(np.float32) * scale
 
     def _detector_input(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The picture at the detector's size (now, or `size`), RGB 0..255, 1×3×H×W: a new tensor,
@@ -311,10 +335,18 @@ class Emotion(ComputeStage):
         size = size or self._detect_size
         return ops.prepare_input(image, layout=self._layout, size=size, **PIXELS_0_255, **self._colour)
 
-    def _find_faces(self, detector: Any, small: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Faces in source pixels: boxes K×4, scores K, landmarks K×5×2."""
+    def _find_faces(
+        self, detector: Any, small: torch.Tensor, near: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces in source pixels (boxes K×4, scores K, landmarks K×5×2): searched for in the whole
+        picture, or looked for `near` boxes (K×4 at the picture's size)."""
         height, width = small.shape[-2:]  # the size it was made at (the knob may have moved since)
-        faces = detector.detect(small[0].to(_device_of(detector)))  # a model that fell back to the CPU: a copy
+        picture = small[0].to(_device_of(detector))  # a model that fell back to the CPU: a copy
+        if near is None:
+            faces = detector.detect(picture)
+            self.searches += 1
+        else:
+            faces = detector.detect_near(picture, torch.from_numpy(near).to(picture.device))
         self.detections += 1
         scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
         order = torch.argsort(faces.scores, descending=True)[: self.options.max_faces].cpu()
