@@ -16,6 +16,7 @@ the whole frame first. The definition, shared by both:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -99,12 +100,15 @@ def prepare_input(
     sx = x0[:, None] + cols[None] * ((x1 - x0) / out_w)[:, None] - 0.5  # N×W_out, frame pixels
     sy = y0[:, None] + rows[None] * ((y1 - y0) / out_h)[:, None] - 0.5  # N×H_out
     constants = conversion_constants(matrix, full_range)
-    planes = _ready_planes(image, layout, gray, constants)
+    top, bottom, left, right = _window(sx, sy, width, height)
+    planes = _ready_planes(image, layout, gray, constants, (top, bottom, left, right))
     if planes is None and layout != "rgb" and count * out_h * out_w * WHOLE_FRAME_SHARE >= width * height:
+        top, bottom, left, right = 0, height, 0, width
         planes = _converted_planes(image, layout, constants)
     if planes is not None:  # Y for gray, RGB as it is, or the whole frame converted: let grid_sample blend
-        grid_x = (sx + 0.5) / width * 2 - 1  # grid_sample's coordinates for the same points
-        grid_y = (sy + 0.5) / height * 2 - 1
+        # grid_sample's coordinates for the same points, over the rows and columns the planes hold
+        grid_x = (sx - left + 0.5) / (right - left) * 2 - 1
+        grid_y = (sy - top + 0.5) / (bottom - top) * 2 - 1
         grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
         source = planes[None].expand(count, -1, -1, -1)
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -116,15 +120,34 @@ def prepare_input(
     return ((sampled - shift) / scale).transpose(0, 1).contiguous().to(dtype)
 
 
+def _window(sx: torch.Tensor, sy: torch.Tensor, width: int, height: int) -> tuple[int, int, int, int]:
+    """Rows top..bottom and columns left..right (ends excluded) of the frame that hold every
+    neighbour of the sample points that is in the frame (at least one pixel)."""
+
+    def span(points: torch.Tensor, size: int) -> tuple[int, int]:
+        first = min(max(0, math.floor(float(points.min()))), size - 1)
+        return first, max(first + 1, min(size, math.floor(float(points.max())) + 2))
+
+    (top, bottom), (left, right) = span(sy, height), span(sx, width)
+    return top, bottom, left, right
+
+
 def _ready_planes(
-    image: torch.Tensor, layout: str, gray: bool, constants: tuple[float, float, float, float, float]
+    image: torch.Tensor,
+    layout: str,
+    gray: bool,
+    constants: tuple[float, float, float, float, float],
+    window: tuple[int, int, int, int],
 ) -> torch.Tensor | None:
-    """C×H×W float planes when they cost no conversion per pixel (Y alone, or RGB as it is); else None."""
+    """C×h×w float planes of the `window` (top, bottom, left, right) when they cost no conversion
+    per pixel (Y alone, or RGB as it is); else None. Face crops read a small part of the frame:
+    only that part is made float."""
     _, _, y_offset, y_span, _ = constants
+    top, bottom, left, right = window
     if layout == "rgb" and not gray:
-        return image.permute(2, 0, 1).to(torch.float32)
+        return image[top:bottom, left:right].permute(2, 0, 1).to(torch.float32)
     if layout != "rgb" and gray:
-        y_plane = image[: image.shape[0] * 2 // 3]
+        y_plane = image[: image.shape[0] * 2 // 3][top:bottom, left:right]
         return ((y_plane.to(torch.float32) - y_offset) * (255.0 / y_span)).clamp(0, 255)[None]
     return None
 

@@ -106,6 +106,20 @@ def test_converting_the_whole_frame_gives_what_converting_each_neighbour_gives(l
         assert float((whole - neighbours).abs().max()) <= 1e-4
 
 
+@pytest.mark.parametrize(("layout", "gray"), [("i420", True), ("nv12", True), ("rgb", False)])
+def test_planes_of_the_part_the_boxes_read_give_what_the_whole_planes_give(layout, gray, monkeypatch):
+    """Each box alone (inside, over a corner, tiny), so the part read is less than the frame."""
+    image = frame(layout, 40, 60, seed=11)
+    window = prepare._window
+    for box in BOXES[1:] * 2:
+        kwargs = dict(layout=layout, size=(6, 5), boxes=box[None], gray=gray)
+        monkeypatch.setattr(prepare, "_window", window)
+        part = prepare.prepare_input(image, **kwargs)
+        monkeypatch.setattr(prepare, "_window", lambda sx, sy, width, height: (0, height, 0, width))
+        whole = prepare.prepare_input(image, **kwargs)
+        assert float((part - whole).abs().max()) <= 1e-5, box
+
+
 def test_reference_outside_the_frame_is_black():
     image = torch.full((4, 4, 3), 200, dtype=torch.uint8)
     off = torch.tensor([[10.0, 10.0, 14.0, 14.0]])  # entirely outside
