@@ -257,7 +257,7 @@ class Emotion(ComputeStage):
                 if in_line:
                     found = None
                     if due:
-                        near = self._where_to_look(self._detect_size)
+                        near = self._where_to_look()
                         found = self._find_faces(detector, self._detector_input(frame.image), near)
                 else:
                     found = self._faces_from_beside(frame.image, due)
@@ -304,7 +304,7 @@ class Emotion(ComputeStage):
                 # A plain copy of the picture (the frame's slot may go once the frame does): scaling
                 # and converting it for the detector costs ten times the copy, and that work is
                 # the background thread's too.
-                self._background.start(image.clone(), self._detect_size, self._where_to_look(self._detect_size))
+                self._background.start(image.clone(), self._detect_size, self._where_to_look())
                 self._detection_waiting = False
         return found
 
@@ -318,16 +318,14 @@ class Emotion(ComputeStage):
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
             return self._find_faces(detector, small, near)
 
-    def _where_to_look(self, size: tuple[int, int]) -> np.ndarray | None:
+    def _where_to_look(self) -> np.ndarray | None:
         """Where the detection starting now looks: None for the whole frame (every `search_every`th
-        detection, and any while no face is tracked), else the tracked faces' boxes at `size`."""
+        detection, and any while no face is tracked), else near the tracked faces' boxes (source pixels)."""
         search = self._rounds % self.options.search_every == 0 or not self._tracker.tracks
         self._rounds += 1
         if search:
             return None
-        (height, width), (frame_w, frame_h) = size, self._frame_size
-        scale = np.array([width / frame_w, height / frame_h] * 2, dtype=np.float32)
-        return np.stack([track.box for track in self._tracker.tracks]).astype(np.float32) * scale
+        return np.stack([track.box for track in self._tracker.tracks]).astype(np.float32)
 
     def _detector_input(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The picture at the detector's size (now, or `size`), RGB 0..255, 1×3×H×W: a new tensor,
@@ -339,16 +337,16 @@ class Emotion(ComputeStage):
         self, detector: Any, small: torch.Tensor, near: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels (boxes K×4, scores K, landmarks K×5×2): searched for in the whole
-        picture, or looked for `near` boxes (K×4 at the picture's size)."""
+        picture, or looked for `near` boxes (K×4, source pixels)."""
         height, width = small.shape[-2:]  # the size it was made at (the knob may have moved since)
+        scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
         picture = small[0].to(_device_of(detector))  # a model that fell back to the CPU: a copy
         if near is None:
             faces = detector.detect(picture)
             self.searches += 1
         else:
-            faces = detector.detect_near(picture, torch.from_numpy(near).to(picture.device))
+            faces = detector.detect_near(picture, torch.from_numpy(near / np.tile(scale, 2)).to(picture.device))
         self.detections += 1
-        scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
         order = torch.argsort(faces.scores, descending=True)[: self.options.max_faces].cpu()
         boxes = faces.boxes.cpu()[order].numpy() * np.tile(scale, 2)
         landmarks = faces.landmarks.cpu()[order].numpy() * scale
