@@ -29,12 +29,16 @@ async def started_server(config: GraphConfig | None = None, **options) -> Server
     return server
 
 
-# Frames sent, received by the server and returned, counted over the same 3 s window. On a
-# shared 2-core box the full graph, both VP8 ends and the test share the cores: the scheduler
-# rightly drops frames that would miss the 50 ms budget (25-45 of 90 measured under load, none
-# when idle), so what comes back is compared with what arrived less what it dropped.
+# Frames sent, received by the server and returned, counted over the same 3 s window. Here the
+# full graph, both ends' codecs and aiortc's Python share one process (one GIL) and the box's
+# cores: how much of the 50 ms budget that leaves depends on the box. The scheduler rightly drops
+# what would miss it (nothing on an idle fast box; on a slower one the ladder walks down to 1
+# frame in 4 and late frames go too), so what comes back is compared frame for frame with what
+# arrived less what the scheduler dropped, and the session must keep serving: the late rule
+# never drops the newest frame waiting, so only a stall leaves a long gap between frames.
 RECEIVED_SHARE = 0.9  # the server's receive path keeps the source rate
 EDGE_FRAMES = 6  # frames in flight when the window opens and closes (about 100 ms at each end at 30 fps)
+MAX_GAP_S = 1.0  # the longest wait for the next processed frame (1 in 4 admitted at 30 fps: 133 ms apart)
 
 
 def rms(samples: np.ndarray) -> float:
@@ -65,7 +69,10 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             taken, stale, dropped = (end - start for start, end in zip(at_start, at_end, strict=True))
             arrived = taken + stale  # a picture a newer one replaced before the graph took it arrived too
             sent = sum(window[0] <= t < window[1] for t in client.face.sent_at)
-            back = sum(window[0] <= t < window[1] for t, _ in client.frames)
+            returned = [t for t, _ in client.frames if window[0] <= t < window[1]]
+            back = len(returned)
+            gap_s = float(max(np.diff([window[0], *returned, window[1]])))
+            why = (dict(metrics.drops), session.status()["rung"])
             # The face's emotion arrives on the data channel (from its first reading on: a live run
             # reads expressions beside the frames, so the frame a face is found on has none yet).
             message = await client.wait_for(
@@ -100,7 +107,7 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
             await asyncio.sleep(1.5)
             voice = np.concatenate([s for t, s in client.sound if t > said_at + 0.3] or [np.zeros(1)])
             status = server.performance()
-            return server, client, (sent, arrived, stale, dropped, back), face, ack, speaking, voice, status
+            return server, client, (sent, arrived, stale, dropped, back, gap_s, why), face, ack, speaking, voice, status
         finally:
             await client.close()
             await client.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
@@ -113,14 +120,15 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
         started_at = asyncio.get_running_loop().time()
         return await scenario()
 
-    server, client, (sent, arrived, stale, dropped, back), face, ack, speaking, voice, status = asyncio.run(timed())
-    rates = (sent, arrived, stale, dropped, back)
+    server, client, counted, face, ack, speaking, voice, status = asyncio.run(timed())
+    sent, arrived, stale, dropped, back, gap_s, why = counted
+    rates = (sent, arrived, stale, dropped, back, f"longest gap {gap_s:.2f} s", "drops, rung:", *why)
     assert sent >= 45, rates  # the sender itself kept at least half its 30 fps: the machine was not stalled
     assert arrived >= RECEIVED_SHARE * sent, rates  # the server receives at the rate sent
     # Every frame the scheduler did not drop by its rule comes back, give or take the frames in
     # flight at the window's two edges.
     assert abs(back - (arrived - stale - dropped)) <= EDGE_FRAMES, rates
-    assert back >= sent / 4, rates  # and the session kept serving (a lone rung drops half)
+    assert gap_s <= MAX_GAP_S, rates  # and the session kept serving
     frame = client.frames[-1][1]
     assert (frame.width, frame.height) == (320, 240)
     assert face["label"] == "happy" and face["probs"]["happy"] > 0.5
