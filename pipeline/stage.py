@@ -86,6 +86,14 @@ class Stage:
         self.options = options if options is not None else self.Options()
         self.ctx: StageContext | None = None
 
+    @classmethod
+    def warm_up(cls, device: torch.device) -> None:
+        """Load and warm, once per process, what every instance of this type shares.
+
+        A host that runs many sessions (the WebRTC server) calls it before the first one, so that
+        session's `setup` and first frames do not pay for it while media already flows. Must be
+        idempotent and thread-safe: it may run off the event loop, and more than once."""
+
     def setup(self, ctx: StageContext) -> None:
         """Acquire what the stage needs (models, buffers). Runs once, before the first frame."""
         self.ctx = ctx

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("silero_vad", reason="voice activity detection needs silero-vad")
 pytest.importorskip("espeakng_loader", reason="the test speech is made with eSpeak NG")
 
 from voice_kit import RATE, placed, spoken
 
-from pipeline.voice.vad import CHUNK, SileroVAD, SpeechGate
+from pipeline.voice.vad import CHUNK, VAD_RATE, SileroVAD, SpeechGate, model_path
 
 TOLERANCE_S = 0.1
 
@@ -62,3 +65,26 @@ def test_only_whole_chunks_are_scored_and_the_rest_waits():
     assert len(vad.push(np.zeros(CHUNK + 5, np.float32))) == 1  # 5 samples wait for the next chunk
     assert len(vad.push(np.zeros(CHUNK - 5, np.float32))) == 1
     assert vad.chunks == 3
+
+
+def test_each_stream_gets_its_own_state_and_the_warm_up_leaves_no_trace():
+    """Copies of the warmed model score a stream as a model just loaded from the file does, and
+    two streams pushed in turn score as each would alone."""
+    speech, _, _ = spoken()
+    audio = placed(speech, 0.4, 4.0)  # 125 whole chunks
+    noise = np.random.default_rng(2).normal(0.0, 0.05, len(audio)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(model_path())).eval()
+    with torch.no_grad():
+        chunks = np.split(audio, len(audio) // CHUNK)
+        expected = np.array([float(loaded(torch.from_numpy(chunk), VAD_RATE)) for chunk in chunks])
+    one, two = SileroVAD(), SileroVAD()
+    scored_one, scored_two = [], []
+    for a, b in zip(np.array_split(audio, 9), np.array_split(noise, 9), strict=True):
+        scored_one.append(one.push(a))
+        scored_two.append(two.push(b))
+    alone = SileroVAD().push(noise)
+    np.testing.assert_allclose(np.concatenate(scored_one), expected, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(scored_two), alone, atol=1e-5)
+    assert expected.max() > 0.9  # the speech was heard: the comparison covers the model's whole range

@@ -48,3 +48,33 @@ def test_idle_models_are_unloaded_between_sessions_and_the_round_ends_with_the_h
     before, after, watchers = asyncio.run(scenario())
     assert before == "device" and after == "disk"
     assert watchers == 0  # the round ended with the host
+
+
+def test_each_stage_type_warms_up_once_before_the_first_session_and_a_failure_is_only_logged(monkeypatch, caplog):
+    """The host asks every stage type in its graph, once per type, to warm what its sessions share;
+    one that fails is logged (its sessions' setup will report it) and the others still warm up."""
+    from pipeline.stages.avatar import Avatar
+    from pipeline.stages.voice import Voice
+
+    warmed: list[str] = []
+
+    def failing(cls, device):
+        raise RuntimeError("weights missing")
+
+    monkeypatch.setattr(Voice, "warm_up", classmethod(lambda cls, device: warmed.append(f"voice on {device}")))
+    monkeypatch.setattr(Avatar, "warm_up", classmethod(failing))
+    config = load_config("default")
+    host = SessionHost(config, device=torch.device("cpu"), capacity=1)
+    host.warm_up()
+    assert warmed == ["voice on cpu"]  # one voice stage in the graph, warmed once
+    assert "warming up avatar failed: weights missing" in caplog.text
+
+
+def test_the_voice_stage_warms_its_model_once_per_process():
+    """(Each stream then gets a copy with its own state: tests/test_voice_listen.py.)"""
+    from pipeline.stages.voice import Voice
+    from pipeline.voice import vad
+
+    Voice.warm_up(torch.device("cpu"))
+    warmed = vad.warm_up("cpu")
+    assert vad.warm_up(torch.device("cpu")) is warmed

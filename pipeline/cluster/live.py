@@ -61,6 +61,7 @@ class SessionWorker:
 
             limit_ice_to(ice_addresses)
         self.host = SessionHost(config, device=torch.device(device), capacity=capacity, silence_s=silence_s)
+        self.host.warm_up()  # before the first offer is placed here
 
     async def answer(self, sdp: str) -> dict[str, Any]:
         """{"answer": …}, or {"full": reason} / {"bad": reason}: exceptions would arrive wrapped."""

@@ -40,6 +40,7 @@ from pipeline.stages.audio_level import to_dbfs
 from pipeline.voice.speaker import Speaker
 from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate
+from pipeline.voice.vad import warm_up as warm_vad
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class Voice(ComputeStage):
     type_name = "voice"
     handles_dropped = True  # the sound of a dropped frame still plays
     Options = VoiceOptions
+
+    @classmethod
+    def warm_up(cls, device: torch.device) -> None:
+        warm_vad("cpu")  # where SileroVAD runs, whatever the graph's device
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)

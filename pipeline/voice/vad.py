@@ -6,6 +6,12 @@ buffered into whole chunks here and fed in order. The model file is loaded direc
 than through `silero_vad.load_silero_vad`, whose import sets torch's thread count for the
 whole process.
 
+TorchScript's executor profiles a model's first two calls and then compiles an optimized plan:
+those calls take 100-150 ms on a CPU, and loading the file takes another 70-200 ms. A live
+session would pay both on its first frames (the voice stage is on every frame's path), so the
+model is loaded and warmed once per process and device, and each `SileroVAD` gets a deep copy
+of it (about 10 ms): the copy keeps the optimized plan and has its own state.
+
 `SpeechGate` adds hysteresis and hangover: speech starts when the probability reaches
 `threshold`, and ends only after it has stayed below `threshold − 0.15` for `hangover_s`, so
 the short pauses inside a sentence do not split a turn. A turn is reported from its first to
@@ -14,7 +20,10 @@ its last chunk at or above the threshold.
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +37,7 @@ CHUNK_S = CHUNK / VAD_RATE
 THRESHOLD = 0.5
 RELEASE_GAP = 0.15  # the probability must fall this far below the threshold to count as silence
 HANGOVER_S = 0.3  # silence shorter than this does not end a turn
+WARM_CALLS = 3  # calls that take the executor through profiling to its optimized plan
 
 
 def model_path() -> Path:
@@ -38,14 +48,40 @@ def model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
 
 
+_loading = threading.Lock()  # two sessions starting at once load the model once
+
+
+@functools.cache
+def _warmed_model(device: torch.device) -> torch.jit.ScriptModule:
+    """The model on `device`, run through its first calls on silence, its state reset: only ever copied."""
+    with warnings.catch_warnings():  # torch marks TorchScript loading for a future change
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(model_path()), map_location=device).eval()
+    silence = torch.zeros(CHUNK, device=device)
+    with torch.no_grad():
+        for _ in range(WARM_CALLS):
+            model(silence, VAD_RATE)
+    model.reset_states()
+    return model
+
+
+def warm_up(device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """Load and warm the model for `device` if this process has not yet; the warmed model."""
+    with _loading:
+        return _warmed_model(torch.device(device))
+
+
+def fresh_model(device: torch.device) -> torch.jit.ScriptModule:
+    """A model of its own for one stream, already past the executor's profiling runs."""
+    return copy.deepcopy(warm_up(device))
+
+
 class SileroVAD:
     """Speech probability per 32 ms chunk of 16 kHz mono audio, streamed: push any number of samples."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        with warnings.catch_warnings():  # torch marks TorchScript loading for a future change
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._model = torch.jit.load(str(model_path()), map_location=self.device).eval()
+        self._model = fresh_model(self.device)
         self._pending = np.zeros(0, dtype=np.float32)
         self.chunks = 0  # chunks scored since the last reset
 

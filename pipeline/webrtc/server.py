@@ -122,6 +122,8 @@ class Server:
         self.sessions_host.start()  # housekeeping between sessions too, not only while one runs
         if self.placer is not None:
             self.placer.start()
+        else:  # sessions run here: the first one should not load what all of them share
+            await asyncio.to_thread(self.sessions_host.warm_up)
         self._runner = web.AppRunner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
