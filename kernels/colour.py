@@ -129,9 +129,11 @@ def i420_to_rgb(i420: torch.Tensor, *, matrix: str = "bt601", full_range: bool =
 
 
 def block_mean(plane: torch.Tensor) -> torch.Tensor:
-    """Mean of each 2×2 block of an H×W plane → (H/2)×(W/2).
+    """Mean of each 2×2 block of an H×W plane (or of each of a stack of them, …×H×W) → …×(H/2)×(W/2).
 
-    Four strided views added: on a CPU about nine times faster than a mean over the two
-    inner axes of a 4-D view, which torch reduces element by element.
+    Pairs of rows added first (whole rows, contiguous: vectorized), then pairs of columns of
+    that half-height sum: on a CPU about 1.5-2 times faster than adding four strided views,
+    and many times faster than a mean over the two inner axes of a 4-D view or `avg_pool2d`.
     """
-    return (plane[0::2, 0::2] + plane[0::2, 1::2] + plane[1::2, 0::2] + plane[1::2, 1::2]) * 0.25
+    rows = plane[..., 0::2, :] + plane[..., 1::2, :]
+    return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)

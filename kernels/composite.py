@@ -71,48 +71,77 @@ def composite(
         return image  # entirely off the frame
     r0, r1, c0, c1 = region
     colour, alpha = _overlay_at(overlay, x, y, scale, r0, r1, c0, c1, box_w, box_h)  # 3×h×w 0..255, h×w 0..1
+    keep = 1.0 - alpha
     if layout == "rgb":
         region = image[r0:r1, c0:c1].permute(2, 0, 1).to(torch.float32)
-        blended = region * (1.0 - alpha) + colour * alpha
+        blended = torch.addcmul(colour * alpha, region, keep)
         image[r0:r1, c0:c1] = _round_u8(blended).permute(1, 2, 0)
         return image
-    kr, kb, y_offset, y_span, c_span = conversion_constants(matrix, full_range)
-    r, g, b = colour
-    luma = kr * r + (1.0 - kr - kb) * g + kb * b
-    y_code = y_offset + luma * (y_span / 255.0)
-    cb_code = 128.0 + (b - luma) / (2.0 * (1.0 - kb)) * (c_span / 255.0)
-    cr_code = 128.0 + (r - luma) / (2.0 * (1.0 - kr)) * (c_span / 255.0)
     if layout == "i420":
         y_plane, u_plane, v_plane = i420_planes(image)
     else:
         y_plane, uv = nv12_planes(image)
         u_plane, v_plane = uv[:, 0::2], uv[:, 1::2]
+    # The overlay's Y, Cb and Cr codes in one product, each weighed by its α (the blend's second term).
+    weights, offsets = _to_yuv(matrix, full_range, colour.device)
+    height, width = alpha.shape
+    codes = torch.addmm(offsets, weights, colour.reshape(3, -1)).view(3, height, width).mul_(alpha)
     luma_region = y_plane[r0:r1, c0:c1].to(torch.float32)
-    y_plane[r0:r1, c0:c1] = _round_u8(luma_region * (1.0 - alpha) + y_code * alpha)
-    mean_alpha = block_mean(alpha)
-    for plane, code in ((u_plane, cb_code), (v_plane, cr_code)):
+    y_plane[r0:r1, c0:c1] = _round_u8(torch.addcmul(codes[0], luma_region, keep))
+    # Per 2×2 block: mean α and mean α·C of Cb and Cr, at once.
+    means = block_mean(torch.stack((alpha, codes[1], codes[2])))
+    keep_blocks = 1.0 - means[0]
+    for plane, weighed in ((u_plane, means[1]), (v_plane, means[2])):
         block = plane[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]
-        block.copy_(_round_u8(block.to(torch.float32) * (1.0 - mean_alpha) + block_mean(alpha * code)))
+        block.copy_(_round_u8(torch.addcmul(weighed, block.to(torch.float32), keep_blocks)))
     return image
+
+
+def _to_yuv(matrix: str, full_range: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3×3 weights, 3×1 offsets) taking RGB 0..255 to Y, Cb, Cr code values."""
+    key = (matrix, full_range, device)
+    found = _YUV.get(key)
+    if found is None:
+        kr, kb, y_offset, y_span, c_span = conversion_constants(matrix, full_range)
+        kg = 1.0 - kr - kb
+        luma = torch.tensor([kr, kg, kb], dtype=torch.float64)
+        weights = torch.stack(
+            (
+                luma * (y_span / 255.0),
+                (torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) - luma) / (2.0 * (1.0 - kb)) * (c_span / 255.0),
+                (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) - luma) / (2.0 * (1.0 - kr)) * (c_span / 255.0),
+            )
+        )
+        offsets = torch.tensor([[y_offset], [128.0], [128.0]], dtype=torch.float64)
+        found = _YUV[key] = (weights.to(device, torch.float32), offsets.to(device, torch.float32))
+    return found
+
+
+_YUV: dict[tuple[str, bool, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _overlay_at(
     overlay: torch.Tensor, x: int, y: int, scale: float, r0: int, r1: int, c0: int, c1: int, box_w: int, box_h: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The overlay sampled at frame pixels [r0, r1) × [c0, c1): colour 3×h×w (0..255) and α h×w (0 off the box)."""
-    device = overlay.device
-    cols = torch.arange(c0, c1, device=device, dtype=torch.float32)
-    rows = torch.arange(r0, r1, device=device, dtype=torch.float32)
     # At scale 1 every frame pixel sits on an overlay pixel's centre, where the bilinear sample is
     # that pixel: it is read straight out (a view, mostly) instead of interpolated.
     if scale == 1.0:
         sampled = _picked(overlay, r0 - y, r1 - y, c0 - x, c1 - x)
     else:
+        cols = torch.arange(c0, c1, device=overlay.device, dtype=torch.float32)
+        rows = torch.arange(r0, r1, device=overlay.device, dtype=torch.float32)
         sampled = _interpolated(overlay, x, y, scale, rows, cols)
-    inside_c = (cols >= x) & (cols < x + box_w)
-    inside_r = (rows >= y) & (rows < y + box_h)
-    inside = inside_r[:, None] & inside_c[None, :]
-    alpha = sampled[3] / 255.0 * inside
+    alpha = sampled[3] / 255.0
+    # Whole 4:2:0 blocks may reach a row or column past the box: none of the overlay there.
+    if c0 < x:
+        alpha[:, : x - c0] = 0.0
+    if c1 > x + box_w:
+        alpha[:, x + box_w - c0 :] = 0.0
+    if r0 < y:
+        alpha[: y - r0] = 0.0
+    if r1 > y + box_h:
+        alpha[y + box_h - r0 :] = 0.0
     return sampled[:3], alpha
 
 
@@ -148,4 +177,6 @@ def _held_range(overlay: torch.Tensor, dim: int, start: int, stop: int) -> torch
 
 
 def _round_u8(values: torch.Tensor) -> torch.Tensor:
-    return torch.floor(values + 0.5).clamp(0, 255).to(torch.uint8)
+    """To the nearest code value, halves up, clamped: in place on `values` (a temporary).
+    After the clamp every value is ≥ 0, where the conversion's truncation is the floor."""
+    return values.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)

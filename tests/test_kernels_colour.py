@@ -148,3 +148,15 @@ def test_bad_shapes_are_refused(call, shape):
 def test_unknown_matrix_is_refused():
     with pytest.raises(ValueError, match="unknown colour matrix"):
         triton_colour.rgb_to_i420(torch.zeros((2, 2, 3), dtype=torch.uint8, device=DEVICE), matrix="bt2020")
+
+
+def test_block_mean_is_the_mean_of_each_2x2_block_of_a_plane_or_of_each_plane_of_a_stack():
+    from kernels.colour import block_mean
+
+    planes = torch.rand(3, 6, 10, generator=torch.Generator().manual_seed(3)) * 255
+    expected = planes.view(3, 3, 2, 5, 2).mean(dim=(2, 4))  # by definition, the slow way
+    torch.testing.assert_close(block_mean(planes), expected)
+    torch.testing.assert_close(block_mean(planes[1]), expected[1])
+    # A strided view (every other column of a wider plane) is read as it is, not as its storage.
+    wide = torch.rand(6, 20, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(block_mean(wide[:, ::2]), wide[:, ::2].reshape(3, 2, 5, 2).mean(dim=(1, 3)))
