@@ -57,14 +57,14 @@ class FaceState:
 
 def _cover(distance: torch.Tensor, pixel: float) -> torch.Tensor:
     """Signed distance (negative inside) → coverage 0..1 over about one pixel."""
-    return (0.5 - distance / pixel).clamp(0.0, 1.0)
+    return (distance * (-1.0 / pixel)).add_(0.5).clamp_(0.0, 1.0)
 
 
 def _ellipse(u: torch.Tensor, v: torch.Tensor, cx: float, cy: float, rx: float, ry: float) -> torch.Tensor:
     """Approximate signed distance to an ellipse (exact for circles; good near the edge otherwise)."""
     rx, ry = max(rx, 1e-4), max(ry, 1e-4)
-    k = torch.hypot((u - cx) / rx, (v - cy) / ry)
-    return (k - 1.0) * min(rx, ry)
+    k = torch.hypot((u - cx).div_(rx), (v - cy).div_(ry))
+    return k.sub_(1.0).mul_(min(rx, ry))
 
 
 def _capsule(
@@ -75,8 +75,9 @@ def _capsule(
     bx, by = b
     dx, dy = bx - ax, by - ay
     length2 = dx * dx + dy * dy or 1e-9
-    t = (((u - ax) * dx + (v - ay) * dy) / length2).clamp(0.0, 1.0)
-    return torch.sqrt((u - ax - t * dx) ** 2 + (v - ay - t * dy) ** 2) - r
+    du, dv = u - ax, v - ay
+    t = torch.add(du * dx, dv, alpha=dy).div_(length2).clamp_(0.0, 1.0)
+    return torch.hypot(du.sub_(t * dx), dv.sub_(t * dy)).sub_(r)
 
 
 def _span(lo: float, hi: float, size: int) -> slice:
@@ -185,11 +186,14 @@ def render_face(
     _paint(canvas, _cover(mouth - 0.012, pixel), lips)
     _paint(canvas, _cover(mouth, pixel), mouth_colour)
 
-    canvas = canvas_all
-    alpha = canvas[3].clamp(0.0, 1.0)
-    rgb = canvas[:3] / alpha.clamp(min=1e-6)  # back to straight alpha
-    out = torch.cat((rgb, alpha[None]), dim=0).clamp(0.0, 1.0)
-    return (out * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous()
+    # Back to straight alpha, written pixel by pixel (H×W×4) as the uint8 result is laid out, so
+    # the last steps run over contiguous memory and nothing is transposed after them.
+    alpha = canvas_all[3].clamp_(0.0, 1.0)
+    out = torch.empty((size, size, 4), dtype=torch.float32, device=canvas_all.device)
+    planes = out.permute(2, 0, 1)
+    torch.div(canvas_all[:3], alpha.clamp(min=1e-6), out=planes[:3])
+    planes[3].copy_(alpha)
+    return out.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)  # to nearest (all ≥ 0: truncation floors)
 
 
 def steps_per_unit(size: int) -> int:
