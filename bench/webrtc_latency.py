@@ -196,6 +196,7 @@ async def measure(browser, target, width: int, height: int, warmup_s: float, sec
         "undecodable": results["undecodable"],
         "received": f"{received[0]}x{received[1]}",
         "stages_p50_ms": stages,
+        "server_p50_ms": session.get("e2e_p50_ms"),
         "avatar_redrawn": redrawn,
         "rung": session.get("rung"),
         "dropped": session.get("dropped", {}),
@@ -234,6 +235,7 @@ async def measure_with_aiortc(target, width: int, height: int, warmup_s: float, 
         "undecodable": client["undecodable"],
         "received": client["received"],
         "stages_p50_ms": {name: s["p50"] for name, s in session.get("stages_ms", {}).items()},
+        "server_p50_ms": session.get("e2e_p50_ms"),
         "avatar_redrawn": redrawn,
         "rung": session.get("rung"),
         "dropped": session.get("dropped", {}),
@@ -301,6 +303,13 @@ def main() -> None:
             f"{f'{width}x{height}':<10}{name:<28}{r['median_ms']:>10.1f}{r['p95_ms']:>9.1f}{r['fps']:>7.1f}"
             f"{r['received']:>11}"
         )
+    for width, height in dict.fromkeys(key[1:] for key in results):
+        ours = {name: results[(name, width, height)].get("server_p50_ms") for name in ("passthrough", "full")}
+        if None not in ours.values():
+            print(
+                f"{width}x{height} inside our server (a picture's arrival to its hand-over to the encoder), "
+                f"median ms: passthrough {ours['passthrough']:g}, full {ours['full']:g}"
+            )
     for (name, width, height), r in results.items():
         if name == "full" and r["stages_p50_ms"]:
             per_stage = ", ".join(f"{stage} {ms:g}" for stage, ms in r["stages_p50_ms"].items())
@@ -339,6 +348,8 @@ def main() -> None:
                 "avatar_redrawn": None if full["avatar_redrawn"] is None else round(full["avatar_redrawn"], 3),
                 "full_budget_50ms_median_ms": round(budgeted["median_ms"], 2),
                 "full_budget_50ms_fps": round(budgeted["fps"], 2),
+                "passthrough_server_median_ms": passthrough["server_p50_ms"],
+                "full_server_median_ms": full["server_p50_ms"],
             }
         )
     )

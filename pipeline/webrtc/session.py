@@ -264,6 +264,8 @@ class Session:
             "frames_in": metrics.frames_in if metrics else 0,
             "frames_out": metrics.frames_out if metrics else 0,
             "dropped": dict(metrics.drops) if metrics else {},
+            # Arrival of a picture to its handing to the outgoing track (the encoder's part not in it).
+            "e2e_p50_ms": round(metrics.end_to_end.percentile_ns(0.50) / 1e6, 2) if metrics else None,
             "e2e_p95_ms": round(metrics.end_to_end.percentile_ns(0.95) / 1e6, 2) if metrics else None,
             "fps": round(self.out_rate.per_s(time.monotonic()), 2),
             "stages_ms": {
