@@ -48,7 +48,7 @@ def model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
 
 
-_loading = threading.Lock()  # two sessions starting at once load the model once
+_loading = threading.Lock()  # two sessions starting at once load the model once, and copy it in turn
 
 
 @functools.cache
@@ -72,8 +72,10 @@ def warm_up(device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
 
 
 def fresh_model(device: torch.device) -> torch.jit.ScriptModule:
-    """A model of its own for one stream, already past the executor's profiling runs."""
-    return copy.deepcopy(warm_up(device))
+    """A model of its own for one stream, already past the executor's profiling runs (copied under
+    the lock: sessions may start on several threads)."""
+    with _loading:
+        return copy.deepcopy(_warmed_model(torch.device(device)))
 
 
 class SileroVAD:
