@@ -100,9 +100,11 @@ def prepare_input(
     sx = x0[:, None] + cols[None] * ((x1 - x0) / out_w)[:, None] - 0.5  # N×W_out, frame pixels
     sy = y0[:, None] + rows[None] * ((y1 - y0) / out_h)[:, None] - 0.5  # N×H_out
     constants = conversion_constants(matrix, full_range)
-    top, bottom, left, right = _window(sx, sy, width, height)
-    planes = _ready_planes(image, layout, gray, constants, (top, bottom, left, right))
-    if planes is None and layout != "rgb" and count * out_h * out_w * WHOLE_FRAME_SHARE >= width * height:
+    planes = None
+    if (layout == "rgb") != gray:  # Y alone, or RGB as it is: no conversion per pixel
+        top, bottom, left, right = _window(sx, sy, width, height)
+        planes = _ready_planes(image, layout, gray, (top, bottom, left, right), constants)
+    elif layout != "rgb" and count * out_h * out_w * WHOLE_FRAME_SHARE >= width * height:
         top, bottom, left, right = 0, height, 0, width
         planes = _converted_planes(image, layout, constants)
     if planes is not None:  # Y for gray, RGB as it is, or the whole frame converted: let grid_sample blend
@@ -136,20 +138,18 @@ def _ready_planes(
     image: torch.Tensor,
     layout: str,
     gray: bool,
-    constants: tuple[float, float, float, float, float],
     window: tuple[int, int, int, int],
-) -> torch.Tensor | None:
-    """C×h×w float planes of the `window` (top, bottom, left, right) when they cost no conversion
-    per pixel (Y alone, or RGB as it is); else None. Face crops read a small part of the frame:
-    only that part is made float."""
+    constants: tuple[float, float, float, float, float],
+) -> torch.Tensor:
+    """C×h×w float planes of the `window` (top, bottom, left, right) for the two cases that cost
+    no conversion per pixel: Y alone of a YUV frame, or an RGB frame as it is. Face crops read a
+    small part of the frame: only that part is made float."""
     _, _, y_offset, y_span, _ = constants
     top, bottom, left, right = window
-    if layout == "rgb" and not gray:
+    if layout == "rgb":
         return image[top:bottom, left:right].permute(2, 0, 1).to(torch.float32)
-    if layout != "rgb" and gray:
-        y_plane = image[: image.shape[0] * 2 // 3][top:bottom, left:right]
-        return ((y_plane.to(torch.float32) - y_offset) * (255.0 / y_span)).clamp(0, 255)[None]
-    return None
+    y_plane = image[: image.shape[0] * 2 // 3][top:bottom, left:right]
+    return ((y_plane.to(torch.float32) - y_offset) * (255.0 / y_span)).clamp(0, 255)[None]
 
 
 def _converted_planes(
