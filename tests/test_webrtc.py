@@ -136,6 +136,8 @@ def test_a_session_sends_back_processed_video_analytics_and_the_avatars_voice():
     assert speaking["voice"]["avatar_speaking"] is True
     assert rms(voice) > 0.01, "the returned audio should carry the avatar's voice"
     assert len(status["sessions"]) == 1 and status["sessions"][0]["frames_out"] > 30
+    # A picture's time inside the server, arrival to the outgoing track: the bench reads its median.
+    assert 0 < status["sessions"][0]["e2e_p50_ms"] <= status["sessions"][0]["e2e_p95_ms"]
     assert status["sessions"][0]["audio_cut_samples"] == 0  # the peer kept reading: no sound was cut
     assert not server.sessions  # disconnect freed it
 
