@@ -196,16 +196,17 @@ class Pipeline:
             if computing:
                 configure_cpu_threads(computing)
         top_priority = max((n.spec.priority for n in nodes), default=0)
+        served = self.graph.served_priorities()
         for node in nodes:
             stream_priority = 0
             if self.device.type == "cuda":
-                stream_priority = cuda_stream_priority(node.spec.priority, top_priority)
+                stream_priority = cuda_stream_priority(served[node.name], top_priority)
             lane = Lane(
                 node.name,
                 self.device,
                 workers=node.spec.workers,
                 stream_priority=stream_priority,
-                cpu_nice=cpu_nice(node.spec.priority, top_priority),
+                cpu_nice=cpu_nice(served[node.name], top_priority),
             )
             scratch = ScratchPool(self.device)
             stage = node.instantiate()
@@ -230,7 +231,9 @@ class Pipeline:
             except Exception as exc:
                 runner.disable(f"setup failed: {type(exc).__name__}: {exc}".splitlines()[0])
         for running in self._running.values():
-            running.children = [self._running[child] for child in running.node.children]
+            # Handed on most important first: their workers wake, and reach their lanes, in this order.
+            children = [self._running[child] for child in running.node.children]
+            running.children = sorted(children, key=lambda child: -child.node.spec.priority)
         self._roots = [self._running[node.name] for node in self.graph.roots]
         if scheduler_enabled(self.graph.config, live=self.source.live):
             fps = self.source.info.fps

@@ -52,6 +52,15 @@ class Graph:
     def leaves(self) -> list[Node]:
         return [node for node in self.nodes.values() if not node.children]
 
+    def served_priorities(self) -> dict[str, int]:
+        """Each node's priority as its lane should be served: its own, or that of the most important
+        stage that runs after it, if higher. A frame's avatar (6) waits for its frame statistics (2):
+        serving those at 2 would make the avatar wait behind work less important than it."""
+        served: dict[str, int] = {}
+        for node in reversed(self.nodes.values()):  # children before their parents
+            served[node.name] = max([node.spec.priority, *(served[child] for child in node.children)])
+        return served
+
 
 def _find_cycle(remaining: dict[str, list[str]]) -> list[str]:
     """A cycle among nodes that a topological sort could not place, as a path a → … → a."""

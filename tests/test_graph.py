@@ -153,3 +153,23 @@ def test_config_file_errors(tmp_path):
         load_config(unknown_top)
     with pytest.raises(ConfigError, match="config 'no-such-graph' not found"):
         load_config("no-such-graph")
+
+
+def test_a_stage_is_served_at_the_priority_of_the_most_important_stage_waiting_for_it():
+    served = build_graph(load_config("default")).served_priorities()
+    assert served["frame_stats"] == served["avatar"] == 6  # the avatar waits for the frame statistics
+    assert served["emotion"] == served["voice"] == 6
+    assert served["audio_level"] == served["meters"] == 3  # the meters wait for the sound levels
+    assert served["context"] == 1  # nothing waits for it: its own
+
+
+def test_a_finished_stage_hands_its_frame_to_its_most_important_child_first(run):
+    stages = [
+        {"name": "root", "type": "stamp"},
+        {"name": "minor", "type": "stamp", "after": ["root"], "priority": 1},
+        {"name": "major", "type": "stamp", "after": ["root"], "priority": 6},
+        {"name": "middle", "type": "stamp", "after": ["root"], "priority": 3},
+    ]
+    pipeline = Pipeline(graph_of(stages), IndexSource(3), RecordingSink())
+    run(pipeline.run())
+    assert [child.node.name for child in pipeline._running["root"].children] == ["major", "middle", "minor"]
