@@ -183,6 +183,22 @@ def cpu_nice(stage_priority: int, highest_stage_priority: int) -> int:
     return round((1.0 - share) * MAX_CPU_NICE)
 
 
+BACKGROUND_NICE = 5  # how much further back than its stage's frames a thread working beside them is served
+MAX_NICE = 19  # the most Linux allows
+
+
+def background_nice(stage_nice: int) -> int:
+    """The nice value of a thread that works beside a stage's frames (a detector, a listener):
+    on a busy CPU the frames are served first, and it takes what is left."""
+    return min(MAX_NICE, stage_nice + BACKGROUND_NICE)
+
+
+def runs_beside(option: str, live: bool) -> bool:
+    """Whether a stage's model runs beside the frames: `on`, or `auto` on a live run (file runs
+    keep it in line, so their output is the same on every run)."""
+    return option == "on" or (option == "auto" and live)
+
+
 def set_thread_nice(nice: int) -> None:
     """Give the calling thread `nice` (Linux schedules threads one by one; elsewhere this is a no-op)."""
     if nice and sys.platform.startswith("linux"):

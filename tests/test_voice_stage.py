@@ -22,10 +22,17 @@ from pipeline.io.sinks import NullSink
 FPS = 30
 
 
-def run_voice(clip, tmp_path) -> list[dict]:
-    config = parse_config({"name": "voice-test", "stages": [{"name": "voice", "type": "voice"}]})
-    analytics = tmp_path / "voice.jsonl"
-    report = asyncio.run(Pipeline(build_graph(config), MediaSource(clip), AnalyticsSink(NullSink(), analytics)).run())
+def run_voice(clip, tmp_path, *, realtime: bool = False) -> list[dict]:
+    """The clip through a voice stage: unpaced (a file run, listening in line), or paced at its
+    frame rate like a camera (a live run, listening beside the frames); every frame kept."""
+    config = parse_config(
+        {"name": "voice-test", "quality": {"mode": "off"}, "stages": [{"name": "voice", "type": "voice"}]}
+    )
+    analytics = tmp_path / f"voice-{realtime}.jsonl"
+    source = MediaSource(clip, realtime=realtime)
+    pipeline = Pipeline(build_graph(config), source, AnalyticsSink(NullSink(), analytics))
+    report = asyncio.run(pipeline.run())
+    assert pipeline.stages_of("voice")[0].listener.beside == realtime
     assert report["stages"]["voice"]["errors"] == 0
     return [json.loads(line) for line in analytics.read_text().splitlines()]
 
@@ -56,3 +63,18 @@ def test_the_stopped_event_comes_after_the_hangover_on_a_later_frame(tmp_path):
     (stopped,) = [(r["time_s"], e) for r in records for e in r["voice"]["events"] if e["type"] == "user_stopped"]
     frame_time, event = stopped
     assert frame_time >= event["time_s"] + 0.25  # told after 0.3 s of silence, about what ended earlier
+
+
+def test_a_live_run_listens_beside_the_frames_and_hears_the_same_turns_on_the_frame_or_after(tmp_path):
+    speech, _, _ = spoken("Hello there.")
+    clip = speech_clip(tmp_path / "hello.mp4", placed(speech, 0.5, 2.5))
+    in_line = run_voice(clip, tmp_path)
+    beside = run_voice(clip, tmp_path, realtime=True)
+
+    def turns(records):
+        return [(r["frame"], e) for r in records for e in r["voice"]["events"]]
+
+    assert [e["type"] for _, e in turns(in_line)] == ["user_started", "user_stopped"]
+    assert [e for _, e in turns(beside)] == [e for _, e in turns(in_line)]  # the same events at the same times
+    for (late, _), (first, _) in zip(turns(beside), turns(in_line), strict=True):
+        assert first <= late  # on the frame that heard it, or after it

@@ -27,10 +27,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from pipeline.device import set_thread_nice
-
-BACKGROUND_NICE = 5  # how much further back than its stage's frames a background thread is served
-MAX_NICE = 19
+from pipeline.device import background_nice, set_thread_nice
 
 Found = TypeVar("Found")
 
@@ -40,7 +37,7 @@ class BackgroundDetector(Generic[Found]):
 
     def __init__(self, detect: Callable[..., Found], *, name: str = "detector", stage_nice: int = 0):
         self._detect = detect
-        nice = min(MAX_NICE, stage_nice + BACKGROUND_NICE)  # behind the frames of the stage it serves
+        nice = background_nice(stage_nice)  # behind the frames of the stage it serves
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-background", initializer=set_thread_nice, initargs=(nice,)
         )

@@ -44,6 +44,7 @@ from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS
 from pipeline.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
+from pipeline.device import runs_beside
 from pipeline.frames import Frame
 from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
@@ -135,13 +136,13 @@ class Emotion(ComputeStage):
         nice = ctx.lane.cpu_nice
         self._background = (
             BackgroundDetector(self._detect_beside, name=ctx.name, stage_nice=nice)
-            if _beside(options.detect_in_background, ctx.live)
+            if runs_beside(options.detect_in_background, ctx.live)
             else None
         )
         self._detection_waiting = False  # a detection fell due while the background one still ran
         self._reader = (
             BackgroundDetector(self._classify_beside, name=f"{ctx.name}-expressions", stage_nice=nice)
-            if _beside(options.classify_in_background, ctx.live)
+            if runs_beside(options.classify_in_background, ctx.live)
             else None
         )
 
@@ -375,11 +376,6 @@ class Emotion(ComputeStage):
                 )
             )
         return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
-
-
-def _beside(option: str, live: bool) -> bool:
-    """Whether a model runs beside the frames: `on`, or `auto` on a live run."""
-    return option == "on" or (option == "auto" and live)
 
 
 def _device_of(module: Any) -> torch.device:

@@ -2,10 +2,12 @@
 
 Each frame's audio is resampled to 16 kHz mono (FFmpeg's resampler, state kept across frames)
 and fed to Silero VAD in 32 ms chunks; a speech gate with hysteresis and hangover turns the
-chunk probabilities into turns. Levels come from the audio kernels on the frame's own audio.
-Turn events carry their time on the stream's clock (the audio's pts), so they line up with
-video frames; a turn's end is known only after the hangover, so `user_stopped` arrives on a
-later frame than the one it names.
+chunk probabilities into turns (`pipeline.voice.listener`). Levels come from the audio kernels
+on the frame's own audio. Turn events carry their time on the stream's clock (the audio's pts),
+so they line up with video frames; a turn's end is known only after the hangover, so
+`user_stopped` arrives on a later frame than the one it names. On live runs the listening runs
+beside the frames (`listen_in_background`): a frame carries what was heard up to the frame
+before it, and waits for none of it.
 
 Speaking: lines queued with `say` (the `say` option, `--say` on the command line, other stages)
 are synthesized (eSpeak NG by default), cached, and played out one frame's chunk at a time.
@@ -25,21 +27,21 @@ openness from the voice's loudness), `text` (being spoken) and `events`:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from kernels import ops
+from pipeline.device import runs_beside
 from pipeline.frames import AudioChunk, Frame
-from pipeline.io.audio_align import ChunkResampler
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
+from pipeline.voice.listener import Listener
 from pipeline.voice.speaker import Speaker
 from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
-from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate
+from pipeline.voice.vad import HANGOVER_S, THRESHOLD
 from pipeline.voice.vad import warm_up as warm_vad
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class VoiceOptions(StageOptions):
     voice_gain_db: float = Field(0.0, ge=-40.0, le=20.0)  # the avatar's level
     barge_in: bool = True  # the user speaking stops the avatar
     barge_in_drops_queue: bool = True  # ... and drops what it had still to say
+    # Resampling, VAD and turns on a thread of their own; auto: on live runs only (file runs listen
+    # in line, so their output is the same every run). Beside, a frame carries what was heard up to
+    # the frame before it, and a barge-in comes a frame later.
+    listen_in_background: Literal["auto", "on", "off"] = "auto"
 
 
 @register_stage
@@ -72,11 +78,13 @@ class Voice(ComputeStage):
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
-        self._vad = SileroVAD()  # a small recurrent model: the CPU is the right place for 32 ms chunks
-        self._gate = SpeechGate(threshold=self.options.threshold, hangover_s=self.options.hangover_s)
-        self._resampler = ChunkResampler(VAD_RATE, 1)
-        self._origin_s: float | None = None  # stream time of the first 16 kHz sample
-        self._last_prob = 0.0
+        self.listener = Listener(
+            threshold=self.options.threshold,
+            hangover_s=self.options.hangover_s,
+            beside=runs_beside(self.options.listen_in_background, ctx.live),
+            name=ctx.name,
+            stage_nice=ctx.lane.cpu_nice,
+        )
         self.clipped_total = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
         fps = float(ctx.stream.fps) if ctx.stream is not None and ctx.stream.fps else 30.0
@@ -89,6 +97,11 @@ class Voice(ComputeStage):
         for line in self.options.say:
             self.say(line)
         ctx.shared.setdefault("speech", self)  # other stages (context) queue lines through `say`
+
+    def teardown(self) -> None:
+        listener = getattr(self, "listener", None)
+        if listener is not None:
+            listener.close()
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""
@@ -106,28 +119,18 @@ class Voice(ComputeStage):
             clipped = int((chunk.samples.abs() >= FULL_SCALE).sum())
             record["clipped"] = clipped
             self.clipped_total += clipped
-            mono = self._resampler(chunk)
-            if self._origin_s is None:
-                self._origin_s = mono.pts / VAD_RATE
-            probabilities = self._vad.push(mono.samples[0].numpy())
-            if len(probabilities):
-                self._last_prob = float(np.max(probabilities))
-            started, ended = self._gate.push(probabilities)
-            origin = self._origin_s
-            events += [{"type": "user_started", "time_s": round(origin + t, 3)} for t in started]
-            events += [
-                {
-                    "type": "user_stopped",
-                    "time_s": round(origin + turn.end_s, 3),
-                    "duration_s": round(turn.duration_s, 3),
-                }
-                for turn in ended
-            ]
-            if started and self.options.barge_in and self.speaker is not None and self.speaker.speaking:
-                cut = self.speaker.current_text
-                self.speaker.stop(drop_queue=self.options.barge_in_drops_queue)
-                events.append({"type": "avatar_interrupted", "time_s": round(origin + started[0], 3), "text": cut})
-        record |= {"user_speaking": self._gate.speaking, "speech_prob": round(self._last_prob, 4)}
+            self.listener.hear(chunk)
+        heard = self.listener.heard()
+        events += [{"type": "user_started", "time_s": round(t, 3)} for t in heard.started]
+        events += [
+            {"type": "user_stopped", "time_s": round(turn.end_s, 3), "duration_s": round(turn.duration_s, 3)}
+            for turn in heard.ended
+        ]
+        if heard.started and self.options.barge_in and self.speaker is not None and self.speaker.speaking:
+            cut = self.speaker.current_text
+            self.speaker.stop(drop_queue=self.options.barge_in_drops_queue)
+            events.append({"type": "avatar_interrupted", "time_s": round(heard.started[0], 3), "text": cut})
+        record |= {"user_speaking": heard.speaking, "speech_prob": round(heard.probability, 4)}
         record |= self._speak(frame)
         record["events"] = events
         return record
