@@ -228,11 +228,11 @@ def test_the_head_drawn_once_is_what_each_drawing_starts_from_and_stays_as_it_wa
 
     avatar._bare_head.cache_clear()
     shut = render_face(FaceState(eye_open=0.0), 64, theme="mint")
-    _, _, head = avatar._bare_head(64, "mint", "cpu")
-    before = head.clone()
+    _, _, head = avatar._bare_head(64, "mint", "cpu")  # NumPy on a CPU
+    before = head.copy()
     talking = render_face(FaceState(mouth_open=1.0, smile=1.0), 64, theme="mint")
     assert avatar._bare_head.cache_info().misses == 1  # both drawings used one head
-    assert torch.equal(head, before)  # neither painted on it
+    assert np.array_equal(head, before)  # neither painted on it
     assert not torch.equal(shut, talking)
     avatar._bare_head.cache_clear()
     assert torch.equal(render_face(FaceState(mouth_open=1.0, smile=1.0), 64, theme="mint"), talking)
@@ -257,3 +257,27 @@ def test_a_face_at_rest_is_drawn_once_and_a_talking_one_on_every_frame():
     # comes back from the sprites).
     assert sum(redrawn[31:60]) >= 10
     assert sum(redrawn[75:]) <= blinks  # closed again and still
+
+
+def test_the_torch_drawing_a_gpu_uses_gives_the_pixels_of_the_numpy_one_a_cpu_uses(monkeypatch):
+    """One drawing code, two array libraries: run torch's on the CPU here and compare."""
+    import models.avatar as avatar
+
+    rng = np.random.default_rng(3)
+    states = [FaceState(*(float(x) for x in rng.uniform(-1, 1, 8))) for _ in range(30)] + [
+        FaceState(eye_open=0.0),
+        FaceState(mouth_open=1.0, smile=1.0),
+    ]
+    with_numpy = [render_face(state, 96, theme="cool") for state in states]
+    for cache in (avatar._paint_colour, avatar._bare_head):
+        cache.cache_clear()
+    monkeypatch.setattr(avatar, "_draws_with_numpy", lambda device: False)
+    try:
+        assert isinstance(avatar._bare_head(96, "cool", "cpu")[2], torch.Tensor)
+        with_torch = [render_face(state, 96, theme="cool") for state in states]
+    finally:
+        for cache in (avatar._paint_colour, avatar._bare_head):
+            cache.cache_clear()
+    for state, a, b in zip(states, with_numpy, with_torch, strict=True):
+        difference = (a.int() - b.int()).abs()
+        assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-3, state
