@@ -176,12 +176,16 @@ def _converted_planes(
 
     cb = (u.to(torch.float32) - 128.0) * (255.0 / c_span)
     cr = (v.to(torch.float32) - 128.0) * (255.0 / c_span)
-    luma = row_pairs((y_plane.to(torch.float32) - y_offset) * (255.0 / y_span))
+    # Each channel is luma plus a term of the chroma sample alone, so the terms are worked out at a
+    # quarter of the pixels and each full-size plane takes one pass: G = (L − Kr·R − Kb·B)/Kg is
+    # L − (Kr·R_term + Kb·B_term)/Kg.
+    red = 2.0 * (1.0 - kr) * cr
+    blue = 2.0 * (1.0 - kb) * cb
+    green = (red * kr + blue * kb).mul_(-1.0 / (1.0 - kr - kb))
+    luma = row_pairs(y_plane.to(torch.float32).sub_(y_offset).mul_(255.0 / y_span))
     planes = torch.empty((3, height, width), dtype=torch.float32, device=image.device)
-    r, g, b = (row_pairs(plane) for plane in planes)
-    torch.add(luma, across(2.0 * (1.0 - kr) * cr), out=r)
-    torch.add(luma, across(2.0 * (1.0 - kb) * cb), out=b)
-    torch.div(luma - kr * r - kb * b, 1.0 - kr - kb, out=g)
+    for plane, term in zip(planes, (red, green, blue), strict=True):
+        torch.add(luma, across(term), out=row_pairs(plane))
     return planes.clamp_(0, 255)
 
 
