@@ -28,6 +28,7 @@ from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
 from pipeline.memory import ModelManager
 from pipeline.metrics import QueueStats, RunMetrics
+from pipeline.quiet import ACTIVITY
 from pipeline.ringbuffer import FullPolicy, RingBuffer
 from pipeline.scratch import ScratchPool
 from pipeline.stage import ComputeStage, StageContext, StageRunner
@@ -99,6 +100,7 @@ class Pipeline:
         self._next_index = 0
         self._delivering = False
         self._in_flight: dict[int, Frame] = {}
+        self._in_stages: set[int] = set()  # live frames inside the stages, counted in ACTIVITY
         self._accepted = 0
         self._delivered = 0
         self._source_done = False
@@ -260,6 +262,8 @@ class Pipeline:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for index in list(self._in_stages):  # only after an abort: frames that never came out
+            self._out_of_stages(index)
         for frame in list(self._in_flight.values()):  # only after an abort: frames that never arrived
             self.metrics.frame_dropped("aborted")
             frame.release()
@@ -350,6 +354,9 @@ class Pipeline:
         self._in_flight[frame.index] = frame
         self._accepted += 1
         if self._roots:
+            if self.source.live:
+                self._in_stages.add(frame.index)
+                ACTIVITY.enter()
             for root in self._roots:
                 await root.queue.put(frame)
         else:
@@ -437,6 +444,7 @@ class Pipeline:
                 self._sink_waiting[frame.index] = left
                 return
             self._sink_waiting.pop(frame.index, None)
+        self._out_of_stages(frame.index)
         if self._delivering or frame.index != self._next_index:
             # Early, or another task is writing: the task delivering frame `_next_index` takes it in turn.
             heapq.heappush(self._reorder, (frame.index, frame))
@@ -453,6 +461,12 @@ class Pipeline:
         finally:
             self._delivering = False
         self._check_done()
+
+    def _out_of_stages(self, index: int) -> None:
+        """A live frame is through every stage: work beside the frames may use the machine again."""
+        if index in self._in_stages:
+            self._in_stages.discard(index)
+            ACTIVITY.leave()
 
     async def _deliver(self, frame: Frame) -> None:
         """Write one frame, in order, then give its slot back."""

@@ -12,8 +12,9 @@ One detection runs at a time, on a thread of its own: a frame due a detection wh
 still running is not queued (the next frame after it ends starts a fresh one), so the detector
 never falls behind the camera. The thread runs at a higher nice value than the stage's own, so
 on a busy CPU the frames are served first and the detector takes what is left (on a saturated
-machine faces are then found later, never frames delayed). File runs keep detecting in line, so
-their output stays the same from run to run.
+machine faces are then found later, never frames delayed). On a CPU a detection also starts
+only between frames (`pipeline.quiet`), so it does not share the cores and the GIL with a frame's
+stages. File runs keep detecting in line, so their output stays the same from run to run.
 
 The emotion stage runs its expression classifier the same way, on a second one of these: any
 model whose result a frame can take one frame late fits.
@@ -28,6 +29,7 @@ from typing import Generic, TypeVar
 import torch
 
 from pipeline.device import background_nice, set_thread_nice
+from pipeline.quiet import ACTIVITY
 
 Found = TypeVar("Found")
 
@@ -65,6 +67,8 @@ class BackgroundDetector(Generic[Found]):
     def _run(self, picture: torch.Tensor, extra: tuple[object, ...], ready: torch.cuda.Event | None) -> Found:
         if ready is not None:
             torch.cuda.current_stream(picture.device).wait_event(ready)
+        else:  # on a CPU, between frames: a GPU runs it on a stream of its own, beside them
+            ACTIVITY.wait_quiet()
         return self._detect(picture, *extra)
 
     def take(self) -> Found | None:

@@ -9,9 +9,10 @@ the stream's clock, and a barge-in one frame later is still within a frame of th
 caused it. So on a live run the chunks go to a thread of their own, one after another, and a
 frame takes whatever was heard up to then.
 
-The thread is served after the frames (a higher nice value), and never falls more than
-`MAX_BEHIND_S` of sound behind: past that, a frame waits for the oldest chunk, so a machine too
-slow for the VAD slows the frames (and the scheduler sees it) instead of losing the user's turns.
+The thread is served after the frames (a higher nice value), starts each chunk between frames
+(`pipeline.quiet`), and never falls more than `MAX_BEHIND_S` of sound behind: past that, a frame
+waits for the oldest chunk, so a machine too slow for the VAD slows the frames (and the scheduler
+sees it) instead of losing the user's turns.
 File runs listen in line, so their annotations are the same on every run.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 from pipeline.device import background_nice, set_thread_nice
 from pipeline.frames import AudioChunk
 from pipeline.io.audio_align import ChunkResampler
+from pipeline.quiet import ACTIVITY
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate, Turn
 
 MAX_BEHIND_S = 1.0  # s of sound handed over and not yet heard, past which a frame waits for the oldest
@@ -82,7 +84,7 @@ class Listener:
         while self._pending and self._behind_s > MAX_BEHIND_S:
             self._settle(block=True)
         own = AudioChunk(chunk.samples.detach().to("cpu", copy=True), chunk.sample_rate, chunk.pts)
-        self._pending.append((self._pool.submit(self._listen, own), own.duration_s))
+        self._pending.append((self._pool.submit(self._listen_between_frames, own), own.duration_s))
         self._behind_s += own.duration_s
 
     @property
@@ -123,6 +125,11 @@ class Listener:
             self._behind_s -= seconds
             self._done.append(future.result())
             block = False
+
+    def _listen_between_frames(self, chunk: AudioChunk) -> Heard:
+        """`_listen` on the listening thread, once no live frame is in the stages (`pipeline.quiet`)."""
+        ACTIVITY.wait_quiet()
+        return self._listen(chunk)
 
     def _listen(self, chunk: AudioChunk) -> Heard:
         """One chunk through the resampler, the VAD and the gate (on whichever thread listens)."""

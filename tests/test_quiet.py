@@ -1,0 +1,91 @@
+"""Quiet moments: work beside the frames starts once no live frame is in the stages, or after a bounded wait."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import torch
+from conftest import IndexSource, RecordingSink
+from stage_kit import graph_of
+
+from pipeline.executor import Pipeline
+from pipeline.quiet import ACTIVITY, FrameActivity
+from pipeline.stages.background_detection import BackgroundDetector
+
+
+def test_a_wait_ends_when_the_last_frame_leaves():
+    activity = FrameActivity()
+    activity.enter()
+    activity.enter()
+    done = threading.Event()
+
+    def job():
+        activity.wait_quiet(max_wait_s=5.0)
+        done.set()
+
+    threading.Thread(target=job).start()
+    assert not done.wait(0.1)  # two frames in the stages
+    activity.leave()
+    assert not done.wait(0.1)  # still one
+    activity.leave()
+    assert done.wait(2.0)
+    assert activity.busy == 0 and activity.waits == 1 and 0.15 < activity.waited_s < 2.0
+
+
+def test_a_wait_never_outlasts_its_bound_and_costs_nothing_when_quiet():
+    activity = FrameActivity()
+    started = time.monotonic()
+    activity.wait_quiet(max_wait_s=5.0)
+    assert time.monotonic() - started < 0.05 and activity.waits == 0
+    activity.enter()  # a machine that always has a frame in flight
+    started = time.monotonic()
+    activity.wait_quiet(max_wait_s=0.05)
+    assert 0.04 < time.monotonic() - started < 1.0
+
+
+def test_a_background_detection_starts_between_frames():
+    started = threading.Event()
+    detector = BackgroundDetector(lambda picture: started.set())
+    ACTIVITY.enter()  # a frame in the stages
+    try:
+        detector.start(torch.ones(3))
+        assert not started.wait(0.02)
+    finally:
+        ACTIVITY.leave()
+    try:
+        assert started.wait(2.0)  # at once when the frame is out
+    finally:
+        detector.close()
+
+
+def test_live_frames_count_while_in_the_stages_and_none_stay_counted_after_the_run(run):
+    seen = []
+
+    class Watch(RecordingSink):
+        async def write(self, frame):
+            seen.append(ACTIVITY.busy)
+            await super().write(frame)
+
+    stages = [{"name": "a", "type": "jitter", "options": {"max_ms": 2.0}}, {"name": "b", "type": "stamp"}]
+    run(Pipeline(graph_of(stages), IndexSource(60, live=True, fps=200), Watch()).run())
+    assert ACTIVITY.busy == 0
+    assert len(seen) == 60
+    run(Pipeline(graph_of(stages), IndexSource(20), Watch()).run())  # a file run: nothing counted
+    assert seen[60:] == [0] * 20
+
+
+def test_an_aborted_live_run_leaves_nothing_counted(run):
+    async def scenario():
+        sink = RecordingSink(delay_s=0.05)
+        stages = [{"name": "s", "type": "jitter", "options": {"max_ms": 5.0}}]
+        pipeline = Pipeline(graph_of(stages), IndexSource(1000, live=True, fps=500), sink)
+        task = asyncio.create_task(pipeline.run())
+        await asyncio.sleep(0.12)
+        pipeline.request_stop()
+        pipeline.request_stop()
+        await asyncio.wait_for(task, 5)
+
+    run(scenario())
+    assert ACTIVITY.busy == 0
