@@ -24,6 +24,7 @@ takes the layout natively.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,25 +223,33 @@ class MTCNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def detect(self, image: torch.Tensor) -> Faces:
-        """Faces in one 3×H×W RGB image (float or uint8, 0..255), on the networks' device."""
+    def detect(self, image: torch.Tensor, *, pause: Callable[[], None] | None = None) -> Faces:
+        """Faces in one 3×H×W RGB image (float or uint8, 0..255), on the networks' device.
+
+        `pause`, if given, is called before each network pass (each level of the pyramid, then
+        R-Net, then O-Net): a caller running beside other work can let it go first there."""
+        pause = pause or _go_on
         image = image.to(next(self.parameters()).dtype)
         height, width = image.shape[1:]
-        boxes = self._propose(image, height, width)
+        boxes = self._propose(image, height, width, pause)
         if len(boxes):
+            pause()
             boxes = self._refine(image, boxes)
         if not len(boxes):
             return _no_faces(image)
+        pause()
         return self._output(image, boxes)
 
     @torch.no_grad()
-    def detect_near(self, image: torch.Tensor, boxes: torch.Tensor) -> Faces:
+    def detect_near(
+        self, image: torch.Tensor, boxes: torch.Tensor, *, pause: Callable[[], None] | None = None
+    ) -> Faces:
         """Faces near `boxes` (K×4 image pixels: where faces were a moment ago), without the pyramid.
 
         Each box, squared, and its `NUDGES` go to R-Net and O-Net as if P-Net had proposed them:
         a face that stayed about where it was is found again, refined and with its landmarks, at a
         small part of a full detection's cost (P-Net over the pyramid is most of that). A face
-        that moved further, or that no box was near, is not looked for.
+        that moved further, or that no box was near, is not looked for. `pause` as in `detect`.
         """
         image = image.to(next(self.parameters()).dtype)
         if not len(boxes):
@@ -249,15 +258,19 @@ class MTCNN(nn.Module):
         side = (known[:, 2] - known[:, 0])[:, None, None] * NUDGE
         nudges = torch.tensor(NUDGES, dtype=image.dtype, device=image.device)
         proposals = (known[:, None, :] + side * nudges[None]).reshape(-1, 4)
+        pause = pause or _go_on
+        pause()
         found = self._refine(image, proposals)
         if not len(found):
             return _no_faces(image)
+        pause()
         return self._output(image, found)
 
-    def _propose(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _propose(self, image: torch.Tensor, height: int, width: int, pause: Callable[[], None]) -> torch.Tensor:
         """P-Net candidates, squared: K×4."""
         found_boxes, found_scores, found_regression = [], [], []
         for scale in self.scales(height, width):
+            pause()
             size = (int(height * scale + 1), int(width * scale + 1))
             regression, probability = self.pnet(normalize(F.interpolate(image[None], size=size, mode="area")))
             where = probability[0] >= self.thresholds[0]
@@ -300,6 +313,10 @@ class MTCNN(nn.Module):
         boxes = refine(boxes, regression)
         keep = nms(boxes, scores, 0.7, by_min=True)
         return Faces(boxes[keep], scores[keep], landmarks[keep])
+
+
+def _go_on() -> None:
+    """No pause between network passes."""
 
 
 def _no_faces(image: torch.Tensor) -> Faces:

@@ -307,9 +307,9 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
     slow_ms = 150.0
     detect = MTCNN.detect
 
-    def slow_detect(self, image):
+    def slow_detect(self, image, **kwargs):
         threading.Event().wait(slow_ms / 1000)
-        return detect(self, image)
+        return detect(self, image, **kwargs)
 
     monkeypatch.setattr(MTCNN, "detect", slow_detect)
     preparing = set()  # threads that scaled and converted a picture for the detector

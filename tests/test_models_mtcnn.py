@@ -93,3 +93,17 @@ def test_weights_say_where_they_come_from():
         metadata = weights.metadata()
     assert "facenet-pytorch==2.6.0" in metadata["source"] and "MIT" in metadata["source"]
     assert all(len(metadata[f"{name}_sha256"]) == 64 for name in ("pnet", "rnet", "onet"))
+
+
+def test_a_caller_may_pause_before_each_network_pass_and_gets_the_same_faces(detector, images):
+    """`pause` runs before each pyramid level, R-Net and O-Net (where work beside frames lets them go first)."""
+    image = images["two_faces"]
+    pauses = []
+    paused = detector.detect(image, pause=lambda: pauses.append("pass"))
+    plain = detector.detect(image)
+    height, width = image.shape[1:]
+    assert len(pauses) == len(detector.scales(height, width)) + 2
+    assert torch.equal(paused.boxes, plain.boxes) and torch.equal(paused.scores, plain.scores)
+    pauses.clear()
+    near = detector.detect_near(image, plain.boxes, pause=lambda: pauses.append("pass"))
+    assert len(pauses) == 2 and len(near) == len(plain)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,7 @@ from pipeline.device import runs_beside
 from pipeline.frames import Frame
 from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
+from pipeline.quiet import ACTIVITY
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.background_detection import BackgroundDetector
@@ -316,8 +318,11 @@ class Emotion(ComputeStage):
         the boxes to look near of when it was taken: the detector pinned on this thread meanwhile."""
         assert self.ctx is not None
         small = self._detector_input(picture, size)
+        # On a CPU each network pass waits for a moment with no frame in the stages (a search is
+        # several frame intervals of work); on a GPU the detector has a stream of its own.
+        pause = None if picture.is_cuda else ACTIVITY.wait_quiet
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
-            return self._find_faces(detector, small, near)
+            return self._find_faces(detector, small, near, pause)
 
     def _where_to_look(self) -> np.ndarray | None:
         """Where the detection starting now looks: None for the whole frame (every `search_every`th
@@ -335,18 +340,23 @@ class Emotion(ComputeStage):
         return ops.prepare_input(image, layout=self._layout, size=size, **PIXELS_0_255, **self._colour)
 
     def _find_faces(
-        self, detector: Any, small: torch.Tensor, near: np.ndarray | None = None
+        self,
+        detector: Any,
+        small: torch.Tensor,
+        near: np.ndarray | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in source pixels (boxes K×4, scores K, landmarks K×5×2): searched for in the whole
-        picture, or looked for `near` boxes (K×4, source pixels)."""
+        picture, or looked for `near` boxes (K×4, source pixels). `pause`: see `MTCNN.detect`."""
         height, width = small.shape[-2:]  # the size it was made at (the knob may have moved since)
         scale = np.array([self._frame_size[0] / width, self._frame_size[1] / height], dtype=np.float32)
         picture = small[0].to(_device_of(detector))  # a model that fell back to the CPU: a copy
         if near is None:
-            faces = detector.detect(picture)
+            faces = detector.detect(picture, pause=pause)
             self.searches += 1
         else:
-            faces = detector.detect_near(picture, torch.from_numpy(near / np.tile(scale, 2)).to(picture.device))
+            near_boxes = torch.from_numpy(near / np.tile(scale, 2)).to(picture.device)
+            faces = detector.detect_near(picture, near_boxes, pause=pause)
         self.detections += 1
         order = torch.argsort(faces.scores, descending=True)[: self.options.max_faces].cpu()
         boxes = faces.boxes.cpu()[order].numpy() * np.tile(scale, 2)
