@@ -100,7 +100,7 @@ class Pipeline:
         self._next_index = 0
         self._delivering = False
         self._in_flight: dict[int, Frame] = {}
-        self._in_stages: set[int] = set()  # live frames inside the stages, counted in ACTIVITY
+        self._in_flight_live: set[int] = set()  # live frames counted in ACTIVITY until the sink has them
         self._accepted = 0
         self._delivered = 0
         self._source_done = False
@@ -262,8 +262,8 @@ class Pipeline:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for index in list(self._in_stages):  # only after an abort: frames that never came out
-            self._out_of_stages(index)
+        for index in list(self._in_flight_live):  # only after an abort: frames the sink never had
+            self._handed_over(index)
         for frame in list(self._in_flight.values()):  # only after an abort: frames that never arrived
             self.metrics.frame_dropped("aborted")
             frame.release()
@@ -355,7 +355,7 @@ class Pipeline:
         self._accepted += 1
         if self._roots:
             if self.source.live:
-                self._in_stages.add(frame.index)
+                self._in_flight_live.add(frame.index)
                 ACTIVITY.enter()
             for root in self._roots:
                 await root.queue.put(frame)
@@ -444,7 +444,6 @@ class Pipeline:
                 self._sink_waiting[frame.index] = left
                 return
             self._sink_waiting.pop(frame.index, None)
-        self._out_of_stages(frame.index)
         if self._delivering or frame.index != self._next_index:
             # Early, or another task is writing: the task delivering frame `_next_index` takes it in turn.
             heapq.heappush(self._reorder, (frame.index, frame))
@@ -462,10 +461,11 @@ class Pipeline:
             self._delivering = False
         self._check_done()
 
-    def _out_of_stages(self, index: int) -> None:
-        """A live frame is through every stage: work beside the frames may use the machine again."""
-        if index in self._in_stages:
-            self._in_stages.discard(index)
+    def _handed_over(self, index: int) -> None:
+        """A live frame is through every stage and with its sink: work beside the frames may use
+        the machine again, as far as this frame goes."""
+        if index in self._in_flight_live:
+            self._in_flight_live.discard(index)
             ACTIVITY.leave()
 
     async def _deliver(self, frame: Frame) -> None:
@@ -477,6 +477,7 @@ class Pipeline:
             log.error("%s", error)
             self._abort(error)
             return
+        self._handed_over(frame.index)
         now_ns = time.monotonic_ns()
         if frame.dropped:
             self.metrics.frame_dropped(frame.why_dropped or "dropped")

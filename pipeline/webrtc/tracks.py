@@ -42,6 +42,7 @@ from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, Source, StreamInfo
 from pipeline.io.sinks import host_pixels
 from pipeline.pixels import Colour, PixelFormat
+from pipeline.quiet import ACTIVITY
 from pipeline.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,11 @@ class TrackSource(Source):
 
 
 class OutgoingVideo(MediaStreamTrack):
-    """The processed picture: `recv` gives the newest frame written, never a queue of old ones."""
+    """The processed picture: `recv` gives the newest frame written, never a queue of old ones.
+
+    A picture waiting here or being encoded still counts as a frame in flight (`pipeline.quiet`):
+    the sender asks for the next picture only once it has encoded and sent the last one, so work
+    beside the frames does not start in the middle of an encode either."""
 
     kind = "video"
 
@@ -198,17 +203,32 @@ class OutgoingVideo(MediaStreamTrack):
         super().__init__()
         self._latest: av.VideoFrame | None = None
         self._ready = asyncio.Event()
+        self._in_flight = False  # a picture waiting or with the sender, counted in ACTIVITY
         self.replaced = 0  # frames overwritten before the sender took them
 
     def put(self, picture: av.VideoFrame) -> None:
         if self._latest is not None:
             self.replaced += 1
         self._latest = picture
+        if not self._in_flight:
+            self._in_flight = True
+            ACTIVITY.enter()
         self._ready.set()
+
+    def stop(self) -> None:
+        self._done_with_last()
+        super().stop()
+
+    def _done_with_last(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            ACTIVITY.leave()
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._latest is None:  # the sender is done with the picture it took last
+            self._done_with_last()
         await self._ready.wait()
         picture, self._latest = self._latest, None
         self._ready.clear()
