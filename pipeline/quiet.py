@@ -1,4 +1,4 @@
-"""Quiet moments: work beside the frames starts when no live frame is inside a graph's stages.
+"""Quiet moments: work beside the frames starts when no live frame is in flight.
 
 On a CPU, the models that run beside the frames (the face detector, the expression reader, the
 voice's listener) share the cores and the GIL with the stages a frame is waiting for. Started the
