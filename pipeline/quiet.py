@@ -51,8 +51,8 @@ class FrameActivity:
         start = time.monotonic()
         with self._quiet:
             self._quiet.wait_for(lambda: not self._busy, max_wait_s)
-        self.waits += 1
-        self.waited_s += time.monotonic() - start
+            self.waits += 1  # under the lock: jobs on several threads wait
+            self.waited_s += time.monotonic() - start
 
 
 ACTIVITY = FrameActivity()
