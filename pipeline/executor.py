@@ -100,7 +100,7 @@ class Pipeline:
         self._next_index = 0
         self._delivering = False
         self._in_flight: dict[int, Frame] = {}
-        self._in_flight_live: set[int] = set()  # live frames counted in ACTIVITY until the sink has them
+        self._in_flight_live: dict[int, int] = {}  # live frame index → its ACTIVITY ticket, until the sink has it
         self._accepted = 0
         self._delivered = 0
         self._source_done = False
@@ -355,8 +355,7 @@ class Pipeline:
         self._accepted += 1
         if self._roots:
             if self.source.live:
-                self._in_flight_live.add(frame.index)
-                ACTIVITY.enter()
+                self._in_flight_live[frame.index] = ACTIVITY.enter()
             for root in self._roots:
                 await root.queue.put(frame)
         else:
@@ -464,9 +463,9 @@ class Pipeline:
     def _handed_over(self, index: int) -> None:
         """A live frame is through every stage and with its sink: work beside the frames may use
         the machine again, as far as this frame goes."""
-        if index in self._in_flight_live:
-            self._in_flight_live.discard(index)
-            ACTIVITY.leave()
+        ticket = self._in_flight_live.pop(index, None)
+        if ticket is not None:
+            ACTIVITY.leave(ticket)
 
     async def _deliver(self, frame: Frame) -> None:
         """Write one frame, in order, then give its slot back."""

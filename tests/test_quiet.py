@@ -17,8 +17,7 @@ from pipeline.stages.background_detection import BackgroundDetector
 
 def test_a_wait_ends_when_the_last_frame_leaves():
     activity = FrameActivity()
-    activity.enter()
-    activity.enter()
+    first, second = activity.enter(), activity.enter()
     done = threading.Event()
 
     def job():
@@ -27,9 +26,9 @@ def test_a_wait_ends_when_the_last_frame_leaves():
 
     threading.Thread(target=job).start()
     assert not done.wait(0.1)  # two frames in the stages
-    activity.leave()
+    activity.leave(second)
     assert not done.wait(0.1)  # still one
-    activity.leave()
+    activity.leave(first)
     assert done.wait(2.0)
     assert activity.busy == 0 and activity.waits == 1 and 0.15 < activity.waited_s < 2.0
 
@@ -39,21 +38,40 @@ def test_a_wait_never_outlasts_its_bound_and_costs_nothing_when_quiet():
     started = time.monotonic()
     activity.wait_quiet(max_wait_s=5.0)
     assert time.monotonic() - started < 0.05 and activity.waits == 0
-    activity.enter()  # a machine that always has a frame in flight
+    activity.enter()  # a frame that never comes out
     started = time.monotonic()
     activity.wait_quiet(max_wait_s=0.05)
     assert 0.04 < time.monotonic() - started < 1.0
 
 
+def test_frames_that_arrive_during_a_wait_are_not_waited_for():
+    """With many sessions a frame is nearly always in flight: a job waits for those in flight
+    when it asks, not for a moment with none."""
+    activity = FrameActivity()
+    old = activity.enter()
+    done = threading.Event()
+
+    def job():
+        activity.wait_quiet(max_wait_s=5.0)
+        done.set()
+
+    threading.Thread(target=job).start()
+    assert not done.wait(0.05)
+    activity.enter()  # a newer frame, still in flight when the old one leaves
+    assert not done.wait(0.05)
+    activity.leave(old)
+    assert done.wait(2.0) and activity.busy == 1
+
+
 def test_a_background_detection_starts_between_frames():
     started = threading.Event()
     detector = BackgroundDetector(lambda picture: started.set())
-    ACTIVITY.enter()  # a frame in the stages
+    ticket = ACTIVITY.enter()  # a frame in the stages
     try:
         detector.start(torch.ones(3))
         assert not started.wait(0.02)
     finally:
-        ACTIVITY.leave()
+        ACTIVITY.leave(ticket)
     try:
         assert started.wait(2.0)  # at once when the frame is out
     finally:

@@ -451,12 +451,13 @@ def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_cal
     async def scenario():
         # Quality fixed: a scheduler lowering precision on a loaded machine would rebuild the models
         # at the new precision, and loads would count that rather than sharing. The batcher waits
-        # up to 20 ms, over half the 33 ms between one session's frames: whatever the phase between
-        # the two clients' cameras, one session's crops come within the other's wait.
+        # up to 60 ms: over the 33 ms between one session's frames, and over the 50 ms a reading
+        # may wait for the frames in flight (pipeline.quiet), so whatever the phase between the two
+        # clients' cameras, one session's crops come within the other's wait.
         raw = with_targets(load_config("default"), quality="off").model_dump()
         for stage in raw["stages"]:
             if stage["type"] == "emotion":
-                stage["options"]["batch_wait_ms"] = 20
+                stage["options"]["batch_wait_ms"] = 60
         server = await started_server(parse_config(raw))
         clients = [Client(audio=False), Client(audio=False)]
         try:
@@ -464,7 +465,11 @@ def test_two_sessions_share_the_models_and_their_face_crops_share_classifier_cal
                 assert await client.connect(server.url) is None
             for client in clients:
                 await client.wait_for(lambda c=client: len(c.frames) >= 30, what="processed video", timeout_s=30)
-            users_while = server.models.status()["batchers"]["fer"]["users"]
+            # Faces are read beside the frames, between them: on a loaded machine the readings take
+            # a while to start. Wait for enough of them that the two sessions' had a chance to meet.
+            fer = lambda: server.models.status()["batchers"]["fer"]  # noqa: E731
+            await clients[0].wait_for(lambda: fer()["requests"] >= 16, what="expression readings", timeout_s=30)
+            users_while = fer()["users"]
         finally:
             for client in clients:
                 await client.close()

@@ -203,16 +203,15 @@ class OutgoingVideo(MediaStreamTrack):
         super().__init__()
         self._latest: av.VideoFrame | None = None
         self._ready = asyncio.Event()
-        self._in_flight = False  # a picture waiting or with the sender, counted in ACTIVITY
+        self._ticket: int | None = None  # ACTIVITY's, while a picture is waiting or with the sender
         self.replaced = 0  # frames overwritten before the sender took them
 
     def put(self, picture: av.VideoFrame) -> None:
         if self._latest is not None:
             self.replaced += 1
         self._latest = picture
-        if not self._in_flight:
-            self._in_flight = True
-            ACTIVITY.enter()
+        if self._ticket is None:
+            self._ticket = ACTIVITY.enter()
         self._ready.set()
 
     def stop(self) -> None:
@@ -220,9 +219,9 @@ class OutgoingVideo(MediaStreamTrack):
         super().stop()
 
     def _done_with_last(self) -> None:
-        if self._in_flight:
-            self._in_flight = False
-            ACTIVITY.leave()
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ACTIVITY.leave(ticket)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
