@@ -318,7 +318,7 @@ class Emotion(ComputeStage):
         the boxes to look near of when it was taken: the detector pinned on this thread meanwhile."""
         assert self.ctx is not None
         small = self._detector_input(picture, size)
-        # On a CPU each network pass waits for a moment with no frame in the stages (a search is
+        # On a CPU each network pass first waits for the frames in flight to be done (a search is
         # several frame intervals of work); on a GPU the detector has a stream of its own.
         pause = None if picture.is_cuda else ACTIVITY.wait_quiet
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
