@@ -1,4 +1,4 @@
-"""Quiet moments: work beside the frames starts when no live frame is in flight.
+"""Quiet moments: work beside the frames starts once the live frames in flight are done.
 
 On a CPU, the models that run beside the frames (the face detector, the expression reader, the
 voice's listener) share the cores and the GIL with the stages a frame is waiting for. Started the
@@ -7,17 +7,16 @@ the default graph's frame took 17 ms with them and 10 ms without. A frame takes 
 interval or less, so there is room between frames: each job beside the frames waits, before it
 starts, until the live frames of every session in the process that are in flight then are done,
 but no longer than `MAX_WAIT_S`. It does not wait for frames that arrive meanwhile, so with many
-sessions, where a frame is nearly always in flight, the models beside them still keep up. A live frame
-is in flight from the moment it enters its graph's stages until its sink has it; a WebRTC
-session's picture, until the sender has encoded and sent it (`pipeline.webrtc.tracks`).
-"""
+sessions, where a frame is nearly always in flight, the models beside them still keep up. A live
+frame is in flight from the moment it enters its graph's stages until its sink has it; a WebRTC
+session's picture, until the sender has encoded and sent it (`pipeline.webrtc.tracks`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-MAX_WAIT_S = 0.05  # the longest a job beside the frames waits for a quiet moment
+MAX_WAIT_S = 0.05  # the longest a job beside the frames waits for the frames in flight
 
 
 class FrameActivity:

@@ -12,8 +12,8 @@ frame takes whatever was heard up to then.
 The thread is served after the frames (a higher nice value), starts each chunk between frames
 (`pipeline.quiet`), and never falls more than `MAX_BEHIND_S` of sound behind: past that, a frame
 waits for the oldest chunk, so a machine too slow for the VAD slows the frames (and the scheduler
-sees it) instead of losing the user's turns.
-File runs listen in line, so their annotations are the same on every run.
+sees it) instead of losing the user's turns. File runs listen in line, so their annotations are
+the same on every run.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Listener:
             block = False
 
     def _listen_between_frames(self, chunk: AudioChunk) -> Heard:
-        """`_listen` on the listening thread, once no live frame is in the stages (`pipeline.quiet`)."""
+        """`_listen` on the listening thread, once the frames in flight are done (`pipeline.quiet`)."""
         ACTIVITY.wait_quiet()
         return self._listen(chunk)
 
