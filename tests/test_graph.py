@@ -173,3 +173,16 @@ def test_a_finished_stage_hands_its_frame_to_its_most_important_child_first(run)
     pipeline = Pipeline(graph_of(stages), IndexSource(3), RecordingSink())
     run(pipeline.run())
     assert [child.node.name for child in pipeline._running["root"].children] == ["major", "middle", "minor"]
+
+
+def test_a_stages_lane_is_niced_by_the_priority_it_is_served_at(run):
+    stages = [
+        {"name": "feeds", "type": "stamp", "priority": 1},
+        {"name": "needs", "type": "stamp", "after": ["feeds"], "priority": 6},
+        {"name": "aside", "type": "stamp", "priority": 1},
+    ]
+    pipeline = Pipeline(graph_of(stages), IndexSource(3), RecordingSink())
+    run(pipeline.run())
+    nice = {name: running.lane.cpu_nice for name, running in pipeline._running.items()}
+    assert nice["feeds"] == nice["needs"] == 0  # served as the stage that waits for it
+    assert nice["aside"] > 0  # nothing important waits for it: its own priority
