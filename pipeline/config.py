@@ -85,6 +85,9 @@ class GraphConfig(_Strict):
     ring: RingConfig = RingConfig()
     targets: TargetsConfig = TargetsConfig()
     quality: QualityConfig = QualityConfig()
+    # Where work beside the frames runs (pipeline.side_work): auto, beside them on live runs and in
+    # line on file runs (the same output every run); beside, always beside; inline, always in line.
+    side_work: Literal["auto", "beside", "inline"] = "auto"
     stages: list[StageSpec] = []
 
 

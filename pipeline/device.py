@@ -193,12 +193,6 @@ def background_nice(stage_nice: int) -> int:
     return min(MAX_NICE, stage_nice + BACKGROUND_NICE)
 
 
-def runs_beside(option: str, live: bool) -> bool:
-    """Whether a stage's model runs beside the frames: `on`, or `auto` on a live run (file runs
-    keep it in line, so their output is the same on every run)."""
-    return option == "on" or (option == "auto" and live)
-
-
 def set_thread_nice(nice: int) -> None:
     """Give the calling thread `nice` (Linux schedules threads one by one; elsewhere this is a no-op)."""
     if nice and sys.platform.startswith("linux"):

@@ -28,9 +28,9 @@ from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
 from pipeline.memory import ModelManager
 from pipeline.metrics import QueueStats, RunMetrics
-from pipeline.quiet import ACTIVITY
 from pipeline.ringbuffer import FullPolicy, RingBuffer
 from pipeline.scratch import ScratchPool
+from pipeline.side_work import FramesInFlight, SideWork
 from pipeline.stage import ComputeStage, StageContext, StageRunner
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ class Pipeline:
         self._next_index = 0
         self._delivering = False
         self._in_flight: dict[int, Frame] = {}
-        self._in_flight_live: dict[int, int] = {}  # live frame index → its ACTIVITY ticket, until the sink has it
+        # Live frames between the source and the sink's hands, which this graph's side work lets go first.
+        self.frames_in_flight = FramesInFlight()
+        self._in_flight_live: dict[int, int] = {}  # live frame index → its ticket, until the sink has it
+        self.side_work = SideWork(config.side_work, live=source.live, frames=self.frames_in_flight)
         self._accepted = 0
         self._delivered = 0
         self._source_done = False
@@ -143,6 +146,7 @@ class Pipeline:
     async def run(self) -> dict[str, Any]:
         """Run to the end of the source (or a stop) and return the run report."""
         try:
+            self.sink.hold_tickets(self.frames_in_flight if self.source.live else None)
             await self.sink.open(self.source.info)
         except BaseException:
             self.source.close()
@@ -186,6 +190,7 @@ class Pipeline:
             leaked_slots=self.ring.in_use,
             scratch={name: r.scratch.stats() for name, r in self._running.items()},
             quality=self.scheduler.report() if self.scheduler is not None else {"enabled": False},
+            side_work=self.side_work.report(),
             models=self.models.status(),
             device_profile=self.profile.name,
             cpu_threads=torch.get_num_threads(),  # torch's threads per op: the cores this run kept to
@@ -227,6 +232,7 @@ class Pipeline:
                 shared=self.shared,
                 models=self.models,
                 live=self.source.live,
+                side_work=self.side_work,
             )
             try:
                 stage.setup(ctx)
@@ -268,6 +274,7 @@ class Pipeline:
             self.metrics.frame_dropped("aborted")
             frame.release()
         self._in_flight.clear()
+        self.side_work.close()  # before teardown: a running job may hold what the stage frees
         for running in self._running.values():
             try:
                 running.runner.stage.teardown()
@@ -355,7 +362,7 @@ class Pipeline:
         self._accepted += 1
         if self._roots:
             if self.source.live:
-                self._in_flight_live[frame.index] = ACTIVITY.enter()
+                self._in_flight_live[frame.index] = self.frames_in_flight.enter()
             for root in self._roots:
                 await root.queue.put(frame)
         else:
@@ -465,7 +472,7 @@ class Pipeline:
         the machine again, as far as this frame goes."""
         ticket = self._in_flight_live.pop(index, None)
         if ticket is not None:
-            ACTIVITY.leave(ticket)
+            self.frames_in_flight.leave(ticket)
 
     async def _deliver(self, frame: Frame) -> None:
         """Write one frame, in order, then give its slot back."""

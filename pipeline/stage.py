@@ -19,6 +19,7 @@ from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.metrics import StageStats
 from pipeline.scratch import ScratchPool
+from pipeline.side_work import DEFAULT_MAX_LAG, JobKind, SideJob, SideWork
 
 if TYPE_CHECKING:
     from pipeline.io.base import StreamInfo
@@ -54,9 +55,30 @@ class StageContext:
     # The model manager (pipeline.memory.ModelManager) stages get their models from; shared by
     # every session of the process. None: a stage on its own makes one for its device.
     models: Any = None
-    # A live source (camera, peer, stream): frames have deadlines, and a stage may trade the
-    # same-output-every-run guarantee of file runs for latency (see the emotion stage's detector).
+    # A live source (camera, peer, stream): frames have deadlines.
     live: bool = False
+    # The run's side jobs (pipeline.side_work); a context made on its own runs them in line.
+    side_work: SideWork = field(default_factory=SideWork)
+
+    def side_job(
+        self,
+        work: Any,
+        what: str,
+        *,
+        kind: JobKind,
+        max_lag: int = DEFAULT_MAX_LAG,
+        between_frames: bool = True,
+    ) -> SideJob[Any]:
+        """A job beside this stage's frames (or in line, as the graph says), named `<stage>.<what>`,
+        its thread behind the stage's lane. See `pipeline.side_work.SideWork.job`."""
+        return self.side_work.job(
+            work,
+            name=f"{self.name}.{what}",
+            kind=kind,
+            stage_nice=self.lane.cpu_nice,
+            max_lag=max_lag,
+            between_frames=between_frames,
+        )
 
 
 def missing(reason: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.scratch import ScratchPool
+from pipeline.side_work import SideWork
 from pipeline.stage import StageContext
 from pipeline.stages.context import RULE_LINES, Context, ContextOptions, Rules, valence_arousal
 
@@ -27,10 +28,16 @@ class SpeechQueue:
 
 
 def make_stage(**options) -> tuple[Context, SpeechQueue]:
+    """A context stage whose side work (the language model's requests) runs beside the frames, as on a live run."""
     speech = SpeechQueue()
     stage = Context("context", options=ContextOptions(**options))
     ctx = StageContext(
-        "context", CPU, Lane("context", CPU), ScratchPool(CPU), inputs={"emotion": "emotion", "voice": "voice"}
+        "context",
+        CPU,
+        Lane("context", CPU),
+        ScratchPool(CPU),
+        inputs={"emotion": "emotion", "voice": "voice"},
+        side_work=SideWork("beside"),
     )
     ctx.shared["speech"] = speech
     stage.setup(ctx)

@@ -294,8 +294,8 @@ def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_pat
     assert [bool(r["annotations"]["emotion"].get("held")) for r in kept] == [False, True] * 4
 
 
-@pytest.mark.parametrize("background", ["auto", "off"])
-def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
+@pytest.mark.parametrize("side_work", ["auto", "inline"])
+def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, side_work):
     """A detector made slow (150 ms a call): on a live run frames go on with the tracked boxes and
     the faces are matched in when found; with the detector in line each detection frame waits."""
     from conftest import RecordingSink
@@ -323,7 +323,8 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
     config = parse_config(
         {
             "name": "emotion-live",
-            "stages": [{"name": "emotion", "type": "emotion", "options": {"detect_in_background": background}}],
+            "stages": [{"name": "emotion", "type": "emotion"}],
+            "side_work": side_work,
             "quality": {"mode": "off"},  # every frame reaches the stage: this measures the stage, not the scheduler
         }
     )
@@ -336,16 +337,17 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, background):
     # In line, frames pile up behind the detector and a live ring lets some go: those carry nothing.
     faces = [r["annotations"]["emotion"].get("faces") for r in sink.records if "emotion" in r["annotations"]]
     assert faces[-1] and faces[-1][0]["label"] == "happy"  # found either way
-    if background == "auto":  # the default on a live source
+    if side_work == "auto":  # the default: beside the frames on a live source
         assert stage["latency_ms"]["p95"] < slow_ms / 2  # no frame waited for a detection
         assert not faces[0]  # the first frame went on before its detection was done
-        assert preparing and all("background" in name for name in preparing)  # even its input is made there
+        assert preparing == {"emotion.detect-side"}  # even its input is made on the side job's thread
+        assert report["side_work"]["emotion.detect"]["run"] >= 1
     else:
         assert stage["latency_ms"]["max"] >= slow_ms  # a detection frame waits for the detector
 
 
-@pytest.mark.parametrize("background", ["auto", "off"])
-def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, background):
+@pytest.mark.parametrize("side_work", ["auto", "inline"])
+def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, side_work):
     """A classifier made slow (200 ms a batch): on a live run frames go on with each face's last
     reading, and the readings land on later frames; in line, every frame with a face waits for it."""
     from conftest import RecordingSink
@@ -363,11 +365,11 @@ def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, backg
         return classify(self, pictures)
 
     monkeypatch.setattr(Emotion, "_classify", slow_classify)
-    options = {"classify_in_background": background}
     config = parse_config(
         {
             "name": "emotion-live",
-            "stages": [{"name": "emotion", "type": "emotion", "options": options}],
+            "stages": [{"name": "emotion", "type": "emotion"}],
+            "side_work": side_work,
             "quality": {"mode": "off"},
         }
     )
@@ -379,12 +381,12 @@ def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, backg
     annotations = [r["annotations"].get("emotion", {}) for r in sink.records]  # a frame the ring let go has none
     faces = [annotation["faces"][0] for annotation in annotations if annotation.get("faces")]
     assert faces[-1]["label"] == "happy" and faces[-1]["probs"]["happy"] > 0.5
-    if background == "auto":  # the default on a live source
-        assert reading and all("expressions-background" in name for name in reading)
+    if side_work == "auto":  # the default: beside the frames on a live source
+        assert reading == {"emotion.read-side"}
         assert faces[0]["probs"] is None and faces[0]["label"] is None  # its reading came on a later frame
         assert stage["latency_ms"]["p95"] < slow_ms / 2  # no frame waited for the classifier
     else:
-        assert not any("background" in name for name in reading)
+        assert not any("-side" in name for name in reading)
         assert faces[0]["label"] == "happy"  # read on its own frame
         assert stage["latency_ms"]["p50"] >= slow_ms
 
@@ -398,7 +400,7 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
     from pipeline.stages.face_tracker import FaceTracker, Track
 
     class Reader:
-        busy = False
+        beside = True
 
         def __init__(self, readings):
             self.readings, self.started = readings, []
@@ -407,17 +409,17 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
             readings, self.readings = self.readings, None
             return readings
 
-        def start(self, picture, faces):
+        def submit(self, picture, faces, made):
             self.started.append((picture, faces))
 
     happy = np.eye(7, dtype=np.float32)[3]
     stage = Emotion("emotion")
     stage._tracker = FaceTracker(smoothing=0.0)
-    stage._reader = Reader([(1, happy), (2, happy)])  # face 2 has gone since its picture
+    stage.reading = Reader([(1, happy), (2, happy)])  # face 2 has gone since its picture
     face = Track(1, np.array([10, 10, 50, 50], dtype=np.float32), np.zeros((5, 2), np.float32), 0.9)
     picture = torch.zeros(8, 8)
     stage._read_beside(picture, [face])
     assert face.probs is not None and face.label == 3
-    ((copy_of_picture, faces),) = stage._reader.started
+    ((copy_of_picture, faces),) = stage.reading.started
     assert copy_of_picture is not picture and torch.equal(copy_of_picture, picture)
     assert [f.id for f in faces] == [1] and faces[0] is not face

@@ -1,9 +1,10 @@
-"""Listening beside the frames hears exactly what listening in line hears, without making a frame wait."""
+"""Listening as a side job beside the frames hears exactly what listening in line hears, and no frame waits for it."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ pytest.importorskip("espeakng_loader", reason="the test speech is made with eSpe
 from voice_kit import placed, resample, spoken
 
 from pipeline.frames import AudioChunk
-from pipeline.voice import listener as listening
+from pipeline.side_work import JobKind, SideJob
 from pipeline.voice.listener import Listener
 
 RATE, FPS = 48000, 30
@@ -37,90 +38,96 @@ def talk() -> list[AudioChunk]:
     return frame_chunks(placed(speech, 0.5, 3.0))
 
 
+def listening(listen: Callable, *, max_lag: int = 30) -> SideJob:
+    """The voice stage's job: in order, beside the frames."""
+    return SideJob(listen, name="listen", kind=JobKind.IN_ORDER, beside=True, max_lag=max_lag)
+
+
 def test_beside_the_frames_each_chunk_is_heard_as_in_line(talk):
-    in_line, beside = Listener(), Listener(beside=True)
+    in_line, heard_beside = Listener(), Listener()
+    job = listening(heard_beside.listen)
     try:
-        assert beside.beside and not in_line.beside
         for chunk in talk:
-            in_line.hear(chunk)
-            beside.hear(chunk)
-            assert beside.heard(wait=True) == in_line.heard()
+            job.submit(chunk)
+            job.drain()
+            assert heard_beside.fold(job.take()) == in_line.fold([in_line.listen(chunk)])
     finally:
-        beside.close()
+        job.close()
 
 
-def test_frames_take_what_was_heard_so_far_and_the_turns_come_out_the_same(talk):
-    in_line, beside = Listener(), Listener(beside=True)
+def test_beside_the_frames_the_turns_are_the_same_to_the_sample(talk):
+    in_line, heard_beside = Listener(), Listener()
+    job = listening(heard_beside.listen)
     expected, got = [], []
     try:
         for chunk in talk:
-            in_line.hear(chunk)
-            beside.hear(chunk)
-            for listener, turns in ((in_line, expected), (beside, got)):
-                heard = listener.heard()
+            job.submit(chunk)
+            for heard, turns in (
+                (in_line.fold([in_line.listen(chunk)]), expected),
+                (heard_beside.fold(job.take()), got),
+            ):
                 turns += [("started", t) for t in heard.started] + [("ended", t) for t in heard.ended]
-        got += [("ended", t) for t in beside.heard(wait=True).ended]
+        job.drain()
+        got += [("ended", t) for t in heard_beside.fold(job.take()).ended]
     finally:
-        beside.close()
+        job.close()
     assert [kind for kind, _ in expected] == ["started", "ended"]
     assert got == expected  # the same turns, to the sample
 
 
-def test_a_frame_does_not_wait_for_a_chunk_being_heard(talk, monkeypatch):
+def test_a_frame_does_not_wait_for_a_chunk_being_heard(talk):
     release = threading.Event()
-    listener = Listener(beside=True)
-    real = listener._listen
+    listener = Listener()
 
     def slow(chunk):
         release.wait(5.0)
-        return real(chunk)
+        return listener.listen(chunk)
 
-    monkeypatch.setattr(listener, "_listen", slow)
+    job = listening(slow)
     try:
         started = time.monotonic()
-        listener.hear(talk[0])
-        nothing = listener.heard()
+        job.submit(talk[0])
+        nothing = listener.fold(job.take())
         assert time.monotonic() - started < 1.0  # well short of the 5 s the chunk is held
-        assert nothing.started == [] and listener.behind_s == pytest.approx(1 / FPS)
+        assert nothing.started == [] and job.busy
         release.set()
-        listener.heard(wait=True)
-        assert listener.behind_s == 0.0
+        job.drain()
+        assert len(job.take()) == 1 and not job.busy
     finally:
         release.set()
-        listener.close()
+        job.close()
 
 
-def test_a_slow_listener_never_falls_more_than_its_bound_behind(talk, monkeypatch):
-    monkeypatch.setattr(listening, "MAX_BEHIND_S", 0.2)
-    listener = Listener(beside=True)
-    real = listener._listen
+def test_a_slow_listener_loses_the_oldest_sound_past_its_bound_never_the_frames(talk):
+    listener = Listener()
 
     def slow(chunk):
         time.sleep(0.02)  # slower than the chunks come in below
-        return real(chunk)
+        return listener.listen(chunk)
 
-    monkeypatch.setattr(listener, "_listen", slow)
-    most = 0.0
+    job = listening(slow, max_lag=6)
+    most = 0
     try:
+        started = time.monotonic()
         for chunk in talk[:30]:
-            listener.hear(chunk)
-            most = max(most, listener.behind_s)
+            job.submit(chunk)
+            most = max(most, job.waiting)
+        assert time.monotonic() - started < 0.3  # 30 frames handed over without waiting on 0.6 s of listening
     finally:
-        listener.close()
-    assert 0.2 < most <= 0.2 + 1.5 / FPS  # it did fall behind, then each frame waited for the oldest chunk
+        job.close()
+    assert most == 6 and job.stats.dropped > 0
 
 
-def test_a_chunk_that_fails_to_be_heard_raises_on_the_frame_that_takes_it(talk, monkeypatch):
-    listener = Listener(beside=True)
-
+def test_a_chunk_that_fails_to_be_heard_raises_on_the_frame_that_takes_it(talk):
     def broken(chunk):
         raise RuntimeError("resampler broke")
 
-    monkeypatch.setattr(listener, "_listen", broken)
+    job = listening(broken)
     try:
-        listener.hear(talk[0])
+        job.submit(talk[0])
+        job.drain()
         with pytest.raises(RuntimeError, match="resampler broke"):
-            listener.heard(wait=True)
-        assert listener.behind_s == 0.0
+            job.take()
+        assert not job.busy
     finally:
-        listener.close()
+        job.close()

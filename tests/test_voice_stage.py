@@ -32,7 +32,7 @@ def run_voice(clip, tmp_path, *, realtime: bool = False) -> list[dict]:
     source = MediaSource(clip, realtime=realtime)
     pipeline = Pipeline(build_graph(config), source, AnalyticsSink(NullSink(), analytics))
     report = asyncio.run(pipeline.run())
-    assert pipeline.stages_of("voice")[0].listener.beside == realtime
+    assert pipeline.stages_of("voice")[0].listening.beside == realtime
     assert report["stages"]["voice"]["errors"] == 0
     return [json.loads(line) for line in analytics.read_text().splitlines()]
 

@@ -6,11 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.frames import Frame
 from pipeline.pixels import Colour, PixelFormat, slot_shape
 from pipeline.ringbuffer import RingBuffer
+
+if TYPE_CHECKING:
+    from pipeline.side_work import FramesInFlight
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,12 @@ class Sink(ABC):
 
     @abstractmethod
     async def open(self, info: StreamInfo) -> None: ...
+
+    def hold_tickets(self, frames: FramesInFlight | None) -> None:
+        """Called before `open` on live runs with the graph's frames in flight. A sink that works on
+        a picture after `write` returns (a WebRTC sender encodes it later) holds a ticket for it
+        until done, so the graph's side work does not start in the middle of that."""
+        return  # most sinks are done with a frame when `write` returns
 
     @abstractmethod
     async def write(self, frame: Frame) -> None:

@@ -12,8 +12,8 @@ and turns, the avatar's speaking state. It turns changes into events, each once:
 
 A responder turns events into lines for the avatar: the built-in rules greet a new face, react
 to a smile or a frown, and fill a long silence, with short lines that do not repeat back to
-back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint writes them in the
-background (`llm_responder.py`). The lines go to the voice stage's speech queue
+back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint writes them as a
+side job (`llm_responder.py`). The lines go to the voice stage's speech queue
 (`StageContext.shared["speech"]`).
 
 Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `speaking_ratio`,
@@ -122,12 +122,10 @@ class Context(ComputeStage):
         self.lines_sent = 0
         self.llm: LLMResponder | None = None
         if self.options.llm is not None:
-            self.llm = LLMResponder(self.options.llm, deliver=self._send, fallback=self._answer_by_rules)
+            self.llm = LLMResponder(
+                self.options.llm, deliver=self._send, fallback=self._answer_by_rules, side_job=ctx.side_job
+            )
         self._summary_now: dict[str, Any] = {}
-
-    def teardown(self) -> None:
-        if self.llm is not None:
-            self.llm.close()
 
     def _send(self, line: str) -> None:
         speech = self.ctx.shared.get("speech") if self.ctx is not None else None

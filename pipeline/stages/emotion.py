@@ -5,17 +5,19 @@ frames), the frame is scaled to `detect_width` and converted to RGB in one kerne
 finds the faces, and the tracker matches them to the faces it follows. With `search_every` N,
 only every Nth detection searches the whole frame; those between look only near the faces
 already tracked (`MTCNN.detect_near`: R-Net and O-Net on their boxes, no pyramid, about a
-quarter of the cost), so a new face is found within N detections. On live runs MTCNN runs
-beside the frames (`detect_in_background`, see `background_detection.py`): the frame goes on
-with the tracked boxes and the faces found are matched in when ready, so no frame waits for the
-detector. Then every tracked face is cropped, resized to 64×64 gray and normalized — all of
-them in one kernel call, straight from the frame's own layout — and classified in one batch.
-Between detections the boxes are held, so expressions still update every frame at a fraction
-of the detector's cost. On live runs the classifier runs beside the frames too
-(`classify_in_background`): a frame hands a copy of its picture and its tracked boxes over and
-goes on with each face's expression as last read, so a reading lands on the frame after the one
-it was taken from (the probabilities are smoothed over several readings anyway), and a frame
-waits for neither model.
+quarter of the cost), so a new face is found within N detections. Then every tracked face is
+cropped, resized to 64×64 gray and normalized — all of them in one kernel call, straight from
+the frame's own layout — and classified in one batch. Between detections the boxes are held, so
+expressions still update every frame at a fraction of the detector's cost.
+
+Both models are latest-wins side jobs (`pipeline.side_work`). On live runs they run beside the
+frames: a frame due a detection hands over a copy of its picture (scaling and converting it for
+the detector is the job's work too) and goes on with the tracked boxes, and the faces found are
+matched in on the first frame after they are ready, which the tracker's overlap matching already
+allows for between detections; the classifier gets a copy of the picture and the tracked boxes,
+and a frame carries each face's expression as last read (the probabilities are smoothed over
+several readings anyway). No frame waits for either model. On file runs both run in line, so
+the output is the same on every run.
 
 Under load the scheduler turns three knobs (`apply_quality`): the stage runs on only every
 2nd or 3rd frame and the frames between carry the last result, marked `"held": true` (the
@@ -45,14 +47,12 @@ from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS
 from pipeline.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
-from pipeline.device import runs_beside
 from pipeline.frames import Frame
 from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
-from pipeline.quiet import ACTIVITY
 from pipeline.registry import register_stage
+from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
-from pipeline.stages.background_detection import BackgroundDetector
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
@@ -78,11 +78,6 @@ class EmotionOptions(StageOptions):
     batch_wait_ms: float = Field(DEFAULT_WAIT_S * 1000, ge=0.0, le=100.0)
     batch_rows: int = Field(DEFAULT_MAX_BATCH, ge=1, le=4096)
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
-    # The detector off the frames' path, on a thread of its own; auto: on live runs only (file runs
-    # detect in line, so their output is the same every run).
-    detect_in_background: Literal["auto", "on", "off"] = "auto"
-    # The expression classifier too: frames carry each face's last reading, a frame behind.
-    classify_in_background: Literal["auto", "on", "off"] = "auto"
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
@@ -135,25 +130,16 @@ class Emotion(ComputeStage):
         # twice the target rate keeps only odd ones, and `index % 2` would then skip every frame).
         self._offered = 0
         self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
-        nice = ctx.lane.cpu_nice
-        self._background = (
-            BackgroundDetector(self._detect_beside, name=ctx.name, stage_nice=nice)
-            if runs_beside(options.detect_in_background, ctx.live)
-            else None
-        )
-        self._detection_waiting = False  # a detection fell due while the background one still ran
-        self._reader = (
-            BackgroundDetector(self._classify_beside, name=f"{ctx.name}-expressions", stage_nice=nice)
-            if runs_beside(options.classify_in_background, ctx.live)
-            else None
-        )
+        # On a GPU the models work on their own stream, beside the frames; on a CPU they share the
+        # cores with them, so each of their runs starts between frames.
+        between = ctx.device.type != "cuda"
+        self.detecting = ctx.side_job(self._detect_beside, "detect", kind=JobKind.LATEST, between_frames=between)
+        self.reading = ctx.side_job(self._classify_beside, "read", kind=JobKind.LATEST, between_frames=between)
 
     def teardown(self) -> None:
-        for name in ("_background", "_reader"):
-            background = getattr(self, name, None)
-            if background is not None:
-                background.close()
-                setattr(self, name, None)
+        for job in (getattr(self, "detecting", None), getattr(self, "reading", None)):
+            if job is not None:
+                job.close()  # a running one holds its model pinned
         batcher = getattr(self, "_batcher", None)
         if batcher is not None:
             batcher.leave()
@@ -252,7 +238,7 @@ class Emotion(ComputeStage):
         (None when they are taken beside the frames: the tracks then carry them already)."""
         assert self.ctx is not None
         seen = []
-        in_line = self._background is None
+        in_line = not self.detecting.beside
         pinned = self.models.use(self._detector_name, on=self.ctx.device) if in_line else contextlib.nullcontext()
         with torch.no_grad(), pinned as detector:
             for frame in frames:
@@ -266,63 +252,62 @@ class Emotion(ComputeStage):
                     found = self._faces_from_beside(frame.image, due)
                 tracks = self._tracker.update(*found) if found is not None else self._tracker.update(None)
                 self._seen += 1
-                if self._reader is not None:
+                if self.reading.beside:
                     self._read_beside(frame.image, tracks)
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
-            if self._reader is not None:
+            if self.reading.beside:
                 return seen, None
             readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         return seen, readings
 
     def _read_beside(self, image: torch.Tensor, tracks: list[Track]) -> None:
         """Fold in the expressions read beside the frames since the last frame (faces that have
-        gone since are passed over), and start reading this frame's faces if the reader is free."""
-        assert self._reader is not None
-        readings = self._reader.take()
+        gone since are passed over), and ask for this frame's faces to be read (a newer request
+        replaces one still waiting)."""
+        readings = self.reading.take()
         if readings is not None:
             by_id = {track.id: track for track in tracks}
             for track_id, reading in readings:
                 track = by_id.get(track_id)
                 if track is not None:
                     self._tracker.observe(track, reading)
-        if tracks and not self._reader.busy:
+        if tracks:
             # A plain copy of the picture and of the boxes: the slot and the tracks move on meanwhile.
-            self._reader.start(image.clone(), [copy.copy(track) for track in tracks])
+            self.reading.submit(image.clone(), [copy.copy(track) for track in tracks], _made_event(image))
 
-    def _classify_beside(self, picture: torch.Tensor, faces: list[Track]) -> list[tuple[int, np.ndarray]]:
+    def _classify_beside(
+        self, picture: torch.Tensor, faces: list[Track], made: torch.cuda.Event | None
+    ) -> list[tuple[int, np.ndarray]]:
         """One classifier batch on a copy of a frame's picture, beside the frames: (track id, probabilities)."""
+        _wait_made(picture, made)
         with torch.no_grad():
             readings = self._classify([(picture, faces)])
         return [(face.id, reading) for face, reading in zip(faces, readings, strict=True)]
 
     def _faces_from_beside(self, image: torch.Tensor, due: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The background detection that finished since the last frame, if any; and a new one
-        started on this frame's picture when one is due (or fell due while the last one ran)."""
-        assert self._background is not None
-        found = self._background.take()
-        if due or self._detection_waiting:
-            if self._background.busy:
-                self._detection_waiting = True
-            else:
-                # A plain copy of the picture (the frame's slot may go once the frame does): scaling
-                # and converting it for the detector costs ten times the copy, and that work is
-                # the background thread's too.
-                self._background.start(image.clone(), self._detect_size, self._where_to_look())
-                self._detection_waiting = False
+        requested on this frame's picture when one is due (it waits while one runs; a newer request
+        replaces it)."""
+        found = self.detecting.take()
+        if due:
+            # A plain copy of the picture (the frame's slot may go once the frame does): scaling
+            # and converting it for the detector costs ten times the copy, and that work is the
+            # side job's too.
+            self.detecting.submit(image.clone(), self._detect_size, self._where_to_look(), _made_event(image))
         return found
 
     def _detect_beside(
-        self, picture: torch.Tensor, size: tuple[int, int], near: np.ndarray | None
+        self, picture: torch.Tensor, size: tuple[int, int], near: np.ndarray | None, made: torch.cuda.Event | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One background detection on a copy of a frame's picture, at the detector size and with
-        the boxes to look near of when it was taken: the detector pinned on this thread meanwhile."""
+        """One detection on a copy of a frame's picture, beside the frames, at the detector size and
+        with the boxes to look near of when it was taken: the detector pinned meanwhile."""
         assert self.ctx is not None
+        _wait_made(picture, made)
         small = self._detector_input(picture, size)
-        # On a CPU each network pass first waits for the frames in flight to be done (a search is
-        # several frame intervals of work); on a GPU the detector has a stream of its own.
-        pause = None if picture.is_cuda else ACTIVITY.wait_quiet
+        # Each network pass lets the frames in flight go first (a search is several frame
+        # intervals of work); a no-op where the job need not wait (a GPU's own stream).
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
-            return self._find_faces(detector, small, near, pause)
+            return self._find_faces(detector, small, near, self.detecting.pause)
 
     def _where_to_look(self) -> np.ndarray | None:
         """Where the detection starting now looks: None for the whole frame (every `search_every`th
@@ -386,6 +371,21 @@ class Emotion(ComputeStage):
                 )
             )
         return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
+
+
+def _made_event(picture: torch.Tensor) -> torch.cuda.Event | None:
+    """On a GPU, an event after the work that made `picture` on this thread's stream, for a side
+    job's thread to wait for; None on a CPU."""
+    if not picture.is_cuda:
+        return None
+    made = torch.cuda.Event()
+    made.record()
+    return made
+
+
+def _wait_made(picture: torch.Tensor, made: torch.cuda.Event | None) -> None:
+    if made is not None:
+        torch.cuda.current_stream(picture.device).wait_event(made)
 
 
 def _device_of(module: Any) -> torch.device:

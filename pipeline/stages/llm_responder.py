@@ -1,23 +1,25 @@
 """Lines for the avatar from a language model: an OpenAI-compatible or Ollama chat endpoint, off the frame path.
 
-The context stage hands each event and a compact summary of the session to `LLMResponder.respond`,
-which returns at once: the request runs on a background thread with a timeout, one at a time
-(events that come while one is in flight are answered by the rules instead), and the reply goes
-to the speech queue whenever it arrives. A slow or failing endpoint therefore never holds a
-frame back; failures are counted, logged once, and answered by the rules.
+The context stage hands each event and a compact summary of the session to `LLMResponder.respond`.
+The request is a side job (`pipeline.side_work`) with a timeout, one at a time (events that come
+while one is in flight are answered by the rules instead), and the reply goes to the speech queue
+whenever it arrives. On live runs it runs beside the frames, so a slow or failing endpoint never
+holds a frame back; on file runs in line, so the reply lands on a known frame. Failures are
+counted, logged once, and answered by the rules.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.side_work import JobKind, SideJob
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +42,25 @@ class LLMOptions(BaseModel):
 
 
 class LLMResponder:
-    """Asks the endpoint for a line per event, in the background; `deliver(line)` receives replies."""
+    """Asks the endpoint for a line per event, as a side job; `deliver(line)` receives replies."""
 
-    def __init__(self, options: LLMOptions, deliver: Any, fallback: Any):
+    def __init__(self, options: LLMOptions, deliver: Any, fallback: Any, side_job: Callable[..., SideJob[None]]):
         self.options = options
         self.deliver = deliver  # called with each reply (from the background thread)
         self.fallback = fallback  # called with the event when the endpoint cannot answer it
         self.requests = 0
         self.replies = 0
         self.failures = 0
-        self._busy = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="context-llm")
+        # Waiting on the network, not the CPU: no need to start between frames.
+        self._asking = side_job(self._ask, "ask", kind=JobKind.LATEST, between_frames=False)
 
     def respond(self, event: dict[str, Any], context: dict[str, Any]) -> bool:
-        """Start a request for `event`; False when one is already in flight (the caller answers it)."""
-        if self._busy.is_set():
+        """Ask about `event`; False when a request is already in flight (the caller answers it)."""
+        if self._asking.busy:
             return False
-        self._busy.set()
         self.requests += 1
-        self._pool.submit(self._ask, event, context)
+        self._asking.submit(event, context)
         return True
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _ask(self, event: dict[str, Any], context: dict[str, Any]) -> None:
         try:
@@ -76,8 +74,6 @@ class LLMResponder:
                     "context: language model at %s failed (%s); the rules answer instead", self.options.url, exc
                 )
             self.fallback(event)
-        finally:
-            self._busy.clear()
 
     def _request(self, event: dict[str, Any], context: dict[str, Any]) -> str:
         options = self.options

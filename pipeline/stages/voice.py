@@ -5,9 +5,10 @@ and fed to Silero VAD in 32 ms chunks; a speech gate with hysteresis and hangove
 chunk probabilities into turns (`pipeline.voice.listener`). Levels come from the audio kernels
 on the frame's own audio. Turn events carry their time on the stream's clock (the audio's pts),
 so they line up with video frames; a turn's end is known only after the hangover, so
-`user_stopped` arrives on a later frame than the one it names. On live runs the listening runs
-beside the frames (`listen_in_background`): a frame carries what was heard up to the frame
-before it, and waits for none of it.
+`user_stopped` arrives on a later frame than the one it names. The listening is an in-order side
+job (`pipeline.side_work`): on live runs it runs beside the frames, and a frame carries what was
+heard up to the frame before it and waits for none of it; a machine too slow to listen loses
+the oldest sound past `MAX_BEHIND_S` (counted in the report) rather than the frames.
 
 Speaking: lines queued with `say` (the `say` option, `--say` on the command line, other stages)
 are synthesized (eSpeak NG by default), cached, and played out one frame's chunk at a time.
@@ -27,18 +28,18 @@ openness from the voice's loudness), `text` (being spoken) and `events`:
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from kernels import ops
-from pipeline.device import runs_beside
 from pipeline.frames import AudioChunk, Frame
 from pipeline.registry import register_stage
+from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
-from pipeline.voice.listener import Listener
+from pipeline.voice.listener import MAX_BEHIND_S, Listener
 from pipeline.voice.speaker import Speaker
 from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD
@@ -58,10 +59,6 @@ class VoiceOptions(StageOptions):
     voice_gain_db: float = Field(0.0, ge=-40.0, le=20.0)  # the avatar's level
     barge_in: bool = True  # the user speaking stops the avatar
     barge_in_drops_queue: bool = True  # ... and drops what it had still to say
-    # Resampling, VAD and turns on a thread of their own; auto: on live runs only (file runs listen
-    # in line, so their output is the same every run). Beside, a frame carries what was heard up to
-    # the frame before it, and a barge-in comes a frame later.
-    listen_in_background: Literal["auto", "on", "off"] = "auto"
 
 
 @register_stage
@@ -78,16 +75,14 @@ class Voice(ComputeStage):
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
-        self.listener = Listener(
-            threshold=self.options.threshold,
-            hangover_s=self.options.hangover_s,
-            beside=runs_beside(self.options.listen_in_background, ctx.live),
-            name=ctx.name,
-            stage_nice=ctx.lane.cpu_nice,
-        )
+        self.listener = Listener(threshold=self.options.threshold, hangover_s=self.options.hangover_s)
         self.clipped_total = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
         fps = float(ctx.stream.fps) if ctx.stream is not None and ctx.stream.fps else 30.0
+        # One request a frame's sound: at most `MAX_BEHIND_S` of it waits to be heard.
+        self.listening = ctx.side_job(
+            self.listener.listen, "listen", kind=JobKind.IN_ORDER, max_lag=max(1, round(MAX_BEHIND_S * fps))
+        )
         self._frame_samples = max(1, round(rate / fps))  # the avatar's voice per frame when the stream has no audio
         try:
             self.speaker: Speaker | None = Speaker(EspeakSynthesizer(), rate, voice=self.options.voice)
@@ -97,11 +92,6 @@ class Voice(ComputeStage):
         for line in self.options.say:
             self.say(line)
         ctx.shared.setdefault("speech", self)  # other stages (context) queue lines through `say`
-
-    def teardown(self) -> None:
-        listener = getattr(self, "listener", None)
-        if listener is not None:
-            listener.close()
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""
@@ -119,8 +109,10 @@ class Voice(ComputeStage):
             clipped = int((chunk.samples.abs() >= FULL_SCALE).sum())
             record["clipped"] = clipped
             self.clipped_total += clipped
-            self.listener.hear(chunk)
-        heard = self.listener.heard()
+            if self.listening.beside:  # the thread's own copy: the frame's sound is mixed into below
+                chunk = AudioChunk(chunk.samples.detach().to("cpu", copy=True), chunk.sample_rate, chunk.pts)
+            self.listening.submit(chunk)
+        heard = self.listener.fold(self.listening.take())
         events += [{"type": "user_started", "time_s": round(t, 3)} for t in heard.started]
         events += [
             {"type": "user_stopped", "time_s": round(turn.end_s, 3), "duration_s": round(turn.duration_s, 3)}

@@ -42,8 +42,8 @@ from pipeline.frames import AudioChunk, Frame
 from pipeline.io.base import Sink, Source, StreamInfo
 from pipeline.io.sinks import host_pixels
 from pipeline.pixels import Colour, PixelFormat
-from pipeline.quiet import ACTIVITY
 from pipeline.ringbuffer import RingBuffer
+from pipeline.side_work import FramesInFlight
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,10 @@ class TrackSource(Source):
 class OutgoingVideo(MediaStreamTrack):
     """The processed picture: `recv` gives the newest frame written, never a queue of old ones.
 
-    A picture waiting here or being encoded still counts as a frame in flight (`pipeline.quiet`):
-    the sender asks for the next picture only once it has encoded and sent the last one, so work
-    beside the frames does not start in the middle of an encode either."""
+    A picture waiting here or being encoded still counts as a frame in flight of its graph
+    (`frames`, set by the sink; `pipeline.side_work`): the sender asks for the next picture only
+    once it has encoded and sent the last one, so side work does not start in the middle of an
+    encode either."""
 
     kind = "video"
 
@@ -203,15 +204,16 @@ class OutgoingVideo(MediaStreamTrack):
         super().__init__()
         self._latest: av.VideoFrame | None = None
         self._ready = asyncio.Event()
-        self._ticket: int | None = None  # ACTIVITY's, while a picture is waiting or with the sender
+        self.frames: FramesInFlight | None = None  # the graph's frames in flight, where it counts them
+        self._ticket: int | None = None  # while a picture is waiting or with the sender
         self.replaced = 0  # frames overwritten before the sender took them
 
     def put(self, picture: av.VideoFrame) -> None:
         if self._latest is not None:
             self.replaced += 1
         self._latest = picture
-        if self._ticket is None:
-            self._ticket = ACTIVITY.enter()
+        if self._ticket is None and self.frames is not None:
+            self._ticket = self.frames.enter()
         self._ready.set()
 
     def stop(self) -> None:
@@ -220,8 +222,8 @@ class OutgoingVideo(MediaStreamTrack):
 
     def _done_with_last(self) -> None:
         ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            ACTIVITY.leave(ticket)
+        if ticket is not None and self.frames is not None:
+            self.frames.leave(ticket)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -291,6 +293,9 @@ class PeerSink(Sink):
         self._pcm = np.zeros(0, dtype=np.int16)  # sound short of a whole packet, sent with the next frame
         self._opus: Any = None  # the encoder, made with the first sound
         self._first_pts: int | None = None  # the encoder's first packet starts before 0: moved to 0
+
+    def hold_tickets(self, frames: FramesInFlight | None) -> None:
+        self.video.frames = frames
 
     async def open(self, info: StreamInfo) -> None:
         self.info = info
