@@ -114,7 +114,7 @@ class Pipeline:
         self._fatal: BaseException | None = None
         self.source_error: str | None = None
         self.interrupted = False
-        self.shared: dict[str, Any] = {}  # services stages offer each other for this run (StageContext.shared)
+        self.offered: dict[tuple[str, str], Any] = {}  # services stages offer each other (StageContext.offer)
         self.scheduler: FrameScheduler | None = None  # set up with the stages when this run schedules
 
     def stages_of(self, type_name: str) -> list[Any]:
@@ -229,7 +229,8 @@ class Pipeline:
                 parents=node.parents,
                 inputs=node.inputs,
                 stream=self.source.info,
-                shared=self.shared,
+                services=node.services,
+                offered=self.offered,
                 models=self.models,
                 live=self.source.live,
                 side_work=self.side_work,

@@ -28,6 +28,7 @@ class Node:
     parents: tuple[str, ...] = ()
     children: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → upstream node
+    services: dict[str, str] = field(default_factory=dict)  # service used → the node that offers it
 
     @property
     def name(self) -> str:
@@ -161,4 +162,20 @@ def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = N
     for node in nodes.values():
         for parent in node.parents:
             nodes[parent].children.append(node.name)
+        node.services = _providers(node, nodes)
     return Graph(config=config, nodes=nodes)
+
+
+def _providers(node: Node, nodes: Mapping[str, Node]) -> dict[str, str]:
+    """For each service `node`'s stage uses, the one node in the graph that offers it."""
+    found = {}
+    for service in node.stage_type.uses:
+        offering = [other.name for other in nodes.values() if service in other.stage_type.offers]
+        if not offering:
+            raise ConfigError(f"stage {node.name!r}: uses {service!r}, which no stage in the graph offers")
+        if len(offering) > 1:
+            raise ConfigError(
+                f"stage {node.name!r}: uses {service!r}, offered by several stages ({', '.join(offering)})"
+            )
+        found[service] = offering[0]
+    return found

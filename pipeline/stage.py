@@ -48,10 +48,10 @@ class StageContext:
     parents: tuple[str, ...] = ()  # the nodes this stage runs after
     inputs: dict[str, str] = field(default_factory=dict)  # input port (stage type) → node name
     stream: StreamInfo | None = None  # the source's picture size, pixel format, colour and audio
-    # One dict per run, the same for every stage: where a stage offers a service to stages that
-    # run before it in the graph (e.g. the voice stage's speech queue, which the context stage,
-    # downstream, feeds). Keys are service names ("speech").
-    shared: dict[str, Any] = field(default_factory=dict)
+    # The services the stage uses (`Stage.uses`) → the node offering each, as the graph checked it.
+    services: dict[str, str] = field(default_factory=dict)
+    # What the run's stages offer, by (node name, service), the same dict for every stage of a run.
+    offered: dict[tuple[str, str], Any] = field(default_factory=dict)
     # The model manager (pipeline.memory.ModelManager) stages get their models from; shared by
     # every session of the process. None: a stage on its own makes one for its device.
     models: Any = None
@@ -59,6 +59,17 @@ class StageContext:
     live: bool = False
     # The run's side jobs (pipeline.side_work); a context made on its own runs them in line.
     side_work: SideWork = field(default_factory=SideWork)
+
+    def offer(self, service: str, provider: Any) -> None:
+        """Make `provider` the service the stage declared in `Stage.offers` (at setup)."""
+        self.offered[(self.name, service)] = provider
+
+    def service(self, service: str) -> Any:
+        """The provider of a service the stage declared in `Stage.uses`; None while the stage that
+        offers it has not (its setup failed, or it sets up after this one)."""
+        if service not in self.services:
+            raise KeyError(f"{self.name}: {service!r} is not a service this stage declared it uses")
+        return self.offered.get((self.services[service], service))
 
     def side_job(
         self,
@@ -92,6 +103,11 @@ class Stage:
     type_name: ClassVar[str] = ""  # key in configs, e.g. "frame_stats"
     Options: ClassVar[type[StageOptions]] = StageOptions
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
+    # Services between stages beyond annotations (e.g. "speech": the voice stage's queue of lines
+    # to say, which the context stage fills). The graph checks that each one used is offered by
+    # exactly one stage before the first frame; stages reach them through `StageContext.service`.
+    offers: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[tuple[str, ...]] = ()
     # Stages that work on the sound run on dropped frames too: a drop costs a picture, never audio.
     # Not on a frame whose sound was passed on to the next frame (thinned on arrival): that one carries it.
     # Such a stage never reads the pixels (a reclaimed frame's slot already holds another picture), so

@@ -37,9 +37,10 @@ def make_stage(**options) -> tuple[Context, SpeechQueue]:
         Lane("context", CPU),
         ScratchPool(CPU),
         inputs={"emotion": "emotion", "voice": "voice"},
+        services={"speech": "voice"},
+        offered={("voice", "speech"): speech},
         side_work=SideWork("beside"),
     )
-    ctx.shared["speech"] = speech
     stage.setup(ctx)
     return stage, speech
 

@@ -186,3 +186,66 @@ def test_a_stages_lane_is_niced_by_the_priority_it_is_served_at(run):
     nice = {name: running.lane.cpu_nice for name, running in pipeline._running.items()}
     assert nice["feeds"] == nice["needs"] == 0  # served as the stage that waits for it
     assert nice["aside"] > 0  # nothing important waits for it: its own priority
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+
+def _service_types():
+    from stage_kit import all_types
+
+    from pipeline.stage import Stage
+
+    class Offers(Stage):
+        type_name = "offers"
+        offers = ("count",)
+
+        def setup(self, ctx):
+            super().setup(ctx)
+            self.counter = _Counter()
+            ctx.offer("count", self.counter)
+
+        async def process(self, frame):
+            return None
+
+    class Uses(Stage):
+        type_name = "uses"
+        uses = ("count",)
+
+        async def process(self, frame):
+            counter = self.ctx.service("count")
+            counter.calls += 1
+            return {"calls": counter.calls}
+
+    return {**all_types(), "offers": Offers, "uses": Uses}
+
+
+def test_a_stage_reaches_the_service_it_declared_wherever_its_provider_sits(run):
+    from pipeline.config import parse_config
+
+    types = _service_types()
+    # The user runs before the provider in the graph: services are not annotations, so no edge is needed.
+    stages = [{"name": "user", "type": "uses"}, {"name": "giver", "type": "offers", "after": ["user"]}]
+    graph = build_graph(parse_config({"name": "t", "stages": stages}), types)
+    assert graph.nodes["user"].services == {"count": "giver"}
+    sink = RecordingSink()
+    pipeline = Pipeline(graph, IndexSource(10), sink)
+    run(pipeline.run())
+    assert [r["annotations"]["user"]["calls"] for r in sink.records] == list(range(1, 11))
+    with pytest.raises(KeyError, match="not a service this stage declared"):
+        pipeline._running["giver"].runner.stage.ctx.service("count")  # offered, not declared as used
+
+
+def test_a_missing_or_doubled_provider_of_a_service_fails_at_build_naming_the_stage():
+    from pipeline.config import parse_config
+
+    types = _service_types()
+    with pytest.raises(ConfigError, match="stage 'user': uses 'count', which no stage in the graph offers"):
+        build_graph(parse_config({"name": "t", "stages": [{"name": "user", "type": "uses"}]}), types)
+    stages = [{"name": "user", "type": "uses"}, {"name": "a", "type": "offers"}, {"name": "b", "type": "offers"}]
+    with pytest.raises(ConfigError, match=r"stage 'user': uses 'count', offered by several stages \(a, b\)"):
+        build_graph(parse_config({"name": "t", "stages": stages}), types)
+    config = load_config("default")
+    assert build_graph(config).nodes["context"].services == {"speech": "voice"}

@@ -14,7 +14,7 @@ A responder turns events into lines for the avatar: the built-in rules greet a n
 to a smile or a frown, and fill a long silence, with short lines that do not repeat back to
 back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint writes them as a
 side job (`llm_responder.py`). The lines go to the voice stage's speech queue
-(`StageContext.shared["speech"]`).
+(the `speech` service, `StageContext.service`).
 
 Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `speaking_ratio`,
 `turns`, `avatar_speaking`, `events` (each with `type`, `time_s`, `frame`, and its details) and
@@ -109,6 +109,7 @@ class Context(ComputeStage):
     type_name = "context"
     Options = ContextOptions
     inputs = ("emotion", "voice")
+    uses = ("speech",)  # the voice stage's queue of lines to say
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
@@ -128,7 +129,7 @@ class Context(ComputeStage):
         self._summary_now: dict[str, Any] = {}
 
     def _send(self, line: str) -> None:
-        speech = self.ctx.shared.get("speech") if self.ctx is not None else None
+        speech = self.ctx.service("speech") if self.ctx is not None else None
         if speech is not None:
             speech.say(line)
             self.lines_sent += 1

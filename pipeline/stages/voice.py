@@ -67,6 +67,7 @@ class Voice(ComputeStage):
 
     type_name = "voice"
     handles_dropped = True  # the sound of a dropped frame still plays
+    offers = ("speech",)  # `say`: other stages (context) queue lines for the avatar
     Options = VoiceOptions
 
     @classmethod
@@ -91,7 +92,7 @@ class Voice(ComputeStage):
             self.speaker = None
         for line in self.options.say:
             self.say(line)
-        ctx.shared.setdefault("speech", self)  # other stages (context) queue lines through `say`
+        ctx.offer("speech", self)
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""
