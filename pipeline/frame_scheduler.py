@@ -139,9 +139,12 @@ class FrameScheduler:
         self._sheddable = [s for s in self.stages if s.priority == lowest] if len(priorities) > 1 else []
         self._resizes_output = bool(getattr(sink, "resizable_output", False))
         knobs = set().union(*(node.stage_type.quality_knobs for node in nodes.values()))
+        if any(node.stage_type.inference for node in nodes.values()):
+            knobs.add("inference_every")  # the runner keeps the cadence of every inference stage
+        self._inference = [s for s in self.stages if s.runner.inference]
         self.ladder = effective_ladder(
             self.quality.ladder,
-            has_inference=bool(knobs & {"inference_every", "inference_scale", "precision"}),
+            felt=knobs,
             can_shed=bool(self._sheddable),
             can_resize_output=self._resizes_output,
             live=live,
@@ -302,6 +305,8 @@ class FrameScheduler:
                 log.warning(
                     "%s: cannot apply quality rung %s (%s: %s)", stage.name, settings.rung, type(exc).__name__, exc
                 )
+        for stage in self._inference:
+            stage.runner.set_cadence(settings.inference_every)
         for stage in self._sheddable:
             stage.runner.shed = settings.shed
         if self._resizes_output:

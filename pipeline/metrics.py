@@ -131,13 +131,14 @@ class QueueStats:
 class StageStats:
     """One stage's timings and what went wrong in it."""
 
-    __slots__ = ("disabled", "errors", "latency", "missing", "skipped")
+    __slots__ = ("disabled", "errors", "held", "latency", "missing", "skipped")
 
     def __init__(self) -> None:
         self.latency = LatencyHistogram()
         self.errors = 0  # calls that raised
         self.missing = 0  # frames that left without this stage's annotation
         self.skipped = 0  # dropped frames passed on untouched
+        self.held = 0  # frames the scheduler's cadence let carry the last result instead of a call
         self.disabled: str | None = None  # why the stage was switched off
 
     def summary(self) -> dict[str, Any]:
@@ -146,6 +147,7 @@ class StageStats:
             "errors": self.errors,
             "missing": self.missing,
             "skipped": self.skipped,
+            "held": self.held,
             "disabled": self.disabled,
         }
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 RUNG_EFFECTS: dict[str, dict[str, Any]] = {
     "full": {},
-    "emotion_every_2": {"inference_every": 2},  # run the face stage on every 2nd frame, hold its result between
-    "emotion_every_3": {"inference_every": 3},
+    "inference_every_2": {"inference_every": 2},  # inference stages run on every 2nd frame, hold results between
+    "inference_every_3": {"inference_every": 3},
     "lower_inference_resolution": {"inference_scale": 0.5},  # detector input at half the width
     "lower_precision": {"precision": "reduced"},  # fp16 on a GPU, int8 dynamic quantization on a CPU
     "shed_lowest_priority": {"shed": True},  # the lowest-priority stage(s) stop running
@@ -36,7 +36,7 @@ class QualitySettings:
     """The knobs at one rung. Stages read the ones that concern them and ignore the rest."""
 
     rung: str = "full"
-    inference_every: int = 1  # the inference stage runs on 1 frame in this many
+    inference_every: int = 1  # inference stages (`Stage.inference`) run on 1 frame in this many
     inference_scale: float = 1.0  # × the configured inference (detector) width
     precision: Literal["full", "reduced"] = "full"
     shed: bool = False  # the lowest-priority stage(s) are skipped
@@ -72,13 +72,14 @@ def settings_at(ladder: tuple[str, ...], rung: int) -> QualitySettings:
 
 
 def effective_ladder(
-    ladder: tuple[str, ...], *, has_inference: bool, can_shed: bool, can_resize_output: bool, live: bool
+    ladder: tuple[str, ...], *, felt: set[str] | frozenset[str], can_shed: bool, can_resize_output: bool, live: bool
 ) -> tuple[str, ...]:
-    """The rungs that change something in this run, in order (`full` always stays)."""
+    """The rungs that change something in this run, in order (`full` always stays). `felt`: the
+    inference knobs some stage of the graph follows (`inference_every`: any inference stage)."""
     acts = {
-        "inference_every": has_inference,
-        "inference_scale": has_inference,
-        "precision": has_inference,
+        "inference_every": "inference_every" in felt,
+        "inference_scale": "inference_scale" in felt,
+        "precision": "precision" in felt,
         "shed": can_shed,
         "output_scale": can_resize_output,
         "fps_divisor": live,  # a file run that skipped frames would lose them from its output for good

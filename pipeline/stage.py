@@ -3,6 +3,10 @@
 A stage's one contract is `async process(frame) -> annotation | None`. The graph decides when
 to call it; the stage never sleeps, polls or drops frames itself. `StageRunner` wraps each call
 with timing and isolation: a stage that raises costs that frame its annotation, not the run.
+For an inference stage (`Stage.inference`) the runner also keeps the scheduler's cadence: at
+"infer on every Nth frame" it calls the stage on one frame in N, and the frames between carry
+the last result, marked `"held": true`, so a new model stage is slowed by the ladder with no
+code of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+HELD_NOTHING = "held: no result yet"  # why a frame the cadence skipped has no annotation
 _clock_ns = time.perf_counter_ns
 
 
@@ -117,6 +122,9 @@ class Stage:
     # The quality knobs (`QualitySettings` field names) `apply_quality` acts on: the scheduler
     # leaves out of its ladder the rungs that no stage in the graph would feel.
     quality_knobs: ClassVar[frozenset[str]] = frozenset()
+    # A model's reading of the picture, which a frame may take from an earlier frame: the runner
+    # holds the result between calls when the scheduler lowers the cadence (`inference_every`).
+    inference: ClassVar[bool] = False
 
     def __init__(self, name: str, *, priority: int = 0, options: StageOptions | None = None):
         self.name = name
@@ -207,10 +215,14 @@ class StageRunner:
     """Calls one stage for each frame: times it, isolates its failures, disables it if it keeps failing."""
 
     __slots__ = (
+        "_held",
+        "_offered",
         "_process",
         "_record",
         "consecutive_failures",
+        "every",
         "handles_dropped",
+        "inference",
         "max_consecutive_failures",
         "name",
         "shed",
@@ -228,8 +240,40 @@ class StageRunner:
         self.consecutive_failures = 0
         self.shed = False  # skipped by the scheduler to save its time (the lowest-priority stages)
         self.handles_dropped = stage.handles_dropped
+        self.inference = stage.inference
+        self.every = 1  # an inference stage is called on 1 frame in this many (the scheduler's cadence)
+        # Frames with pixels offered since the cadence was set: the cadence counts these, not frame
+        # indices, because the scheduler may already have thinned the indices (a source at twice
+        # the target rate keeps only odd ones, and `index % 2` would then skip every frame).
+        self._offered = 0
+        self._held: dict[str, Any] | None = None  # the last result, carried by the frames between
         self._process = stage.process  # bound once: run() is on the hot path
         self._record = stats.latency.record
+
+    def set_cadence(self, every: int) -> None:
+        """Call an inference stage on 1 frame in `every` from the next frame on (the first is called)."""
+        if every != self.every:
+            self.every = every
+            self._offered = 0
+
+    def _next_is_held(self) -> bool:
+        """Count a frame with pixels offered to an inference stage: whether the cadence skips it."""
+        offered, self._offered = self._offered, self._offered + 1
+        return offered % self.every != 0
+
+    def _hold(self, frame: Frame) -> bool:
+        """Whether the cadence skips `frame`; if so it carries the last result, marked held."""
+        if not self.inference or not frame.has_image or not self._next_is_held():
+            return False
+        self.stats.held += 1
+        held = self._held
+        frame.annotations[self.name] = {**held, "held": True} if held is not None else missing(HELD_NOTHING)
+        return True
+
+    def _keep(self, annotation: dict[str, Any] | None) -> None:
+        """Remember an inference stage's result for the frames the cadence will skip."""
+        if self.inference and annotation is not None and not annotation.get("missing"):
+            self._held = annotation
 
     def disable(self, reason: str) -> None:
         if self.stats.disabled is None:
@@ -256,6 +300,8 @@ class StageRunner:
             stats.missing += 1
             frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
             return
+        if self._hold(frame):
+            return
         if lease is not None and not self.handles_dropped:
             lease.started = True  # from here on the ring may not reclaim it
         start = _clock_ns()
@@ -269,11 +315,14 @@ class StageRunner:
         self.consecutive_failures = 0
         if annotation is not None:
             frame.annotations[self.name] = annotation
+            self._keep(annotation)
 
     async def run_batch(self, frames: list[Frame]) -> None:
-        """One call of the stage on several frames (in index order), timed as a whole and isolated."""
+        """One call of the stage on several frames (in index order), timed as a whole and isolated.
+        Frames the cadence skips carry the result of the last frame called before them."""
         stats = self.stats
         todo = []
+        in_order: list[tuple[Frame, bool]] = []  # (frame, held) for the frames called or held
         for frame in frames:
             lease = frame.lease
             if self._passes_by(frame):
@@ -281,12 +330,24 @@ class StageRunner:
             elif stats.disabled is not None or self.shed:
                 stats.missing += 1
                 frame.annotations[self.name] = missing("disabled" if stats.disabled is not None else "shed")
+            elif self.inference and frame.has_image and self._next_is_held():
+                stats.held += 1
+                in_order.append((frame, True))
             else:
                 if lease is not None and not self.handles_dropped:
                     lease.started = True
                 todo.append(frame)
-        if not todo:
-            return
+                in_order.append((frame, False))
+        if todo:
+            await self._call_batch(todo)
+        for frame, held in in_order:  # in order, so each held frame carries the result before it
+            if held:
+                last = self._held
+                frame.annotations[self.name] = {**last, "held": True} if last is not None else missing(HELD_NOTHING)
+            else:
+                self._keep(frame.annotations.get(self.name))
+
+    async def _call_batch(self, todo: list[Frame]) -> None:
         start = _clock_ns()
         try:
             annotations = await self.stage.process_batch(todo)

@@ -88,33 +88,27 @@ class CostlyOptions(StageOptions):
 class Costly(Stage):
     """Costs `cost_ms` × `load` per frame (a sleep: the same on a busy test machine), less at lower rungs.
 
-    It follows the inference knobs as the emotion stage does: every Nth frame only (the others
-    carry the last result, free), half the cost at the lower resolution, two thirds at the
-    lower precision. Tests change `load` while the pipeline runs.
+    An inference stage with the emotion stage's knobs: called on every Nth frame only (the runner
+    holds its result on the others, free), half the cost at the lower resolution, two thirds at
+    the lower precision. Tests change `load` while the pipeline runs.
     """
 
     type_name = "costly"
     Options = CostlyOptions
-    quality_knobs = frozenset({"inference_every", "inference_scale", "precision"})
+    quality_knobs = frozenset({"inference_scale", "precision"})
+    inference = True
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
         self.load = 1.0
-        self.every = 1
-        self.offered = 0  # frames given to it since `every` was set: the cadence counts these, not indices
         self.speed_up = 1.0
         self.rungs: list[str] = []
 
     def apply_quality(self, settings) -> None:
         self.rungs.append(settings.rung)
-        if settings.inference_every != self.every:
-            self.every, self.offered = settings.inference_every, 0
         self.speed_up = (2.0 if settings.inference_scale < 1 else 1.0) * (1.5 if settings.precision == "reduced" else 1)
 
     async def process(self, frame: Frame) -> dict[str, Any]:
-        offered, self.offered = self.offered, self.offered + 1
-        if offered % self.every:
-            return {"held": True}
         await asyncio.sleep(self.options.cost_ms * self.load / self.speed_up / 1000)
         return {"held": False}
 

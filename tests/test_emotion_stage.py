@@ -208,12 +208,14 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
     )
     start_stages = pipeline._start_stages
 
-    def start_at_the_rung() -> None:
+    def start_at_the_rung() -> None:  # as the scheduler puts a rung: the stage's knobs, the runner's cadence
         start_stages()
-        pipeline._running["emotion"].runner.stage.apply_quality(settings)
+        runner = pipeline._running["emotion"].runner
+        runner.stage.apply_quality(settings)
+        runner.set_cadence(settings.inference_every)
 
     pipeline._start_stages = start_at_the_rung
-    asyncio.run(pipeline.run())
+    report = asyncio.run(pipeline.run())
     stage = pipeline._running["emotion"].runner.stage
     assert stage.precision == "int8" and stage._detect_size[1] == 160
     assert stage.models.entries[stage._detector_name].precision == "int8"  # the manager converted it
@@ -225,8 +227,9 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
         if record.get("held"):
             assert record["faces"] == records[index - 1]["faces"]
     assert stage.detections == 3  # detect_every 1 of the frames it looked at: 0, 3, 6
+    assert report["stages"]["emotion"]["held"] == 6
     stage.apply_quality(FULL)
-    assert stage.precision == "fp32" and stage._detect_size[1] == 320 and stage._cadence == 1
+    assert stage.precision == "fp32" and stage._detect_size[1] == 320
 
     # On a CUDA run whose detector fell back to the CPU, reduced precision follows where the model
     # runs: int8 for it (fp16 would save nothing on a CPU), and no fp16 for a classifier there.
@@ -262,7 +265,7 @@ def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tm
 
 
 def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_path):
-    """A live source at twice `targets.fps` keeps only odd indices; at `emotion_every_2` the stage must
+    """A live source at twice `targets.fps` keeps only odd indices; at `inference_every_2` the stage must
     still look at every other frame it is given, not skip every odd index (which would be all of them)."""
     from conftest import RecordingSink
 
@@ -284,7 +287,7 @@ def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_pat
     def start_at_the_rung() -> None:
         start_stages()
         assert pipeline.scheduler is not None
-        pipeline.scheduler.apply(settings_at(DEFAULT_LADDER, DEFAULT_LADDER.index("emotion_every_2")))
+        pipeline.scheduler.apply(settings_at(DEFAULT_LADDER, DEFAULT_LADDER.index("inference_every_2")))
 
     pipeline._start_stages = start_at_the_rung
     report = asyncio.run(pipeline.run())

@@ -267,12 +267,16 @@ def test_ladder_keeps_only_rungs_that_change_something_here():
     no_inference = make_scheduler(graph_of([{"name": "a", "type": "stamp"}]))
     assert no_inference.ladder == ("full", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4")
     assert effective_ladder(
-        DEFAULT_LADDER, has_inference=True, can_shed=True, can_resize_output=True, live=True
+        DEFAULT_LADDER,
+        felt={"inference_every", "inference_scale", "precision"},
+        can_shed=True,
+        can_resize_output=True,
+        live=True,
     ) == tuple(DEFAULT_LADDER)
     with pytest.raises(ValueError, match="unknown quality rung"):
         check_ladder(["full", "faster"])
     with pytest.raises(ValueError, match="start with 'full'"):
-        check_ladder(["emotion_every_2"])
+        check_ladder(["inference_every_2"])
 
 
 class ResizingSink:
@@ -437,7 +441,7 @@ def test_an_overloaded_file_run_drops_nothing_and_is_bit_identical_to_an_unsched
 
 
 def test_climbing_out_of_a_thinning_rung_counts_the_frames_it_brings_back():
-    ladder = check_ladder(["full", "emotion_every_2", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4"])
+    ladder = check_ladder(["full", "inference_every_2", "lower_source_fps", "lower_source_fps_3", "lower_source_fps_4"])
     assert source_rate_growth(ladder) == (1.0, 1.0, 2.0, 1.5, 4 / 3)
 
 

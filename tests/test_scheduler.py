@@ -139,7 +139,9 @@ def test_each_change_says_what_caused_it():
     first = controller.changes[0]
     assert first.direction == "down" and first.rung == 1 and first.name == DEFAULT_LADDER[1]
     assert first.p95_ms > BUDGET_MS
-    assert "lowering quality to rung 1 (emotion_every_2)" in first.describe() and "budget of 50 ms" in first.describe()
+    assert (
+        "lowering quality to rung 1 (inference_every_2)" in first.describe() and "budget of 50 ms" in first.describe()
+    )
 
 
 def test_no_decision_without_enough_frames_and_no_step_past_the_last_rung():

@@ -19,10 +19,11 @@ and a frame carries each face's expression as last read (the probabilities are s
 several readings anyway). No frame waits for either model. On file runs both run in line, so
 the output is the same on every run.
 
-Under load the scheduler turns three knobs (`apply_quality`): the stage runs on only every
-2nd or 3rd frame and the frames between carry the last result, marked `"held": true` (the
-avatar keeps animating from it); the detector's input width is scaled down; and the models
-run at lower precision (fp16 on a GPU, int8 dynamic quantization on a CPU).
+Under load the scheduler lowers three things: it is an inference stage, so the runner calls it on
+only every 2nd or 3rd frame and the frames between carry the last result, marked `"held": true`
+(the avatar keeps animating from it); and through `apply_quality` the detector's input width is
+scaled down and the models run at lower precision (fp16 on a GPU, int8 dynamic quantization on a
+CPU).
 
 Annotation, under the stage's name in the analytics line:
 `{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "landmarks": [[x, y] × 5],
@@ -88,7 +89,8 @@ class Emotion(ComputeStage):
 
     type_name = "emotion"
     Options = EmotionOptions
-    quality_knobs = frozenset({"inference_every", "inference_scale", "precision"})
+    quality_knobs = frozenset({"inference_scale", "precision"})
+    inference = True  # the runner holds its result on the frames the scheduler's cadence skips
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
@@ -123,13 +125,7 @@ class Emotion(ComputeStage):
         self.detections = 0  # detector runs, for the report and tests
         self.searches = 0  # of them, searches of the whole frame
         self._rounds = 0  # detections started, which `search_every` counts
-        self._cadence = 1  # the stage runs on 1 frame in this many (the scheduler's knob)
         self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
-        # Frames with pixels given to the stage since the cadence was set: the cadence counts these,
-        # not frame indices, because the scheduler may already have thinned the indices (a source at
-        # twice the target rate keeps only odd ones, and `index % 2` would then skip every frame).
-        self._offered = 0
-        self._held: dict[str, Any] | None = None  # the last result, carried by frames the cadence skips
         # On a GPU the models work on their own stream, beside the frames; on a CPU they share the
         # cores with them, so each of their runs starts between frames.
         between = ctx.device.type != "cuda"
@@ -146,9 +142,6 @@ class Emotion(ComputeStage):
             self._batcher = None
 
     def apply_quality(self, settings: QualitySettings) -> None:
-        if settings.inference_every != self._cadence:
-            self._cadence = settings.inference_every
-            self._offered = 0  # the first frame at a new cadence is looked at
         self.set_detect_width(round(self.options.detect_width * settings.inference_scale))
         if settings.precision != "reduced":
             self.set_precision(self.options.precision)
@@ -201,14 +194,7 @@ class Emotion(ComputeStage):
         """Frames in index order. Detection and tracking go frame by frame (they carry state);
         the faces of all the frames are classified in one batch; the smoothed labels are then
         settled frame by frame, so the result is what one frame at a time gives."""
-        # Frames the cadence skips carry the result before them; frames without pixels get none.
-        held = set()
-        for frame in frames:
-            if frame.has_image:
-                if self._offered % self._cadence:
-                    held.add(frame.index)
-                self._offered += 1
-        work = [f for f in frames if f.has_image and f.index not in held]
+        work = [f for f in frames if f.has_image]  # frames without pixels get none
         seen, readings = self._look(work) if work else ([], None)
         records: dict[int, dict[str, Any]] = {}
         for frame, faces in seen:
@@ -217,16 +203,7 @@ class Emotion(ComputeStage):
                     self._tracker.observe(track, readings.pop(0))
                     face.probs, face.label = track.probs, track.label
             records[frame.index] = {"faces": [_face_record(face) for _, face in faces]}
-        results = []
-        for frame in frames:
-            if frame.index in held:
-                record = {**self._held, "held": True} if self._held is not None else missing("held: no result yet")
-            else:
-                record = records.get(frame.index, missing("no video"))
-                if frame.index in records:
-                    self._held = record
-            results.append(record)
-        return results
+        return [records.get(frame.index, missing("no video")) for frame in frames]
 
     def _look(
         self, frames: list[Frame]
