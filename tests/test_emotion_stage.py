@@ -403,7 +403,7 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
     from pipeline.stages.face_tracker import FaceTracker, Track
 
     class Reader:
-        beside = True
+        beside, busy = True, False
 
         def __init__(self, readings):
             self.readings, self.started = readings, []

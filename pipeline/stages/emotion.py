@@ -239,8 +239,8 @@ class Emotion(ComputeStage):
 
     def _read_beside(self, image: torch.Tensor, tracks: list[Track]) -> None:
         """Fold in the expressions read beside the frames since the last frame (faces that have
-        gone since are passed over), and ask for this frame's faces to be read (a newer request
-        replaces one still waiting)."""
+        gone since are passed over), and ask for this frame's faces to be read when no reading is
+        under way: at most one a frame, so under load the classifier does not run back to back."""
         readings = self.reading.take()
         if readings is not None:
             by_id = {track.id: track for track in tracks}
@@ -248,7 +248,7 @@ class Emotion(ComputeStage):
                 track = by_id.get(track_id)
                 if track is not None:
                     self._tracker.observe(track, reading)
-        if tracks:
+        if tracks and not self.reading.busy:
             # A plain copy of the picture and of the boxes: the slot and the tracks move on meanwhile.
             self.reading.submit(image.clone(), [copy.copy(track) for track in tracks], _made_event(image))
 
