@@ -103,7 +103,7 @@ class Pipeline:
         # Live frames between the source and the sink's hands, which this graph's side work lets go first.
         self.frames_in_flight = FramesInFlight()
         self._in_flight_live: dict[int, int] = {}  # live frame index → its ticket, until the sink has it
-        self.side_work = SideWork(config.side_work, live=source.live, frames=self.frames_in_flight)
+        self.side_work = SideWork(config.side_work, live=source.live, frames=self.frames_in_flight, device=self.device)
         self._accepted = 0
         self._delivered = 0
         self._source_done = False

@@ -11,6 +11,7 @@ All methods are called from the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from enum import StrEnum
 
@@ -85,7 +86,9 @@ class RingBuffer:
         self._waiters: deque[asyncio.Future[SlotLease]] = deque()
         self.leased = 0  # counters for the report
         self.reclaimed = 0
-        self.waits = 0
+        self.waits = 0  # times the source waited for a slot (no slot free, none to reclaim)
+        self.waited_s = 0.0  # ... all together; a wait ends when a frame in flight gives its slot back
+        self.longest_wait_s = 0.0
         self.max_in_use = 0
 
     @property
@@ -119,12 +122,17 @@ class RingBuffer:
         self.waits += 1
         waiter: asyncio.Future[SlotLease] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        started = time.monotonic()
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 waiter.result().release()  # handed a slot just as we were cancelled
             raise
+        finally:
+            waited = time.monotonic() - started
+            self.waited_s += waited
+            self.longest_wait_s = max(self.longest_wait_s, waited)
 
     def stats(self) -> dict[str, int | str]:
         return {
@@ -133,6 +141,8 @@ class RingBuffer:
             "leased": self.leased,
             "reclaimed": self.reclaimed,
             "waits": self.waits,
+            "waited_s": round(self.waited_s, 4),
+            "longest_wait_s": round(self.longest_wait_s, 4),
             "max_in_use": self.max_in_use,
             "in_use": self.in_use,
         }

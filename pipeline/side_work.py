@@ -15,11 +15,12 @@ Two kinds cover what stages need:
   the last frame.
 
 A frame never waits for a side job: under overload frames keep flowing and the side work falls
-behind, which shows in its counters. On a CPU the jobs also share the cores and the GIL with the
-frames, so a job starts a run of work only once the live frames of its own graph that were in
-flight then are done, waiting at most `MAX_WAIT_S` (frames that come in meanwhile are not
-waited for: at overload one is always in flight), and its thread runs at a nice value behind the
-stage it serves. A job whose work raises keeps running; the error is raised to the frame that
+behind, which shows in its counters. A job's thread runs at a nice value behind the stage it
+serves and, on a CUDA run, queues its GPU work on a stream of its own at CUDA's least urgent
+priority. On a CPU the jobs also share the cores and the GIL with the frames, so a job starts a
+run of work only once the live frames of its own graph that were in flight then are done,
+waiting at most `MAX_WAIT_S` (frames that come in meanwhile are not waited for: at overload one
+is always in flight). A job whose work raises keeps running; the error is raised to the frame that
 takes its result.
 
 `side_work: inline` in a graph runs every job in line, in the caller's thread, at once: the
@@ -38,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
+
+import torch
 
 from pipeline.device import background_nice, set_thread_nice
 
@@ -129,6 +132,7 @@ class SideJob(Generic[Result]):
         max_lag: int = DEFAULT_MAX_LAG,
         nice: int = 0,
         max_wait_s: float = MAX_WAIT_S,
+        device: torch.device | None = None,
     ):
         if max_lag < 1:
             raise ValueError(f"{name}: max_lag must be at least 1, got {max_lag}")
@@ -146,6 +150,7 @@ class SideJob(Generic[Result]):
         self._running = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._device = device  # a CUDA device: the thread's GPU work goes on a least-urgent stream
         if beside:
             self._thread = threading.Thread(target=self._serve, args=(nice,), name=f"{name}-side", daemon=True)
             self._thread.start()
@@ -227,6 +232,10 @@ class SideJob(Generic[Result]):
 
     def _serve(self, nice: int) -> None:
         set_thread_nice(nice)
+        device = self._device
+        if device is not None and device.type == "cuda":
+            least_urgent = torch.cuda.Stream.priority_range()[0]
+            torch.cuda.set_stream(torch.cuda.Stream(device=device, priority=least_urgent))  # this thread's
         idle = True
         while True:
             with self._changed:
@@ -272,10 +281,18 @@ class SideJob(Generic[Result]):
 class SideWork:
     """The side jobs of one graph run: made for its stages, stopped with it, reported."""
 
-    def __init__(self, mode: SideWorkMode = "auto", *, live: bool = False, frames: FramesInFlight | None = None):
+    def __init__(
+        self,
+        mode: SideWorkMode = "auto",
+        *,
+        live: bool = False,
+        frames: FramesInFlight | None = None,
+        device: torch.device | None = None,
+    ):
         self.beside = mode == "beside" or (mode == "auto" and live)
         self.frames = frames if frames is not None else FramesInFlight()
         self._live = live
+        self._device = device
         self._jobs: list[SideJob[Any]] = []
 
     def job(
@@ -301,6 +318,7 @@ class SideWork:
             frames=self.frames if waits else None,
             max_lag=max_lag,
             nice=background_nice(stage_nice),
+            device=self._device,
         )
         self._jobs.append(job)
         return job

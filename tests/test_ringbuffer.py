@@ -52,6 +52,7 @@ def test_block_policy_waits_for_a_slot(run):
         assert second.slot == first.slot and not first.revoked
         second.release()
         assert ring.waits == 1 and ring.in_use == 0
+        assert 0.005 < ring.stats()["waited_s"] == ring.stats()["longest_wait_s"] < 1.0  # what the wait cost
 
     run(scenario())
 

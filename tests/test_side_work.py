@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 from conftest import IndexSource, RecordingSink
 from stage_kit import TEST_TYPES, graph_of
 
@@ -290,3 +291,52 @@ def test_a_picture_counts_until_the_webrtc_sender_is_done_encoding_it(run):
         assert frames.count == 0
 
     run(scenario())
+
+
+class Breaks(Stage):
+    """A latest-wins side job that raises on frame 3's request."""
+
+    type_name = "breaks"
+
+    def setup(self, ctx: StageContext) -> None:
+        super().setup(ctx)
+        self.job = ctx.side_job(self.work, "work", kind=JobKind.LATEST)
+
+    @staticmethod
+    def work(n: int) -> int:
+        if n == 3:
+            raise ValueError(f"cannot read frame {n}")
+        return n
+
+    async def process(self, frame):
+        self.job.submit(frame.index)
+        return {"newest": self.job.take()}
+
+
+@pytest.mark.parametrize("side_work", ["inline", "beside"])
+def test_a_failing_side_job_costs_the_frame_that_takes_it_its_annotation_and_nothing_more(run, side_work):
+    config = parse_config({"name": "t", "side_work": side_work, "stages": [{"name": "b", "type": "breaks"}]})
+    types = {**stage_types(), **TEST_TYPES, "breaks": Breaks}
+    sink = RecordingSink()
+    source = IndexSource(12, live=True, fps=100)
+    report = run(Pipeline(build_graph(config, types), source, sink).run())
+    annotations = [record["annotations"]["b"] for record in sink.records]
+    failed = [a for a in annotations if a.get("missing")]
+    assert len(failed) == 1 and "ValueError: cannot read frame 3" in failed[0]["reason"]
+    assert annotations[-1] == {"newest": 11} or side_work == "beside"  # in line: each frame's own result
+    assert any((a.get("newest") or 0) > 3 for a in annotations)  # the job went on after the failure
+    assert report["side_work"]["b.work"]["failed"] == 1 and report["stages"]["b"]["errors"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_a_job_queues_its_work_on_a_least_urgent_stream_of_its_own():
+    device = torch.device("cuda", 0)
+    streams = []
+    work = SideWork("beside", device=device)
+    job = work.job(lambda: streams.append(torch.cuda.current_stream(device)), name="s", kind=JobKind.LATEST)
+    job.submit()
+    job.drain()
+    work.close()
+    (stream,) = streams
+    assert stream != torch.cuda.default_stream(device)
+    assert stream.priority == torch.cuda.Stream.priority_range()[0]
