@@ -17,7 +17,9 @@ what it decides, so the executor only calls four hooks:
   dropped for being late (or reclaimed by a full ring) counts as a miss, a quarter over the
   budget, so a run that holds its latency only by dropping still steps down.
 - `control()`, a task: every `control_period_s` it reads each stage's busy share and mean cost
-  since the last tick, the age of the oldest frame waiting in any stage's queue, GPU memory
+  since the last tick, the share of the machine's cores the process used (side work included:
+  a stage can look idle while the cores are full, and climbing then only brings a burst of late
+  frames), the age of the oldest frame waiting in any stage's queue, GPU memory
   and temperature, asks the controller, applies the new rung
   to every stage (`Stage.apply_quality`), to shedding and to the sink, logs the change in one
   line, and adds a point to the timeline.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -103,6 +106,7 @@ class FrameScheduler:
         gpu: GpuHealth | None = None,
         profile: DeviceProfile | None = None,
         queue_age_ns: Callable[[int], int] | None = None,
+        cpu_seconds: Callable[[], float] | None = time.process_time,
     ):
         config = graph.config
         self.config = config
@@ -112,6 +116,9 @@ class FrameScheduler:
         self.sink = sink
         self.gpu = gpu
         self.queue_age_ns = queue_age_ns  # now (monotonic ns) → age of the oldest frame queued at any stage
+        self.cpu_seconds = cpu_seconds  # the process's CPU time so far, every thread's (None: not read)
+        self._cpu_s = cpu_seconds() if cpu_seconds is not None else 0.0
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.gpu_memory_max = quality.gpu_memory_max or (profile.gpu_memory_max if profile else 0.90)
         self.gpu_temperature_max_c = quality.gpu_temperature_max_c or (
             profile.gpu_temperature_max_c if profile else 83.0
@@ -252,6 +259,10 @@ class FrameScheduler:
     def tick(self, now_s: float, elapsed_s: float, fps: float) -> None:
         """One control step (separate from the timer, for tests)."""
         busiest = self._measure_stages(elapsed_s)
+        if self.cpu_seconds is not None:
+            cpu_s, self._cpu_s = self._cpu_s, self.cpu_seconds()
+            cores = (self._cpu_s - cpu_s) / (elapsed_s * self._cores)
+            busiest = cores if busiest is None else max(busiest, cores)
         if busiest is not None:
             self.controller.observe_busy(now_s, busiest)
         if self.queue_age_ns is not None:

@@ -498,3 +498,29 @@ def test_a_sound_stage_leaves_the_ring_slot_free_to_go_back_when_the_frame_is_dr
     heard.drop(LATE)
     seen.drop(LATE)
     assert heard.lease is None and ring.in_use == 1  # only the frame a picture stage began on keeps its slot
+
+
+def test_no_climb_while_the_machines_cores_are_full_though_every_stage_looks_idle():
+    """Side work runs on threads of its own, outside every stage's time: the process's share of
+    the cores counts as busy too, so the ladder does not climb into a burst of late frames."""
+    graph = graph_of([{"name": "infer", "type": "costly"}])
+
+    def climbs(cores_used: float) -> bool:
+        metrics = RunMetrics()
+        runners = {name: StageRunner(node.instantiate(), metrics.stage(name)) for name, node in graph.nodes.items()}
+        cpu = [0.0]
+        scheduler = FrameScheduler(
+            graph, runners, metrics, live=True, source_fps=30.0, sink=None, cpu_seconds=lambda: cpu[0]
+        )
+        scheduler.controller.rung = 1
+        for tick in range(60):  # 15 s with every frame 10 ms from capture to sink
+            now_s = 100.0 + 0.25 * tick
+            for i in range(8):
+                captured = int((now_s - 0.01) * 1e9) + i
+                scheduler.delivered(Frame(i, i, Fraction(1, 30), captured), int(now_s * 1e9) + i)
+            cpu[0] += cores_used * scheduler._cores * 0.25
+            scheduler.tick(now_s, 0.25, 30.0)
+        return scheduler.controller.rung == 0
+
+    assert climbs(0.1)
+    assert not climbs(0.9)
