@@ -52,7 +52,7 @@ from pipeline.frames import Frame
 from pipeline.memory import ModelManager, ModelSpec
 from pipeline.quality import QualitySettings
 from pipeline.registry import register_stage
-from pipeline.side_work import JobKind
+from pipeline.side_work import JobKind, SideJob
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
@@ -126,11 +126,16 @@ class Emotion(ComputeStage):
         self.searches = 0  # of them, searches of the whole frame
         self._rounds = 0  # detections started, which `search_every` counts
         self._seen = 0  # frames looked at: every `detect_every`th of them is a detection
-        # On a GPU the models work on their own stream, beside the frames; on a CPU they share the
-        # cores with them, so each of their runs starts between frames.
-        between = ctx.device.type != "cuda"
-        self.detecting = ctx.side_job(self._detect_beside, "detect", kind=JobKind.LATEST, between_frames=between)
-        self.reading = ctx.side_job(self._classify_beside, "read", kind=JobKind.LATEST, between_frames=between)
+        # Beside the frames: side jobs. In line the stage runs both models itself, so that a file
+        # run that is behind can classify the faces of several frames in one batch.
+        self.detecting: SideJob[Any] | None = None
+        self.reading: SideJob[Any] | None = None
+        if ctx.side_work.beside:
+            # On a GPU the models work on their own stream, beside the frames; on a CPU they share
+            # the cores with them, so each of their runs starts between frames.
+            between = ctx.device.type != "cuda"
+            self.detecting = ctx.side_job(self._detect_beside, "detect", kind=JobKind.LATEST, between_frames=between)
+            self.reading = ctx.side_job(self._classify_beside, "read", kind=JobKind.LATEST, between_frames=between)
 
     def teardown(self) -> None:
         for job in (getattr(self, "detecting", None), getattr(self, "reading", None)):
@@ -215,7 +220,7 @@ class Emotion(ComputeStage):
         (None when they are taken beside the frames: the tracks then carry them already)."""
         assert self.ctx is not None
         seen = []
-        in_line = not self.detecting.beside
+        in_line = self.detecting is None
         pinned = self.models.use(self._detector_name, on=self.ctx.device) if in_line else contextlib.nullcontext()
         with torch.no_grad(), pinned as detector:
             for frame in frames:
@@ -229,10 +234,10 @@ class Emotion(ComputeStage):
                     found = self._faces_from_beside(frame.image, due)
                 tracks = self._tracker.update(*found) if found is not None else self._tracker.update(None)
                 self._seen += 1
-                if self.reading.beside:
+                if self.reading is not None:
                     self._read_beside(frame.image, tracks)
                 seen.append((frame, [(track, copy.copy(track)) for track in tracks]))
-            if self.reading.beside:
+            if self.reading is not None:
                 return seen, None
             readings = self._classify([(frame.image, [face for _, face in faces]) for frame, faces in seen if faces])
         return seen, readings
@@ -241,6 +246,7 @@ class Emotion(ComputeStage):
         """Fold in the expressions read beside the frames since the last frame (faces that have
         gone since are passed over), and ask for this frame's faces to be read when no reading is
         under way: at most one a frame, so under load the classifier does not run back to back."""
+        assert self.reading is not None
         readings = self.reading.take()
         if readings is not None:
             by_id = {track.id: track for track in tracks}
@@ -265,6 +271,7 @@ class Emotion(ComputeStage):
         """The background detection that finished since the last frame, if any; and a new one
         requested on this frame's picture when one is due (it waits while one runs; a newer request
         replaces it)."""
+        assert self.detecting is not None
         found = self.detecting.take()
         if due:
             # A plain copy of the picture (the frame's slot may go once the frame does): scaling
@@ -283,8 +290,9 @@ class Emotion(ComputeStage):
         small = self._detector_input(picture, size)
         # Each network pass lets the frames in flight go first (a search is several frame
         # intervals of work); a no-op where the job need not wait (a GPU's own stream).
+        pause = self.detecting.pause if self.detecting is not None else None
         with torch.no_grad(), self.models.use(self._detector_name, on=self.ctx.device) as detector:
-            return self._find_faces(detector, small, near, self.detecting.pause)
+            return self._find_faces(detector, small, near, pause)
 
     def _where_to_look(self) -> np.ndarray | None:
         """Where the detection starting now looks: None for the whole frame (every `search_every`th
