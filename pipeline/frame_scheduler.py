@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import GraphConfig
+from pipeline.device import cpu_cores
 from pipeline.device_profiles import DeviceProfile
 from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.gpu_health import GpuHealth, pressure
@@ -118,7 +118,7 @@ class FrameScheduler:
         self.queue_age_ns = queue_age_ns  # now (monotonic ns) → age of the oldest frame queued at any stage
         self.cpu_seconds = cpu_seconds  # the process's CPU time so far, every thread's (None: not read)
         self._cpu_s = cpu_seconds() if cpu_seconds is not None else 0.0
-        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._cores = cpu_cores()  # those granted to this process (a Ray task's), else the machine's
         self.gpu_memory_max = quality.gpu_memory_max or (profile.gpu_memory_max if profile else 0.90)
         self.gpu_temperature_max_c = quality.gpu_temperature_max_c or (
             profile.gpu_temperature_max_c if profile else 83.0
