@@ -209,7 +209,7 @@ class SideJob(Generic[Result]):
             return results
 
     def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait until nothing runs or waits (at most `timeout_s`): the end of a stream, and tests."""
+        """Wait until nothing runs or waits (at most `timeout_s`), for a caller that needs every result."""
         with self._changed:
             self._changed.wait_for(lambda: not self.busy or self._closed, timeout_s)
 
@@ -322,10 +322,6 @@ class SideWork:
         )
         self._jobs.append(job)
         return job
-
-    @property
-    def jobs(self) -> list[SideJob[Any]]:
-        return list(self._jobs)
 
     def close(self) -> None:
         """Stop every job (a running request is let finish)."""

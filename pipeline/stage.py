@@ -266,9 +266,13 @@ class StageRunner:
         if not self.inference or not frame.has_image or not self._next_is_held():
             return False
         self.stats.held += 1
-        held = self._held
-        frame.annotations[self.name] = {**held, "held": True} if held is not None else missing(HELD_NOTHING)
+        self._carry(frame)
         return True
+
+    def _carry(self, frame: Frame) -> None:
+        """Give a frame the cadence skipped the last result, marked held."""
+        last = self._held
+        frame.annotations[self.name] = {**last, "held": True} if last is not None else missing(HELD_NOTHING)
 
     def _keep(self, annotation: dict[str, Any] | None) -> None:
         """Remember an inference stage's result for the frames the cadence will skip."""
@@ -342,8 +346,7 @@ class StageRunner:
             await self._call_batch(todo)
         for frame, held in in_order:  # in order, so each held frame carries the result before it
             if held:
-                last = self._held
-                frame.annotations[self.name] = {**last, "held": True} if last is not None else missing(HELD_NOTHING)
+                self._carry(frame)
             else:
                 self._keep(frame.annotations.get(self.name))
 
