@@ -39,6 +39,16 @@ class Clock:
         return self.now
 
 
+def wait_for(condition, timeout_s: float = 5.0) -> bool:
+    """Poll `condition` (work on another thread) until it holds, at most `timeout_s`; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
 def serve_http(handler: type[BaseHTTPRequestHandler], **handler_options: Any) -> tuple[ThreadingHTTPServer, str]:
     """A local HTTP server on a free port, on a daemon thread, with `handler`'s request log silenced;
     returns the server (the caller shuts it down) and its base URL."""

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import wait_for
 
 from pipeline.device import Lane
 from pipeline.frames import Frame
@@ -159,17 +160,6 @@ def fake_endpoint(reply: str, *, delay_s: float = 0.0):
 
     server, base = serve_http(Chat)
     return server, f"{base}/v1/chat/completions"
-
-
-def wait_for(condition, timeout_s: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_a_language_model_s_reply_reaches_the_speech_queue():

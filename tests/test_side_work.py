@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import IndexSource, RecordingSink
+from conftest import IndexSource, RecordingSink, wait_for
 from stage_kit import TEST_TYPES, graph_of
 
 from pipeline.config import parse_config
@@ -23,15 +23,6 @@ from pipeline.stage import Stage, StageContext
 
 def beside(work, kind=JobKind.LATEST, **options) -> SideJob:
     return SideJob(work, name="test", kind=kind, beside=True, **options)
-
-
-def wait_until(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_latest_wins_replaces_a_waiting_request_and_gives_the_newest_result():
@@ -47,12 +38,12 @@ def test_latest_wins_replaces_a_waiting_request_and_gives_the_newest_result():
     job = beside(work)
     try:
         job.submit(1)
-        assert wait_until(lambda: ran == [1])  # running, and holding the thread
+        assert wait_for(lambda: ran == [1])  # running, and holding the thread
         job.submit(2)
         job.submit(3)  # replaces 2, which never ran
         assert job.take() is None and job.busy and job.waiting == 1
         release.set()
-        assert wait_until(lambda: not job.busy)
+        assert wait_for(lambda: not job.busy)
         assert ran == [1, 3]
         assert job.take() == 30  # the newest; 10 was superseded
         assert job.take() is None  # taken once
@@ -74,7 +65,7 @@ def test_in_order_keeps_order_and_drops_the_oldest_past_its_lag():
     job = beside(work, JobKind.IN_ORDER, max_lag=3)
     try:
         job.submit(0)
-        assert wait_until(lambda: ran == [0])  # running, and holding the thread
+        assert wait_for(lambda: ran == [0])  # running, and holding the thread
         for n in range(1, 8):  # 1..7 wait, at most 3 of them
             job.submit(n)
             assert job.waiting <= 3
@@ -228,7 +219,7 @@ def test_jobs_stop_with_their_graph_however_many_sessions_come_and_go(run):
                 assert report["side_work"]["b.echo"]["beside"] is True
 
     run(sessions())
-    assert wait_until(lambda: len(side_threads()) == before)
+    assert wait_for(lambda: len(side_threads()) == before)
 
 
 def test_live_frames_count_until_their_sink_has_them_and_none_stay_counted(run):
