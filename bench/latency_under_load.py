@@ -20,6 +20,7 @@ waits and ring reclaims (a full ring dropping its oldest waiting frame) beside t
 Target: with the scheduler on, p99 ≤ budget at every load up to 4×.
 
     python bench/latency_under_load.py [--seconds 12] [--budget-ms 50] [--loads 0.5,1,1.5,2,3,4] [--device cuda]
+                                       [--capacity FPS]
 
 Writes bench/results/latency_under_load.png (needs matplotlib: pip install -e '.[bench]');
 the last line printed is one JSON object with the figures.
@@ -152,6 +153,11 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=50.0)
     parser.add_argument("--loads", default="0.5,1,1.5,2,3,4", help="offered loads, × the measured capacity")
     parser.add_argument("--capacity-frames", type=int, default=240, help="frames to measure the capacity on")
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        help="fps to take as the capacity instead of measuring it: two versions compared at the same offered rates",
+    )
     parser.add_argument("--scene", choices=["face", "card"], default="face", help="face: the emotion stage has a face")
     parser.add_argument("--device", default="cpu", help="where the graph runs: cpu, cuda, cuda:1, …")
     parser.add_argument("--plot", type=Path, default=RESULTS / "latency_under_load.png", help="where the PNG goes")
@@ -162,14 +168,15 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     asyncio.run(measure_capacity(config, 30, args.scene, args.device))  # warm up models and caches
-    capacity = asyncio.run(measure_capacity(config, args.capacity_frames, args.scene, args.device))
+    capacity = args.capacity or asyncio.run(measure_capacity(config, args.capacity_frames, args.scene, args.device))
     on, off = [], []
     for load in loads:
         on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live", args.device)))
         off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off", args.device)))
 
     device = on[0]["device"] if on else args.device  # as the runs report it
-    print(f"default graph on a live synthetic source ({args.scene}), {device}; capacity {capacity:.1f} fps")
+    given = " (given)" if args.capacity else ""
+    print(f"default graph on a live synthetic source ({args.scene}), {device}; capacity {capacity:.1f} fps{given}")
     print(f"budget {args.budget_ms:g} ms; latency of delivered frames over the second half of {args.seconds:g} s")
     print("in: frames taken in / offered by the source; waits: for a ring slot; recl: dropped by a full ring")
     head = f"{'load':>5} {'offered':>8} | {'p50 on':>7} {'p99 on':>7} {'fps on':>7} {'in on':>11} {'waits':>5}"

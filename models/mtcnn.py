@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,11 +148,12 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, by_min: 
         overlap = inter / torch.minimum(areas[:, None], areas[None])
     else:
         overlap = inter / (areas[:, None] + areas[None] - inter)
-    overlap = (overlap > threshold).cpu()
-    order = order.cpu()
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    # The greedy pass is sequential: in NumPy it is one stretch of the interpreter, where a torch
+    # op per candidate would hand the interpreter lock back and forth with the frames' threads.
+    overlap = (overlap > threshold).cpu().numpy()
+    suppressed = np.zeros(len(overlap), dtype=bool)
     keep = []
-    for index in order.tolist():
+    for index in order.cpu().tolist():
         if suppressed[index]:
             continue
         keep.append(index)

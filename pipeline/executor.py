@@ -256,6 +256,7 @@ class Pipeline:
                 gpu=GpuHealth(self.device) if self.device.type == "cuda" else None,
                 profile=self.profile,
                 queue_age_ns=self._oldest_queue_age_ns,
+                side_work=self.side_work,
             )
             if self.scheduler.deadlines:
                 for name, running in self._running.items():

@@ -49,6 +49,7 @@ from pipeline.metrics import RunMetrics
 from pipeline.quality import FULL, QualitySettings, effective_ladder, settings_at
 from pipeline.ringbuffer import RING_FULL
 from pipeline.scheduler import QualityController
+from pipeline.side_work import SideWork
 from pipeline.stage import StageRunner
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class FrameScheduler:
         profile: DeviceProfile | None = None,
         queue_age_ns: Callable[[int], int] | None = None,
         cpu_seconds: Callable[[], float] | None = time.process_time,
+        side_work: SideWork | None = None,
     ):
         config = graph.config
         self.config = config
@@ -115,6 +117,7 @@ class FrameScheduler:
         self.live = live
         self.sink = sink
         self.gpu = gpu
+        self.side_work = side_work  # the run's side jobs: an inference stage's follow its cadence
         self.queue_age_ns = queue_age_ns  # now (monotonic ns) → age of the oldest frame queued at any stage
         self.cpu_seconds = cpu_seconds  # the process's CPU time so far, every thread's (None: not read)
         self._cpu_s = cpu_seconds() if cpu_seconds is not None else 0.0
@@ -318,6 +321,8 @@ class FrameScheduler:
                 )
         for stage in self._inference:
             stage.runner.set_cadence(settings.inference_every)
+            if self.side_work is not None:
+                self.side_work.set_cadence(stage.name, settings.inference_every)
         for stage in self._sheddable:
             stage.runner.shed = settings.shed
         if self._resizes_output:

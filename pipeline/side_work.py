@@ -15,7 +15,13 @@ Two kinds cover what stages need:
   the last frame.
 
 A frame never waits for a side job: under overload frames keep flowing and the side work falls
-behind, which shows in its counters. A job's thread runs at a nice value behind the stage it
+behind, which shows in its counters. Nor does a latest-wins job fill every idle moment: each has a
+`share`, the most of the wall time its runs may take, and rests after each run for as long as
+that share asks. On a CPU it starts at `CPU_SHARE`: a job working back to back beside the frames
+slows them, though the cores are not full, because its many short hand-offs of the interpreter
+lock to and from the frames' threads each make a frame's thread wait (bench/RESULTS.md has the
+measurements). The quality ladder lowers the share further: an inference stage's jobs at 1 frame
+in N (`set_cadence`) get 1/N of it, as its frames do. A job's thread runs at a nice value behind the stage it
 serves and, on a CUDA run, queues its GPU work on a stream of its own at CUDA's least urgent
 priority. On a CPU the jobs also share the cores and the GIL with the frames, so a job starts a
 run of work only once the live frames of its own graph that were in flight then are done,
@@ -47,6 +53,7 @@ from pipeline.device import background_nice, set_thread_nice
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 0.05  # the longest a job waits for the frames in flight before a run of its work
+CPU_SHARE = 1 / 3  # the most of the wall time a latest-wins job sharing the CPU with the frames may run
 DEFAULT_MAX_LAG = 32  # requests an in-order job may have waiting before it drops the oldest
 
 Result = TypeVar("Result")
@@ -113,6 +120,7 @@ class SideJobStats:
     waits: int = 0  # runs of work that waited for the frames in flight
     waited_s: float = 0.0  # ... and how long, all together
     longest_wait_s: float = 0.0
+    rested_s: float = 0.0  # time it rested after its runs, to keep to its share of the wall time
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -133,6 +141,7 @@ class SideJob(Generic[Result]):
         nice: int = 0,
         max_wait_s: float = MAX_WAIT_S,
         device: torch.device | None = None,
+        share: float = 1.0,
     ):
         if max_lag < 1:
             raise ValueError(f"{name}: max_lag must be at least 1, got {max_lag}")
@@ -142,6 +151,8 @@ class SideJob(Generic[Result]):
         self.max_lag = max_lag
         self.stats = SideJobStats()
         self._work = work
+        self.base_share = _checked_share(name, share)  # the share at full quality
+        self.share = self.base_share  # the most of the wall time its runs may take now
         self._frames = frames  # None: nothing to wait for (file runs, GPU streams)
         self._max_wait_s = max_wait_s
         self._changed = threading.Condition()
@@ -155,9 +166,17 @@ class SideJob(Generic[Result]):
             self._thread = threading.Thread(target=self._serve, args=(nice,), name=f"{name}-side", daemon=True)
             self._thread.start()
 
+    def set_cadence(self, every: int) -> None:
+        """Its stage is called on 1 frame in `every`: a latest-wins job takes that much less of the
+        wall time too (an in-order job must keep up with every request, so it is left as it is)."""
+        if every < 1:
+            raise ValueError(f"{self.name}: cadence must be at least 1, got {every}")
+        if self.kind is JobKind.LATEST:
+            self.share = self.base_share / every
+
     @property
     def busy(self) -> bool:
-        """A request is running or waiting to."""
+        """A request is running, resting after its run, or waiting to run."""
         return self._running or bool(self._waiting)
 
     @property
@@ -249,11 +268,22 @@ class SideJob(Generic[Result]):
             # that fell behind catches up rather than waiting before each one.
             if idle and self._frames is not None:
                 self._wait_for_frames()
+            started = time.monotonic()
             self._run(args)
+            self._rest(time.monotonic() - started)
             with self._changed:
                 self._running = False
                 idle = self.kind is JobKind.LATEST or not self._waiting
                 self._changed.notify_all()
+
+    def _rest(self, ran_s: float) -> None:
+        """After a run of `ran_s`, keep to the share: rest `ran_s` × (1/share − 1), or until closed."""
+        if self.kind is not JobKind.LATEST or self.share >= 1.0:
+            return
+        rest = ran_s * (1.0 / self.share - 1.0)
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed, rest)
+        self.stats.rested_s += rest
 
     def _wait_for_frames(self) -> None:
         assert self._frames is not None
@@ -293,7 +323,7 @@ class SideWork:
         self.frames = frames if frames is not None else FramesInFlight()
         self._live = live
         self._device = device
-        self._jobs: list[SideJob[Any]] = []
+        self._jobs: list[tuple[str | None, SideJob[Any]]] = []  # (the stage it serves, the job)
 
     def job(
         self,
@@ -301,13 +331,15 @@ class SideWork:
         *,
         name: str,
         kind: JobKind,
+        stage: str | None = None,
         stage_nice: int = 0,
         max_lag: int = DEFAULT_MAX_LAG,
         between_frames: bool = True,
     ) -> SideJob[Result]:
-        """A side job for a stage whose lane runs at `stage_nice`. `between_frames`: the work shares
-        the CPU with the frames, so its runs start between them (False for work on a GPU stream)."""
-        if any(job.name == name for job in self._jobs):
+        """A side job for `stage`, whose lane runs at `stage_nice`. `between_frames`: the work shares
+        the CPU with the frames, so its runs start between them and a latest-wins one keeps to
+        `CPU_SHARE` of the wall time (False for work on a GPU stream, or waiting on a network)."""
+        if any(job.name == name for _, job in self._jobs):
             raise ValueError(f"side job {name!r} already exists")
         waits = self.beside and self._live and between_frames
         job = SideJob(
@@ -319,15 +351,32 @@ class SideWork:
             max_lag=max_lag,
             nice=background_nice(stage_nice),
             device=self._device,
+            share=CPU_SHARE if waits and kind is JobKind.LATEST else 1.0,
         )
-        self._jobs.append(job)
+        self._jobs.append((stage, job))
         return job
+
+    def set_cadence(self, stage: str, every: int) -> None:
+        """`stage` is called on 1 frame in `every` (the quality ladder's inference cadence): its
+        latest-wins jobs take that much less of the wall time (`SideJob.set_cadence`)."""
+        for served, job in self._jobs:
+            if served == stage:
+                job.set_cadence(every)
 
     def close(self) -> None:
         """Stop every job (a running request is let finish)."""
-        for job in self._jobs:
+        for _, job in self._jobs:
             job.close()
 
     def report(self) -> dict[str, Any]:
-        """Per job: its kind, where it ran and its counters."""
-        return {job.name: {"kind": job.kind.value, "beside": job.beside, **job.stats.to_json()} for job in self._jobs}
+        """Per job: its kind, where it ran, its share of the wall time now and its counters."""
+        return {
+            job.name: {"kind": job.kind.value, "beside": job.beside, "share": round(job.share, 4)} | job.stats.to_json()
+            for _, job in self._jobs
+        }
+
+
+def _checked_share(name: str, share: float) -> float:
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"{name}: share must be in (0, 1], got {share}")
+    return share

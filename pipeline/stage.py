@@ -91,6 +91,7 @@ class StageContext:
             work,
             name=f"{self.name}.{what}",
             kind=kind,
+            stage=self.name,
             stage_nice=self.lane.cpu_nice,
             max_lag=max_lag,
             between_frames=between_frames,

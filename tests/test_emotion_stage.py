@@ -295,6 +295,11 @@ def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_pat
     kept = [r for r in sink.records if not r["dropped"]]
     assert [r["index"] for r in kept] == list(range(1, 16, 2))
     assert [bool(r["annotations"]["emotion"].get("held")) for r in kept] == [False, True] * 4
+    # Its models beside the frames slow down with it: half their share of the wall time.
+    from pipeline.side_work import CPU_SHARE
+
+    for job in ("emotion.detect", "emotion.read"):
+        assert report["side_work"][job]["share"] == round(CPU_SHARE / 2, 4)
 
 
 @pytest.mark.parametrize("side_work", ["auto", "inline"])

@@ -17,7 +17,7 @@ from pipeline.config import parse_config
 from pipeline.executor import Pipeline
 from pipeline.graph import build_graph
 from pipeline.registry import stage_types
-from pipeline.side_work import FramesInFlight, JobKind, SideJob, SideWork
+from pipeline.side_work import CPU_SHARE, FramesInFlight, JobKind, SideJob, SideWork
 from pipeline.stage import Stage, StageContext
 
 
@@ -182,6 +182,57 @@ def test_a_job_thread_is_served_after_its_stage():
     job.drain()
     work.close()
     assert nice == [max(7, os.getpriority(os.PRIO_PROCESS, 0))]  # 5 steps behind (lowering needs privilege)
+
+
+def test_a_latest_wins_job_rests_after_each_run_to_keep_to_its_share():
+    starts, ends = [], []
+
+    def work(n):
+        starts.append(time.monotonic())
+        time.sleep(0.02)
+        ends.append(time.monotonic())
+        return n
+
+    job = beside(work, share=0.25)
+    try:
+        for n in range(3):
+            job.submit(n)
+            assert wait_for(lambda n=n: len(starts) == n + 1)
+            assert job.busy  # running, then resting: a frame asking "busy?" does not ask again
+        assert wait_for(lambda: not job.busy)
+    finally:
+        job.close()
+    for ran_from, ran_to, next_start in zip(starts, ends, starts[1:], strict=False):
+        assert next_start - ran_from >= (ran_to - ran_from) / 0.25 * 0.99  # 3× its run, resting
+    assert job.stats.rested_s >= 3 * 3 * 0.02 * 0.99
+
+
+def test_a_cadence_lowers_the_share_of_a_stages_latest_wins_jobs_only():
+    work = SideWork("beside", live=True)
+    try:
+        detect = work.job(lambda: None, name="emotion.detect", kind=JobKind.LATEST, stage="emotion")
+        listen = work.job(lambda: None, name="emotion.listen", kind=JobKind.IN_ORDER, stage="emotion")
+        ask = work.job(lambda: None, name="context.ask", kind=JobKind.LATEST, stage="context", between_frames=False)
+        other = work.job(lambda: None, name="other.detect", kind=JobKind.LATEST, stage="other")
+        assert (detect.share, listen.share, ask.share) == (CPU_SHARE, 1.0, 1.0)  # sharing the CPU with frames
+        work.set_cadence("emotion", 3)
+        assert (detect.share, listen.share, other.share) == (CPU_SHARE / 3, 1.0, CPU_SHARE)
+        work.set_cadence("emotion", 1)
+        assert detect.share == CPU_SHARE
+        assert work.report()["emotion.detect"]["share"] == round(CPU_SHARE, 4)
+    finally:
+        work.close()
+    with pytest.raises(ValueError, match="share"):
+        beside(lambda: None, share=0.0)
+
+
+def test_a_job_resting_after_a_run_stops_at_once_when_closed():
+    job = beside(lambda: time.sleep(0.05), share=0.001)  # a rest of about 50 s
+    job.submit()
+    assert wait_for(lambda: job.stats.run == 1)
+    start = time.monotonic()
+    job.close()
+    assert time.monotonic() - start < 2.0
 
 
 class Beside(Stage):
