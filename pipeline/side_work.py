@@ -20,14 +20,15 @@ behind, which shows in its counters. Nor does a latest-wins job fill every idle 
 that share asks. On a CPU it starts at `CPU_SHARE`: a job working back to back beside the frames
 slows them, though the cores are not full, because its many short hand-offs of the interpreter
 lock to and from the frames' threads each make a frame's thread wait (bench/RESULTS.md has the
-measurements). The quality ladder lowers the share further: an inference stage's jobs at 1 frame
-in N (`set_cadence`) get 1/N of it, as its frames do. A job's thread runs at a nice value behind the stage it
-serves and, on a CUDA run, queues its GPU work on a stream of its own at CUDA's least urgent
-priority. On a CPU the jobs also share the cores and the GIL with the frames, so a job starts a
-run of work only once the live frames of its own graph that were in flight then are done,
-waiting at most `MAX_WAIT_S` (frames that come in meanwhile are not waited for: at overload one
-is always in flight). A job whose work raises keeps running; the error is raised to the frame that
-takes its result.
+measurements). The quality ladder lowers the share further: an inference stage's jobs at 1
+frame in N (`set_cadence`) get 1/N of it, as its frames do.
+
+A job's thread runs at a nice value behind the stage it serves and, on a CUDA run, queues its GPU
+work on a stream of its own at CUDA's least urgent priority. On a CPU the jobs also share the
+cores and the GIL with the frames, so a job starts a run of work only once the live frames of its
+own graph that were in flight then are done, waiting at most `MAX_WAIT_S` (frames that come in
+meanwhile are not waited for: at overload one is always in flight). A job whose work raises keeps
+running; the error is raised to the frame that takes its result.
 
 `side_work: inline` in a graph runs every job in line, in the caller's thread, at once: the
 result is there for the same frame, and a file run gives the same output every time. `auto` (the
@@ -280,10 +281,10 @@ class SideJob(Generic[Result]):
         """After a run of `ran_s`, keep to the share: rest `ran_s` × (1/share − 1), or until closed."""
         if self.kind is not JobKind.LATEST or self.share >= 1.0:
             return
-        rest = ran_s * (1.0 / self.share - 1.0)
+        start = time.monotonic()
         with self._changed:
-            self._changed.wait_for(lambda: self._closed, rest)
-        self.stats.rested_s += rest
+            self._changed.wait_for(lambda: self._closed, ran_s * (1.0 / self.share - 1.0))
+        self.stats.rested_s += time.monotonic() - start
 
     def _wait_for_frames(self) -> None:
         assert self._frames is not None
