@@ -99,6 +99,18 @@ def partial_path(final: Path) -> Path:
     return final.with_name(final.stem + PARTIAL + final.suffix)
 
 
+def refuse_overwriting_the_source(source_spec: str, output_spec: str, analytics: Path | None = None) -> None:
+    """A SourceError when the output (or the analytics file) is the source file itself, by whatever
+    path: written under a partial name and renamed at the end, it would replace what it was made
+    from. Checked before anything opens; `..`, symbolic links and hard links count as the same file."""
+    source = Path(source_spec)
+    if not source.is_file():  # a built-in sample, a camera, a URL: nothing on disk to lose
+        return
+    for flag, spec in (("--output", Path(output_spec)), ("--analytics", analytics)):
+        if spec is not None and spec.exists() and source.samefile(spec):
+            raise SourceError(f"{flag} {spec}: is the source file {source_spec} itself; write it somewhere else")
+
+
 async def run_job(
     source_spec: str,
     output_spec: str,
@@ -116,6 +128,9 @@ async def run_job(
     (folder runs, where a final name means "complete, skip it next time"). `models`: a model
     manager to share with other runs (a folder's files), so models load once.
     """
+    is_file = output_spec not in ("null", WINDOW) and not is_stream_url(output_spec)
+    if is_file:
+        refuse_overwriting_the_source(source_spec, output_spec, options.analytics)
     source = open_source(
         source_spec,
         device=options.device,
@@ -123,7 +138,6 @@ async def run_job(
         realtime=options.realtime or plays_in_window(output_spec),
         capture=options.capture,
     )
-    is_file = output_spec not in ("null", WINDOW) and not is_stream_url(output_spec)
     final = Path(output_spec) if is_file else None
     writing = partial_path(final) if final is not None else None
     # (final, partial) for each file written: the video and the analytics move together

@@ -131,3 +131,26 @@ def test_output_into_a_file_instead_of_a_directory(tmp_path, caplog):
     blocker.write_text("x")
     code, errors = run_cli(caplog, "--source", str(clip), "--output", str(blocker / "o.mp4"))
     assert code == EXIT_FAILED and str(blocker) in errors[0]
+
+
+@pytest.mark.parametrize("how", ["same path", "dot-dot", "symbolic link", "hard link", "analytics"])
+def test_an_output_that_is_the_source_itself_is_refused_before_anything_opens(tmp_path, caplog, how):
+    clip = make_clip(tmp_path / "clip.mp4", frames=10)
+    before = clip.read_bytes()
+    (tmp_path / "sub").mkdir()
+    output, extra = str(clip), []
+    if how == "dot-dot":
+        output = str(tmp_path / "sub" / ".." / "clip.mp4")
+    elif how == "symbolic link":
+        (tmp_path / "link.mp4").symlink_to(clip)
+        output = str(tmp_path / "link.mp4")
+    elif how == "hard link":
+        os.link(clip, tmp_path / "hard.mp4")
+        output = str(tmp_path / "hard.mp4")
+    elif how == "analytics":
+        output, extra = str(tmp_path / "out.mp4"), ["--analytics", str(clip)]
+    code, errors = run_cli(caplog, "--source", str(clip), "--output", output, *extra)
+    assert code == EXIT_USAGE and "is the source file" in errors[0]
+    assert clip.read_bytes() == before
+    written = {p.name for p in tmp_path.iterdir() if p.is_file()}
+    assert written <= {"clip.mp4", "link.mp4", "hard.mp4"}  # no output, no partial file
