@@ -153,3 +153,36 @@ def clip_with_audio(path: Path, audio: np.ndarray, *, rate: int, fps: int = 30) 
         out.mux(video.encode(None))
         out.mux(sound.encode(None))
     return path
+
+
+def clip_with_spans(
+    path: Path, *, video_s: float, audio_s: float, audio_start_s: float = 0.0, fps: int = 30, rate: int = RATE
+) -> Path:
+    """Grey pictures from 0 to `video_s` and a 440 Hz tone from `audio_start_s` for `audio_s`,
+    muxed in time order: sound that outlasts the picture, or starts after it."""
+    per_chunk = 1024
+    pictures = [(i / fps, "video", i) for i in range(round(video_s * fps))]
+    first = round(audio_start_s * rate)
+    chunks = [((first + n) / rate, "audio", first + n) for n in range(0, round(audio_s * rate), per_chunk)]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        end = first + round(audio_s * rate)
+        for _, kind, at in sorted(pictures + chunks):
+            if kind == "video":
+                grey.pts, grey.time_base = at, Fraction(1, fps)
+                out.mux(video.encode(grey))
+            else:
+                t = (np.arange(at, min(at + per_chunk, end)) / rate).astype(np.float64)
+                tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = rate, at
+                out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+    return path

@@ -325,6 +325,8 @@ class MediaSource(Source):
             while pending:
                 if aligner is None:
                     audio = None
+                elif len(pending) == 1 and not self.paced_by_sender:
+                    break  # a file's newest picture waits for the next: the last one takes the sound left
                 else:
                     until = self._audio_end(pending[0], period)
                     if not aligner.ready(until) and len(pending) <= MAX_AUDIO_WAIT_FRAMES:
@@ -339,6 +341,11 @@ class MediaSource(Source):
             until = None if not pending else self._audio_end(picture, period)  # the last frame takes the rest
             audio = aligner.take(until) if aligner is not None else None
             yield _Decoded(picture, picture.pts, audio, time.monotonic_ns())
+        # Sound that runs on after the last picture of a camera or live stream (a file's last picture
+        # took it): sound alone, as ffmpeg keeps a longer audio stream whole.
+        rest = aligner.take(None) if aligner is not None else None
+        if rest is not None:
+            yield _Decoded(None, last_pts or 0, rest, time.monotonic_ns())
 
     def _audio_end(self, picture: av.VideoFrame, period: Fraction) -> int:
         """The sample index where this picture's audio ends: at the picture's own end time.
@@ -384,6 +391,9 @@ class MediaSource(Source):
             for count, item in enumerate(self._decoded()):
                 if self.frame_limit is not None and count >= self.frame_limit:
                     break
+                if item.picture is None and self._writer is not None:  # sound after the last picture
+                    carried = joined(carried, item.audio)
+                    continue
                 if self.paced_by_sender:
                     try:
                         token = tokens.get_nowait()

@@ -1,0 +1,48 @@
+"""What a file holds comes out of a transcode: every picture and every second of sound PyAV decodes
+from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."""
+
+from __future__ import annotations
+
+import pytest
+from media_kit import clip_with_spans, probe
+
+from pipeline.cli import EXIT_OK, main
+
+SOUND_S = 0.02  # the sound a transcode may gain or lose (encoder padding)
+
+
+def transcode(source, output, config: str = "passthrough") -> dict:
+    assert main(["--config", config, "--source", str(source), "--output", str(output)]) == EXIT_OK
+    return probe(output)
+
+
+@pytest.mark.parametrize(
+    ("video_s", "audio_s", "audio_start_s", "suffix"),
+    [
+        (2.0, 4.0, 0.0, ".mp4"),  # sound that outlasts the picture
+        (2.0, 4.0, 0.0, ".mkv"),
+        (2.0, 2.0, 0.0, ".mov"),  # the ordinary case stays as it was
+    ],
+)
+def test_every_picture_and_all_the_sound_come_out(tmp_path, video_s, audio_s, audio_start_s, suffix):
+    source = clip_with_spans(tmp_path / f"in{suffix}", video_s=video_s, audio_s=audio_s, audio_start_s=audio_start_s)
+    held = probe(source)
+    out = transcode(source, tmp_path / "out.mp4")
+    assert abs(out["video_frames"] - held["video_frames"]) <= 1
+    assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+
+
+def test_sound_that_starts_late_and_runs_past_the_last_picture_is_all_kept(tmp_path):
+    source = clip_with_spans(tmp_path / "in.mp4", video_s=2.0, audio_s=1.0, audio_start_s=1.5)
+    held = probe(source)
+    out = transcode(source, tmp_path / "out.mp4")
+    assert out["video_frames"] == held["video_frames"]
+    assert out["audio_s"] >= held["audio_s"] - SOUND_S  # none of it lost
+
+
+def test_the_full_graph_keeps_the_sound_after_the_last_picture_too(tmp_path):
+    source = clip_with_spans(tmp_path / "in.mp4", video_s=1.0, audio_s=2.5)
+    held = probe(source)
+    out = transcode(source, tmp_path / "out.mp4", config="default")
+    assert out["video_frames"] == held["video_frames"]
+    assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
