@@ -156,13 +156,22 @@ def clip_with_audio(path: Path, audio: np.ndarray, *, rate: int, fps: int = 30) 
 
 
 def clip_with_spans(
-    path: Path, *, video_s: float, audio_s: float, audio_start_s: float = 0.0, fps: int = 30, rate: int = RATE
+    path: Path,
+    *,
+    video_s: float,
+    audio_s: float,
+    audio_start_s: float = 0.0,
+    start_s: float = 0.0,
+    fps: int = 30,
+    rate: int = RATE,
 ) -> Path:
     """Grey pictures from 0 to `video_s` and a 440 Hz tone from `audio_start_s` for `audio_s`,
-    muxed in time order: sound that outlasts the picture, or starts after it."""
+    muxed in time order: sound that outlasts the picture, or starts after it. `start_s` moves the
+    whole clip on its clock (a recording that starts an hour in)."""
     per_chunk = 1024
-    pictures = [(i / fps, "video", i) for i in range(round(video_s * fps))]
-    first = round(audio_start_s * rate)
+    origin = round(start_s * fps)
+    pictures = [(i / fps, "video", origin + i) for i in range(round(video_s * fps))]
+    first = round((start_s + audio_start_s) * rate)
     chunks = [((first + n) / rate, "audio", first + n) for n in range(0, round(audio_s * rate), per_chunk)]
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})

@@ -3,6 +3,7 @@ from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."
 
 from __future__ import annotations
 
+import av
 import pytest
 from media_kit import clip_with_spans, probe
 
@@ -44,5 +45,17 @@ def test_the_full_graph_keeps_the_sound_after_the_last_picture_too(tmp_path):
     source = clip_with_spans(tmp_path / "in.mp4", video_s=1.0, audio_s=2.5)
     held = probe(source)
     out = transcode(source, tmp_path / "out.mp4", config="default")
+    assert out["video_frames"] == held["video_frames"]
+    assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+
+
+@pytest.mark.parametrize(("start_s", "suffix"), [(3601.0, ".ts"), (3601.0, ".mkv"), (0.0, ".ts")])
+def test_the_output_starts_at_zero_whatever_the_input_starts_at(tmp_path, start_s, suffix):
+    source = clip_with_spans(tmp_path / f"in{suffix}", video_s=2.0, audio_s=2.0, start_s=start_s)
+    held = probe(source)
+    out = transcode(source, tmp_path / "out.mp4")
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        start_s, duration_s = container.start_time / av.time_base, container.duration / av.time_base
+    assert abs(start_s) < 0.05 and duration_s == pytest.approx(2.0, abs=0.05)  # no blank lead-in
     assert out["video_frames"] == held["video_frames"]
     assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)

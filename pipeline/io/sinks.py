@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 from collections import deque
@@ -87,7 +88,8 @@ class FileSink(Sink):
 
     H.264 + AAC in .mp4/.mov/.mkv, VP9 + Opus in .webm. Frames go to the encoder in the layout
     they sit in the ring (I420), so a plain transcode converts no colour. Timestamps are the
-    source's (variable frame rate survives), and so are its colour tags and rotation. Dropped
+    source's, counted from its first frame (variable frame rate survives; a recording that starts
+    an hour in starts at 0, as ffmpeg writes it); so are its colour tags and rotation. Dropped
     frames leave a gap in the video (players hold the previous picture) while their audio is
     still written, so sound never skips.
     """
@@ -123,6 +125,7 @@ class FileSink(Sink):
         self._audio_layout = "mono"
         self._last_pts: int | None = None
         self._pts_fixed = 0
+        self._origin_s: Fraction | None = None  # where the first frame starts: the output's time 0
         self._pool: ThreadPoolExecutor | None = None  # the video encoder's thread (also opens and finishes)
         self._audio_pool: ThreadPoolExecutor | None = None
         self._queued: deque[list[asyncio.Future[None]]] = deque()  # each frame's encode jobs, oldest first
@@ -173,6 +176,8 @@ class FileSink(Sink):
         if self._container is None or self._pool is None:
             raise SinkError(f"{self.target}: write before open (or after close)")
         loop = asyncio.get_running_loop()
+        if self._origin_s is None:
+            self._origin_s = _start_of(frame)
         lease = frame.lease if frame.has_image and self._video is not None else None
         jobs: list[asyncio.Future[None]] = []
         if lease is not None:
@@ -300,7 +305,9 @@ class FileSink(Sink):
             picture = _picture(host_pixels(image, events))
             if pts is None:
                 pts = 0 if self._last_pts is None else self._last_pts + 1
-            elif self._last_pts is not None and pts <= self._last_pts:
+            else:
+                pts -= math.floor((self._origin_s or 0) / time_base)
+            if self._last_pts is not None and pts <= self._last_pts:
                 pts = self._last_pts + 1  # encoders refuse repeated or backward timestamps
                 self._pts_fixed += 1
             self._last_pts = pts
@@ -312,8 +319,8 @@ class FileSink(Sink):
 
     def _encode_audio(self, index: int, audio: AudioChunk) -> None:
         try:
-            if self._audio_pts is None:
-                self._audio_pts = audio.pts  # the first chunk's place sets the offset to the video
+            if self._audio_pts is None:  # the first chunk's place sets the offset to the video
+                self._audio_pts = audio.pts - math.floor((self._origin_s or 0) * audio.sample_rate)
             self._fifo.write(self._audio_frame(audio))
             packets = []
             for block in self._fifo.read_many(self._audio_block):
@@ -416,3 +423,16 @@ def _audio_rate(codec: str, rate: int) -> int:
     """`rate` if the encoder takes it, else the encoder's highest rate (PyAV resamples to it)."""
     rates = av.Codec(codec, "w").audio_rates
     return rate if not rates or rate in rates else max(rates)
+
+
+def _start_of(frame: Frame) -> Fraction:
+    """Where a frame starts on the source's clock: its picture's time, or its sound's when that
+    begins earlier. The first frame's start becomes the output's time 0, as ffmpeg makes an
+    input's start time 0: a recording that starts an hour in gets no hour of blank lead-in."""
+    starts = []
+    if frame.has_image and frame.pts is not None:
+        starts.append(frame.pts * frame.time_base)
+    audio = frame.audio
+    if audio is not None and audio.samples.shape[-1]:
+        starts.append(Fraction(audio.pts, audio.sample_rate))
+    return min(starts, default=Fraction(0))
