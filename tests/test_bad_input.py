@@ -30,7 +30,15 @@ def test_text_file_named_mp4(tmp_path, caplog):
     fake.write_text("hello, this is not a video\n")
     code, errors = run_cli(caplog, "--source", str(fake), "--output", str(tmp_path / "o.mp4"))
     assert code == EXIT_USAGE and "cannot be read as media" in errors[0]
+    assert "not a media file FFmpeg recognises" in errors[0] and "moov" not in errors[0]
     assert not list(tmp_path.glob("o*.mp4"))
+
+
+def test_random_bytes_named_mov_are_no_media_rather_than_a_cut_mp4(tmp_path, caplog):
+    fake = tmp_path / "noise.mov"
+    fake.write_bytes(bytes(range(256)) * 64)
+    code, errors = run_cli(caplog, "--source", str(fake), "--output", str(tmp_path / "o.mp4"))
+    assert code == EXIT_USAGE and "not a media file FFmpeg recognises" in errors[0] and "moov" not in errors[0]
 
 
 def test_zero_byte_file(tmp_path, caplog):

@@ -139,9 +139,11 @@ class MediaSource(Source):
             raise SourceError(f"{self.label}: permission denied") from None
         except (av.FFmpegError, OSError) as exc:
             hint = ""
-            mp4 = os.path.splitext(self.url)[1].lower() in (".mp4", ".mov", ".m4v", ".m4a")
-            if mp4 and isinstance(exc, av.error.InvalidDataError):
-                hint = "; an mp4 cut short before its index (moov atom) was written cannot be read"
+            if isinstance(exc, av.error.InvalidDataError):
+                if _starts_as_iso_media(self.url):
+                    hint = "; an mp4 cut short before its index (moov atom) was written cannot be read"
+                else:
+                    hint = "; it is not a media file FFmpeg recognises"
             raise SourceError(f"{self.label}: cannot be read as media ({one_line(exc)}){hint}") from None
 
     def _setup_streams(self) -> None:
@@ -525,6 +527,20 @@ class MediaSource(Source):
             "converted_pictures": converted,
             "input_error": self.input_error,
         }
+
+
+ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")  # how an mp4/mov begins
+
+
+def _starts_as_iso_media(url: str) -> bool:
+    """Whether a file begins as an mp4/mov does (a box: size, then a known type), so a failure to
+    open it means its index is missing rather than that it is no media at all."""
+    try:
+        with open(url, "rb") as file:
+            head = file.read(8)
+    except OSError:  # a URL, or unreadable: no telling
+        return False
+    return len(head) == 8 and head[4:8] in ISO_BOX_TYPES
 
 
 def is_live_stream(url: str, container: Any) -> bool:
