@@ -162,3 +162,11 @@ def test_an_output_that_is_the_source_itself_is_refused_before_anything_opens(tm
     assert clip.read_bytes() == before
     written = {p.name for p in tmp_path.iterdir() if p.is_file()}
     assert written <= {"clip.mp4", "link.mp4", "hard.mp4"}  # no output, no partial file
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_under_a_special_filesystem_says_the_path_cannot_be_written(tmp_path, caplog):
+    clip = make_clip(tmp_path / "in.mp4", frames=5)
+    code, errors = run_cli(caplog, "--source", str(clip), "--output", "/proc/out.mp4")
+    assert code == EXIT_FAILED and "the path cannot be written" in errors[0]
+    assert "libx264" not in errors[0]  # not the encoders: they were never the problem

@@ -8,6 +8,7 @@ the event loop keeps scheduling stages meanwhile, and one thread per stream keep
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -47,6 +48,10 @@ NVENC_PRESET = "p4"  # NVENC's balanced preset
 LIVE_KEYFRAME_INTERVAL_S = 2.0  # s; a viewer joining a live stream waits at most this for a picture
 ENCODE_AHEAD = 2  # frames a file sink may have queued on its encoder thread beyond the one encoding
 AUDIO_BLOCK = 1024  # samples per encoded audio frame when the codec takes any size
+
+
+# Why a file cannot be created or written, as opposed to an encoder that will not start.
+UNWRITABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
 class NullSink(Sink):
@@ -276,6 +281,10 @@ class FileSink(Sink):
             return f"{self.target}: this FFmpeg build cannot write {scheme}:// (it has no {scheme} protocol)"
         if not self.writes_file and isinstance(exc, (ConnectionError, TimeoutError, av.error.HTTPError)):
             return f"{self.target}: cannot connect ({one_line(exc)})"
+        if self.writes_file and isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            # The file opens when the header is written: the path, not the encoders, is what failed
+            # (a directory of a special filesystem, a read-only or full disk).
+            return f"{self.target}: the path cannot be written ({exc.strerror or one_line(exc)})"
         return f"{self.target}: cannot set up {video_codec}/{self.audio_codec} ({one_line(exc)})"
 
     def _add_video(self, container: Any, info: StreamInfo, video_codec: str) -> Any:
