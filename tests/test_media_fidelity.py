@@ -3,7 +3,10 @@ from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
+import numpy as np
 import pytest
 from media_kit import clip_with_spans, probe
 
@@ -59,3 +62,29 @@ def test_the_output_starts_at_zero_whatever_the_input_starts_at(tmp_path, start_
     assert abs(start_s) < 0.05 and duration_s == pytest.approx(2.0, abs=0.05)  # no blank lead-in
     assert out["video_frames"] == held["video_frames"]
     assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+
+
+def test_a_stream_the_output_cannot_carry_is_named_in_one_warning(tmp_path, caplog):
+    source = tmp_path / "two_languages.mkv"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        sounds = [out.add_stream("aac", rate=48000) for _ in range(2)]
+        for sound, language in zip(sounds, ("eng", "fre"), strict=True):
+            sound.layout, sound.metadata["language"] = "mono", language
+        grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        for i in range(15):
+            grey.pts, grey.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(grey))
+            for sound in sounds:
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 48000, i * 1600
+                out.mux(sound.encode(chunk))
+        for stream in (video, *sounds):
+            out.mux(stream.encode(None))
+    caplog.set_level("WARNING")
+    transcode(source, tmp_path / "out.mp4")
+    named = [r.getMessage() for r in caplog.records if "not carried through" in r.getMessage()]
+    assert len(named) == 1 and "audio stream #2 (aac, fre)" in named[0]

@@ -160,6 +160,13 @@ class MediaSource(Source):
                     f"{self.label}: unsupported {kind} codec {stream.codec_context.name!r} "
                     "(this FFmpeg build cannot decode it)"
                 )
+        left_out = [stream for stream in container.streams if stream is not video and stream is not audio]
+        if left_out:  # never silently: a second language, subtitles or data a user may count on
+            log.warning(
+                "%s: %s not carried through (the output has the first video and the first audio stream)",
+                self.label,
+                ", ".join(_stream_name(stream) for stream in left_out),
+            )
         if video is not None:
             video.thread_type = "AUTO"  # frame threads: decode several frames at once
         self._video, self._audio = video, audio
@@ -527,6 +534,13 @@ class MediaSource(Source):
             "converted_pictures": converted,
             "input_error": self.input_error,
         }
+
+
+def _stream_name(stream: Any) -> str:
+    """'audio stream #2 (aac, fre)': its kind, index, codec and language, as a log line names it."""
+    context = getattr(stream, "codec_context", None)
+    details = [name for name in (getattr(context, "name", None), stream.metadata.get("language")) if name]
+    return f"{stream.type} stream #{stream.index}" + (f" ({', '.join(details)})" if details else "")
 
 
 ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")  # how an mp4/mov begins
