@@ -118,15 +118,17 @@ async def run_job(
     *,
     progress: Progress | None = None,
     on_start: Callable[[Pipeline], None] | None = None,
-    keep_partial_when_interrupted: bool = False,
+    keep_partial: bool = False,
     models: ModelManager | None = None,
 ) -> JobResult:
     """Run one source to one output. Bad input is a failed result, not an exception.
 
-    `on_start` gets the pipeline before it runs (to wire Ctrl-C to it). An interrupted run's
-    output is finalized and renamed to the final name, unless `keep_partial_when_interrupted`
-    (folder runs, where a final name means "complete, skip it next time"). `models`: a model
-    manager to share with other runs (a folder's files), so models load once.
+    `on_start` gets the pipeline before it runs (to wire Ctrl-C to it). The output of a run that
+    was interrupted, or whose input turned out damaged, is finalized and renamed to the final
+    name, unless `keep_partial` (folder and cluster runs, where a final name means "complete,
+    skip it next time": such an output keeps its partial name, and the next run redoes the file
+    and reports it again). `models`: a model manager to share with other runs (a folder's
+    files), so models load once.
     """
     is_file = output_spec not in ("null", WINDOW) and not is_stream_url(output_spec)
     if is_file:
@@ -183,7 +185,7 @@ async def run_job(
         if progress is not None:
             progress.update(pipeline.metrics.frames_out)
             progress.end_file()
-    return _settle(source_spec, output_spec, report, pipeline.interrupted, files, keep_partial_when_interrupted)
+    return _settle(source_spec, output_spec, report, pipeline.interrupted, files, keep_partial)
 
 
 def _settle(
@@ -207,7 +209,7 @@ def _settle(
     for final, writing in files:
         if status == "failed":
             writing.unlink(missing_ok=True)
-        elif status == "interrupted" and keep_partial:
+        elif status in ("interrupted", "partial") and keep_partial:
             if final == Path(output_spec):
                 output_spec = str(writing)
         elif writing.exists():
@@ -296,7 +298,7 @@ async def run_folder(
                 item_options,
                 progress=progress,
                 on_start=on_start,
-                keep_partial_when_interrupted=True,
+                keep_partial=True,
                 models=models,
             )
         except (SourceError, SinkError) as exc:  # this file's input or output: the rest still run

@@ -134,3 +134,17 @@ def test_a_list_naming_a_missing_file_or_ray_without_a_folder_is_one_line(tmp_pa
     assert "todo.txt line 1: nowhere.mp4: no such file" in caplog.text
     assert main(["--source", "sample", "--ray", "auto"]) == EXIT_USAGE
     assert "--ray: needs a folder or a list" in caplog.text
+
+
+def test_a_damaged_file_in_a_folder_keeps_its_partial_name_and_is_redone_next_time(tmp_path):
+    from media_kit import cut
+
+    source, out = folder(tmp_path), tmp_path / "out"
+    cut(make_clip(tmp_path / "whole.mkv", frames=60), 0.5, source / "c.mkv")
+    report = tmp_path / "report.json"
+    assert main(["--source", str(source), "--output", str(out), "--report", str(report)]) == EXIT_FAILED
+    assert json.loads(report.read_text())["counts"] == {"ok": 2, "partial": 1}
+    assert not (out / "c.mp4").exists()  # a final name means complete: a later run would skip it
+    assert 0 < probe(out / "c.partial.mp4")["video_frames"] < 60  # what could be decoded, still playable
+    assert main(["--source", str(source), "--output", str(out), "--report", str(report)]) == EXIT_FAILED
+    assert json.loads(report.read_text())["counts"] == {"skipped": 2, "partial": 1}  # not forgotten

@@ -107,9 +107,7 @@ def _process_file(item: FolderItem, options: JobOptions) -> JobResult:
     models = _worker_models.get(key)
     if models is None:
         models = _worker_models[key] = ModelManager.for_device(options.device, profile)
-    return asyncio.run(
-        run_job(str(item.source), str(item.output), options, keep_partial_when_interrupted=True, models=models)
-    )
+    return asyncio.run(run_job(str(item.source), str(item.output), options, keep_partial=True, models=models))
 
 
 def assigned_cpus(assigned: dict[str, float]) -> int:
