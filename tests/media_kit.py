@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -131,18 +132,22 @@ def make_face_clip(
     return path
 
 
+def grey_streams(out: av.container.OutputContainer, *, fps: int, rate: int) -> tuple[Any, Any, av.VideoFrame]:
+    """A small H.264 stream, a mono AAC stream and the plain grey picture to encode into it."""
+    video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+    video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+    sound = out.add_stream("aac", rate=rate)
+    sound.layout = "mono"
+    grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(format="yuv420p")
+    return video, sound, grey
+
+
 def clip_with_audio(path: Path, audio: np.ndarray, *, rate: int, fps: int = 30) -> Path:
     """Plain grey video frames with `audio` (mono float32 at `rate` Hz, AAC), one frame per 1/fps of it."""
     frames = int(len(audio) / rate * fps)
     per_frame = rate // fps
     with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
-        picture = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
-            format="yuv420p"
-        )
+        video, sound, picture = grey_streams(out, fps=fps, rate=rate)
         for i in range(frames):
             picture.pts, picture.time_base = i, Fraction(1, fps)
             out.mux(video.encode(picture))
@@ -174,13 +179,7 @@ def clip_with_spans(
     first = round((start_s + audio_start_s) * rate)
     chunks = [((first + n) / rate, "audio", first + n) for n in range(0, round(audio_s * rate), per_chunk)]
     with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
-        grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
-            format="yuv420p"
-        )
+        video, sound, grey = grey_streams(out, fps=fps, rate=rate)
         end = first + round(audio_s * rate)
         for _, kind, at in sorted(pictures + chunks):
             if kind == "video":
