@@ -77,3 +77,32 @@ def test_targets_take_a_latency_and_or_an_fps_and_refuse_nonsense():
     for bad in ({}, {"fps": 0}, {"fps": -3}, {"latency_ms": float("nan")}, {"fps": float("inf")}, {"fps": "30"}):
         with pytest.raises(ValueError):
             parse_targets(bad)
+
+
+def test_targets_stay_within_what_a_live_session_can_hold():
+    assert parse_targets({"fps": 1, "latency_ms": 10_000}) == {"fps": 1.0, "latency_ms": 10_000.0}
+    for bad in ({"fps": 1e-320}, {"fps": 0.5}, {"fps": 1001}, {"latency_ms": 1}, {"latency_ms": 20_000}):
+        with pytest.raises(ValueError, match="must be from"):
+            parse_targets(bad)
+    with pytest.raises(ValueError, match="must be from 1 to 1000") as refused:
+        parse_targets({"fps": 10**400})
+    assert len(str(refused.value)) < 120  # the number is named, not printed whole
+
+
+def test_every_message_gets_one_reply_and_none_ends_the_session():
+    async def scenario():
+        s = session()
+        replies = []
+        s._send = lambda message: replies.append(message) or True
+        try:
+            s.pipeline = object()  # started, as far as the commands go
+            for text in ("[" * 100_000, '{"type": "targets", "fps": ' + "9" * 400 + "}", '{"fps": 1e-320', "7"):
+                before = len(replies)
+                s._on_message(text)  # raises nothing
+                assert len(replies) == before + 1 and replies[-1]["type"] == "error"
+            return replies
+        finally:
+            await s.pc.close()
+
+    replies = asyncio.run(scenario())
+    assert all(len(reply["error"]) <= 300 for reply in replies)

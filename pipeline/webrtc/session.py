@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -203,14 +202,25 @@ class Session:
     # ----------------------------------------------------------------- commands in
 
     def _on_message(self, text: Any) -> None:
+        """Every message gets an `ack` or an `error` reply, whatever it holds, and the session goes on:
+        nothing a page sends may escape into the connection's own loop and end it."""
         try:
             command = json.loads(text)
             if not isinstance(command, dict):
                 raise ValueError("a command is a JSON object")
             done = self.command(command)
-            self._send({"type": "ack", "command": command.get("type"), **done})
+            self._send({"type": "ack", "command": str(command.get("type"))[:40], **done})
         except (ValueError, TypeError, KeyError) as exc:
-            self._send({"type": "error", "error": one_line(exc)})
+            self._reply_error(one_line(exc)[:300])
+        except Exception as exc:  # JSON nested too deep (RecursionError), and whatever else a message does
+            log.info("session %d: a message could not be handled (%s)", self.id, type(exc).__name__)
+            self._reply_error(f"the message could not be handled ({type(exc).__name__})")
+
+    def _reply_error(self, error: str) -> None:
+        try:
+            self._send({"type": "error", "error": error})
+        except Exception as exc:  # a channel closing under us: the session's own end says why
+            log.debug("session %d: no error reply (%s)", self.id, exc)
 
     def command(self, command: dict[str, Any]) -> dict[str, Any]:
         """Carry out one command from the page; a ValueError says what was wrong with it."""
@@ -287,17 +297,30 @@ class Session:
         }
 
 
+# What a request may set, in the API's own terms: below these a live session would all but stop
+# (one frame in seconds), above them nothing is held any more.
+TARGET_RANGES = {"latency_ms": (5.0, 10_000.0), "fps": (1.0, 1000.0)}
+
+
 def parse_targets(body: dict[str, Any]) -> dict[str, float]:
-    """The targets in a request or command: `latency_ms` and/or `fps`, each a finite number > 0.
-    A ValueError says what is wrong."""
+    """The targets in a request or command: `latency_ms` and/or `fps`, each a number within
+    `TARGET_RANGES`. A ValueError says what is wrong."""
     targets = {}
-    for key in ("latency_ms", "fps"):
+    for key, (low, high) in TARGET_RANGES.items():
         if key not in body:
             continue
         value = body[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"targets: {key} must be a finite number > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"targets: {key} must be a number, got {_shown(value)}")
+        if not low <= value <= high:  # NaN fails too; an int of any size compares without overflow
+            raise ValueError(f"targets: {key} must be from {low:g} to {high:g}, got {_shown(value)}")
         targets[key] = float(value)
     if not targets:
         raise ValueError('targets: expected {"latency_ms": …} and/or {"fps": …}')
     return targets
+
+
+def _shown(value: Any) -> str:
+    """A value as an error names it: its repr, cut short (a request may hold a 400-digit number)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
