@@ -215,9 +215,10 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
         await second.close()
         await first.wait_for(lambda: not server.sessions, what="the session to end", timeout_s=15)
         await server.stop()
-        return replies, resource, page
+        return replies, resource, page, server.sessions_total
 
-    replies, resource, page = asyncio.run(scenario())
+    replies, resource, page, started = asyncio.run(scenario())
+    assert started == 1  # the offers refused (bad SDP, over the limit) started no session
     assert replies["no token"][0] == 401 and "token" in replies["no token"][1]
     assert replies["wrong token"][0] == 401
     assert replies["text"][0] == 415 and "application/json" in replies["text"][1]

@@ -112,7 +112,6 @@ class SessionHost:
             on_closed=self._closed,
         )
         self.sessions.add(session)
-        self.sessions_total += 1
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self.prompt_receive:
@@ -123,6 +122,7 @@ class SessionHost:
             await session.close("bad offer")
             raise BadOffer(f"the offer could not be used: {one_line(exc)}") from None
         session.start()
+        self.sessions_total += 1  # sessions started: an offer refused above is none
         log.info("session %d: started (%d running)", session.id, len(self.sessions))
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
