@@ -183,6 +183,28 @@ def test_disconnect_frees_the_session_its_ring_and_its_tasks():
     assert session.report["source_stats"]["audio_frames"] > 0  # sound did flow in: its tasks ran
 
 
+def test_a_client_gone_mid_body_costs_one_info_line_and_the_server_keeps_serving(caplog):
+    async def scenario():
+        server = await started_server(config=load_config("passthrough"))
+        host, port = server.url.split("//")[1].rstrip("/").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        head = "POST /offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        writer.write(head.encode() + b'{"sdp": "v=0')
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/resource/status") as reply:
+            status = reply.status
+        await server.stop()
+        return status
+
+    caplog.set_level("INFO")
+    assert asyncio.run(scenario()) == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("went away before its body was in" in r.getMessage() for r in caplog.records)
+
+
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
     async def scenario():
         server = await started_server(token="secret", max_sessions=1)
@@ -201,6 +223,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
             await post("not json", data="{oops", headers={**auth, "Content-Type": "application/json"})
             await post("not an offer", json={"sdp": "v=0", "type": "answer"}, headers=auth)
             await post("bad sdp", json={"sdp": "v=0\r\nm=garbage\r\n", "type": "offer"}, headers=auth)
+            await post("nested", data="[" * 20_000, headers={**auth, "Content-Type": "application/json"})
             big = json.dumps({"sdp": "m=" + "x" * MAX_BODY, "type": "offer"})
             await post("too big", data=big, headers={**auth, "Content-Type": "application/json"})
             async with http.get(f"{url}/api/resource/status") as reply:
@@ -226,6 +249,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
     assert replies["not an offer"][0] == 400
     assert replies["bad sdp"][0] == 400 and "offer" in replies["bad sdp"][1]
     assert replies["too big"][0] == 413
+    assert replies["nested"][0] == 400 and "nested too deep" in replies["nested"][1]
     assert replies["over the limit"][0] == 503
     assert "models" in resource and "devices" in resource
     assert "<video" in page and "/static/app.js" in page

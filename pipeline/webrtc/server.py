@@ -176,6 +176,11 @@ class Server:
             return _error(413, f"body over {MAX_BODY} bytes")
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "the body is not JSON")
+        except RecursionError:
+            return _error(400, "the body is JSON nested too deep")
+        except ConnectionError as exc:  # the client went away mid-body: one line, not a traceback
+            log.info("%s %s: the client went away before its body was in (%s)", request.method, request.path, exc)
+            return _error(400, "the body was cut short")
         if not isinstance(body, dict):
             return _error(400, "expected a JSON object")
         return body
