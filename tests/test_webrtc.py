@@ -205,6 +205,24 @@ def test_a_client_gone_mid_body_costs_one_info_line_and_the_server_keeps_serving
     assert any("went away before its body was in" in r.getMessage() for r in caplog.records)
 
 
+def test_a_token_in_the_query_string_never_reaches_the_access_log(caplog):
+    async def scenario():
+        server = await started_server(config=load_config("passthrough"), token="s3cret-value")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}?token=s3cret-value&view=1") as reply:
+                page = reply.status
+            async with http.post(f"{server.url}/offer?token=s3cret-value", json={"sdp": "v=0", "type": "answer"}):
+                pass
+        await server.stop()
+        return page
+
+    caplog.set_level("INFO", logger="aiohttp.access")
+    assert asyncio.run(scenario()) == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) == 2 and all("token=…" in line for line in lines)
+    assert not [line for line in lines if "s3cret" in line] and "view=1" in lines[0]
+
+
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving():
     async def scenario():
         server = await started_server(token="secret", max_sessions=1)

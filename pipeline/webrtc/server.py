@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile
@@ -124,7 +125,7 @@ class Server:
             self.placer.start()
         else:  # sessions run here: the first one should not load what all of them share
             await asyncio.to_thread(self.sessions_host.warm_up)
-        self._runner = web.AppRunner(self.app)
+        self._runner = web.AppRunner(self.app, access_log_class=TokenHidingAccessLogger)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -343,3 +344,14 @@ async def serve(server: Server, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await server.stop()
+
+
+class TokenHidingAccessLogger(AbstractAccessLogger):
+    """One access line per request, as aiohttp writes it, but never with a `?token=` value: logs
+    are read by more people than the token is meant for."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = "&".join(f"{key}=…" if key == "token" else f"{key}={value}" for key, value in request.query.items())
+        target = request.path + (f"?{query}" if query else "")
+        status, size = response.status, response.body_length
+        self.logger.info('%s "%s %s" %d %s %.3fs', request.remote, request.method, target, status, size, time)
