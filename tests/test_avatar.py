@@ -259,6 +259,29 @@ def test_a_face_at_rest_is_drawn_once_and_a_talking_one_on_every_frame():
     assert sum(redrawn[75:]) <= blinks  # closed again and still
 
 
+@pytest.mark.parametrize(("redraw_hz", "least", "most"), [(30.0, 30, 41), (0.0, 120, 120)])
+def test_a_fast_source_shows_each_drawing_on_several_frames(redraw_hz, least, most):
+    """At 120 fps a talking mouth moves on nearly every frame; the face is asked of the sprites
+    (drawn, or kept from before) at most about `redraw_hz` times a second (0: on every frame),
+    while its parameters ease on every frame."""
+    from pipeline.ringbuffer import RingBuffer
+
+    stage = make_stage(redraw_hz=redraw_hz)
+    faces = []
+    face = stage.sprites.face
+    stage.sprites.face = lambda *args, **kwargs: faces.append(face(*args, **kwargs)) or faces[-1]
+    ring = RingBuffer(1, (540, 640))
+    mouths = set()
+    for index in range(120):  # one second at 120 fps, talking throughout
+        frame = frame_at(index, probs={"happy": 1.0}, speaking=True, mouth=0.1 + 0.5 * (index * 0.618 % 1))
+        frame.time_base = Fraction(1, 120)
+        frame.lease = ring.try_acquire()
+        mouths.add(stage.compute(frame)["mouth"])
+        frame.release()
+    assert least <= len(faces) <= most  # 30 Hz: every 3rd or 4th frame (a quarter period of slack)
+    assert len(mouths) >= 60  # the state moved on most frames, drawn or not
+
+
 def test_the_torch_drawing_a_gpu_uses_gives_the_pixels_of_the_numpy_one_a_cpu_uses(monkeypatch):
     """One drawing code, two array libraries: run torch's on the CPU here and compare."""
     import models.avatar as avatar

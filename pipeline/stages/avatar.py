@@ -8,6 +8,12 @@ the face jump, draws the face (`models.avatar`; a face that has not moved by a v
 since a recent frame is not drawn again) and blends it into the frame with the composite
 kernel, in the frame's own layout.
 
+The face is drawn at most `redraw_hz` times a second of the stream, as a drawn character is
+animated: a source faster than that shows each drawing on several frames, while every
+parameter still eases on every frame. A talking mouth moves on almost every frame, so without
+the bound a 120 fps source would pay for 120 drawings a second, and the extra work while the
+avatar speaks is what tips a machine running near its capacity into a burst of late frames.
+
 Layouts: `pip` puts the face in a corner; `replace` puts it over the user's face (the largest
 tracked one; in the corner when there is none); `side` splits the picture: the middle half of
 the camera's view on the left, the avatar large on a plain backdrop on the right (the output
@@ -92,6 +98,7 @@ class AvatarOptions(StageOptions):
     expression_tau_s: float = Field(0.3, ge=0.0, le=10.0)  # how fast the expression follows
     mouth_tau_s: float = Field(0.04, ge=0.0, le=1.0)  # how fast the mouth follows the voice
     gaze_tau_s: float = Field(0.25, ge=0.0, le=10.0)
+    redraw_hz: float = Field(30.0, ge=0.0, le=1000.0)  # the face is drawn at most this often (0: any frame)
 
 
 @register_stage
@@ -122,6 +129,7 @@ class Avatar(ComputeStage):
         self._next_blink = self._random.uniform(*BLINK_GAP_S)
         self._blink_until = -1.0
         self.sprites = FaceSprites()
+        self._shown: tuple[float, tuple[Any, ...], torch.Tensor] | None = None  # (time s, what it fits, face)
 
     def targets(self, frame: Frame) -> tuple[FaceState, str, bool]:
         """Where each parameter is heading on this frame, the viseme, and whether the eyes are shut for a blink."""
@@ -196,7 +204,7 @@ class Avatar(ComputeStage):
             self._split(frame.image)
         x, y, side = self._placement(frame)
         drawn = self.sprites.drawn
-        face = self.sprites.face(state, side, theme=self.options.theme, device=frame.image.device)
+        face = self._face(state, side, frame)
         ops.composite(frame.image, face, layout=self._layout, x=x, y=y, **self._colour)
         return {
             "smile": round(state.smile, 3),
@@ -208,6 +216,19 @@ class Avatar(ComputeStage):
             "box": [x, y, x + side, y + side],
             "redrawn": self.sprites.drawn > drawn,
         }
+
+    def _face(self, state: FaceState, side: int, frame: Frame) -> torch.Tensor:
+        """The face to blend into `frame`: the last drawing while the next is not due (`redraw_hz`,
+        with a quarter period of slack so a camera at that rate, whose frames jitter, redraws on
+        every frame), else the face of `state`, drawn or from the sprites."""
+        device = frame.image.device
+        now, look = frame.time_s, (side, self.options.theme, device)
+        shown, hz = self._shown, self.options.redraw_hz
+        if shown is not None and hz > 0 and shown[1] == look and 0.0 <= now - shown[0] < 0.75 / hz:
+            return shown[2]
+        face = self.sprites.face(state, side, theme=self.options.theme, device=device)
+        self._shown = (now, look, face)
+        return face
 
     def _split(self, image: Any) -> None:
         """Side by side: the middle half of the picture moves to the left half; the right half becomes backdrop."""
