@@ -10,9 +10,14 @@ what it decides, so the executor only calls four hooks:
   not once per frame the camera makes; the thinned frame still flows to the sink as a marker,
   so order is kept. `leftover_audio()` at the end of the source is the sound still waiting.
 - `is_late(frame, node)` before a stage: a frame that cannot make its deadline if this stage
-  and the slowest path after it cost what they have lately (mean + 20%) is dropped — but only when
+  and the slowest path after it cost what they have lately (+ 20%) is dropped — but only when
   a newer frame is already waiting there (the newest frame wins; the stage never goes idle
-  for want of a frame that would have made it).
+  for want of a frame that would have made it). "Lately" is each stage's mean over the last
+  control period, or over its last `RECENT_CALLS` calls when that is higher: on a CPU the
+  stages' calls can all slow down at once for a moment (side work, or the avatar starting to
+  talk, taking the interpreter lock more often), and a frame judged by the costs of the last
+  tick would then go on, and arrive late, where one judged by the last few calls makes way
+  for the newer frame behind it.
 - `delivered(frame, now)` at the sink: the end-to-end latency the controller watches. A frame
   dropped for being late (or reclaimed by a full ring) counts as a miss, a quarter over the
   budget, so a run that holds its latency only by dropping still steps down.
@@ -60,6 +65,7 @@ OVER_TARGET = "over_target_fps"  # drop reason: the source is faster than target
 MISSES = frozenset({LATE, RING_FULL})  # drops that mean "behind", and count against the budget
 MISS_FACTOR = 1.25  # a missed frame counts as this × the budget
 COST_MARGIN = 1.2  # a frame's remaining path is costed at this × the recent mean (costs vary frame to frame)
+RECENT_CALLS = 4  # a stage's last calls, whose mean costs a frame's path when it is above the tick's mean
 TIMELINE_EVERY_S = 1.0  # a timeline point at least this often (and at every change)
 TIMELINE_MAX = 10_000  # points kept: hours of a live session
 
@@ -74,8 +80,6 @@ class Watched:
     priority: int
     children: list[Watched]
     mean_ns: int = 0  # mean cost per frame over the last tick in which it ran
-    path_ns: int = 0  # mean_ns plus the slowest path from here to the sink
-    late_after_ns: int = 0  # path_ns with a margin: a frame with less time than this left is late
     _total_ns: int = 0
     _count: int = 0
 
@@ -233,7 +237,7 @@ class FrameScheduler:
     def is_late(self, frame: Frame, stage: Watched, now_ns: int) -> bool:
         """Whether `frame` would miss its deadline going through `stage` and on (the caller has
         checked that a newer frame waits behind it)."""
-        return now_ns + stage.late_after_ns > frame.deadline_ns
+        return now_ns + int(_path_ns(stage) * COST_MARGIN) > frame.deadline_ns
 
     def delivered(self, frame: Frame, now_ns: int) -> None:
         """At the sink: the latency the controller watches (misses count over the budget)."""
@@ -290,7 +294,7 @@ class FrameScheduler:
             self._last_point_s = now_s
 
     def _measure_stages(self, elapsed_s: float) -> float | None:
-        """Update each stage's mean cost and path cost; return the busiest stage's busy share."""
+        """Update each stage's mean cost; return the busiest stage's busy share."""
         self.metrics.fold()
         busiest = None
         for stage in self.stages:
@@ -301,10 +305,6 @@ class FrameScheduler:
                 stage.mean_ns = spent // count
                 share = spent / (elapsed_s * 1e9 * stage.workers)
                 busiest = share if busiest is None else max(busiest, share)
-        for stage in reversed(self.stages):
-            stage.path_ns = stage.mean_ns + max((child.path_ns for child in stage.children), default=0)
-        for stage in self.stages:
-            stage.late_after_ns = int(stage.path_ns * COST_MARGIN)
         return busiest
 
     def apply(self, settings: QualitySettings) -> None:
@@ -348,3 +348,10 @@ class FrameScheduler:
             "timeline": [list(point) for point in self.timeline],
             "shed": [stage.name for stage in self._sheddable],
         }
+
+
+def _path_ns(stage: Watched) -> int:
+    """What `stage` and the slowest path from it to the sink cost lately: per stage, the mean over
+    the last tick or over its last `RECENT_CALLS` calls, whichever is higher."""
+    recent = stage.runner.stats.latency.recent_mean_ns(RECENT_CALLS) or 0
+    return max(stage.mean_ns, recent) + max((_path_ns(child) for child in stage.children), default=0)

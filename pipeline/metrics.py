@@ -57,6 +57,12 @@ class LatencyHistogram:
         self._pending: list[int] = []
         self.record = self._pending.append  # record(duration_ns)
 
+    def recent_mean_ns(self, calls: int) -> int | None:
+        """The mean of the last `calls` samples recorded since the last fold (None when there are
+        none): what the latest calls cost, before the timer folds them into the whole run's count."""
+        pending = self._pending[-calls:]
+        return sum(pending) // len(pending) if pending else None
+
     @property
     def unfolded(self) -> int:
         """Samples recorded but not yet folded into the buckets."""

@@ -345,6 +345,29 @@ def test_late_and_full_ring_drops_count_as_misses_over_the_budget():
     assert scheduler.controller.p95_ms(now / 1e9) == pytest.approx(MISS_FACTOR * 50.0)
 
 
+def test_a_frame_is_judged_by_the_last_calls_when_they_slow_down_between_two_ticks():
+    """The last tick measured 5 ms a call; then the calls slow to 40 ms (on a CPU, all of a graph's
+    stages can slow at once for a moment). A frame with 30 ms left is late by the last few calls,
+    though the tick's mean says it would make it: it gives way to the newer frame behind it."""
+    graph = graph_of([{"name": "first", "type": "costly"}, {"name": "then", "type": "costly", "after": ["first"]}])
+    scheduler = make_scheduler(graph)
+    first, then = (scheduler.by_name[name] for name in ("first", "then"))
+    for stage in (first, then):
+        for _ in range(10):
+            stage.runner.stats.latency.record(5_000_000)
+    scheduler.tick(100.0, 0.25, 30.0)  # folds: the last calls are the tick's
+    waiting = frame(0)
+    now_ns = waiting.capture_ns
+    waiting.deadline_ns = now_ns + 30_000_000
+    assert not scheduler.is_late(waiting, first, now_ns)  # 2 × 5 ms + 20%
+    for _ in range(4):
+        then.runner.stats.latency.record(40_000_000)  # a stage after it slows down
+    assert scheduler.is_late(waiting, first, now_ns)
+    assert not scheduler.is_late(waiting, then, now_ns - 20_000_000)  # 40 ms + 20% with 50 ms left
+    scheduler.tick(100.25, 0.25, 30.0)  # the next tick's mean says so too
+    assert then.mean_ns == 40_000_000 and scheduler.is_late(waiting, first, now_ns)
+
+
 def test_the_control_loop_reads_the_oldest_queued_frame_and_steps_down_on_a_growing_backlog():
     graph = graph_of([{"name": "infer", "type": "costly"}])
     metrics = RunMetrics()

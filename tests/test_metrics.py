@@ -79,3 +79,13 @@ def test_the_recent_rate_while_its_first_window_fills():
     for i in range(6):
         rate.tick(10.0 + i * 0.05)  # 20 a second, for a quarter of a second
     assert 20 <= rate.per_s(10.25) <= 25
+
+
+def test_the_recent_mean_is_of_the_last_calls_since_the_fold():
+    histogram = LatencyHistogram()
+    assert histogram.recent_mean_ns(4) is None
+    for value in (1, 2, 30, 40, 50, 60):
+        histogram.record(value)
+    assert histogram.recent_mean_ns(4) == 45 and histogram.recent_mean_ns(100) == 183 // 6
+    histogram.fold()
+    assert histogram.recent_mean_ns(4) is None and histogram.count == 6
