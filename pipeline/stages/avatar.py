@@ -11,8 +11,8 @@ kernel, in the frame's own layout.
 The face is drawn at most `redraw_hz` times a second of the stream, as a drawn character is
 animated: a source faster than that shows each drawing on several frames, while every
 parameter still eases on every frame. A talking mouth moves on almost every frame, so without
-the bound a 120 fps source would pay for 120 drawings a second, and the extra work while the
-avatar speaks is what tips a machine running near its capacity into a burst of late frames.
+the bound a 120 fps source would pay for 120 drawings a second while the avatar speaks, work
+no viewer sees.
 
 Layouts: `pip` puts the face in a corner; `replace` puts it over the user's face (the largest
 tracked one; in the corner when there is none); `side` splits the picture: the middle half of
