@@ -68,17 +68,20 @@ class LatencySink(NullSink):
             self.samples.append((now / 1e9, (now - frame.capture_ns) / 1e6))
 
 
-def source(fps: float, *, live: bool, frames: int | None, scene: str, device: str) -> SyntheticSource:
+def source(
+    fps: float, *, live: bool, frames: int | None, scene: str, device: str, size: tuple[int, int]
+) -> SyntheticSource:
     fps_q = Fraction(fps).limit_denominator(1000)
-    return SyntheticSource(fps=fps_q, frames=frames, live=live, scene=scene, device=device)
+    width, height = size
+    return SyntheticSource(width=width, height=height, fps=fps_q, frames=frames, live=live, scene=scene, device=device)
 
 
-async def measure_capacity(config: GraphConfig, frames: int, scene: str, device: str) -> float:
+async def measure_capacity(config: GraphConfig, frames: int, scene: str, device: str, size: tuple[int, int]) -> float:
     """Frames per second of the graph with the source unpaced and quality fixed at full."""
     sink = LatencySink()
     pipeline = Pipeline(
         build_graph(with_targets(config, quality="off")),
-        source(30, live=False, frames=frames, scene=scene, device=device),
+        source(30, live=False, frames=frames, scene=scene, device=device, size=size),
         sink,
         device=device,
     )
@@ -87,11 +90,13 @@ async def measure_capacity(config: GraphConfig, frames: int, scene: str, device:
     return sink.frames / (time.monotonic() - start)
 
 
-async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mode: str, device: str) -> dict:
+async def run_at(
+    config: GraphConfig, fps: float, seconds: float, scene: str, mode: str, device: str, size: tuple[int, int]
+) -> dict:
     sink = LatencySink()
     pipeline = Pipeline(
         build_graph(with_targets(config, quality=mode)),
-        source(fps, live=True, frames=None, scene=scene, device=device),
+        source(fps, live=True, frames=None, scene=scene, device=device, size=size),
         sink,
         device=device,
     )
@@ -111,6 +116,7 @@ async def run_at(config: GraphConfig, fps: float, seconds: float, scene: str, mo
         "ring_waits": report["ring"]["waits"],  # times the source waited for a free slot
         "reclaimed": report["ring"]["reclaimed"],  # frames a full ring dropped for a newer one
         "p50": float(np.percentile(settled, 50)) if settled else float("nan"),
+        "p95": float(np.percentile(settled, 95)) if settled else float("nan"),
         "p99": float(np.percentile(settled, 99)) if settled else float("nan"),
         "fps": delivered / (seconds / 2),
         "drops": sum(report["frames"]["dropped"].values()),
@@ -160,23 +166,32 @@ def main() -> None:
     )
     parser.add_argument("--scene", choices=["face", "card"], default="face", help="face: the emotion stage has a face")
     parser.add_argument("--device", default="cpu", help="where the graph runs: cpu, cuda, cuda:1, …")
+    parser.add_argument("--size", default="640x360", help="picture size WxH (even numbers), e.g. 1920x1080")
     parser.add_argument("--plot", type=Path, default=RESULTS / "latency_under_load.png", help="where the PNG goes")
     args = parser.parse_args()
+    try:
+        width, height = (int(n) for n in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must be WxH, e.g. 1280x720, got {args.size!r}")
+    size = (width, height)
     logging.basicConfig(level=logging.WARNING)
     loads = [float(x) for x in args.loads.split(",")]
     config = with_targets(load_config("default"), latency_ms=args.budget_ms, fps=NO_FPS_CAP)
     torch.set_grad_enabled(False)
 
-    asyncio.run(measure_capacity(config, 30, args.scene, args.device))  # warm up models and caches
-    capacity = args.capacity or asyncio.run(measure_capacity(config, args.capacity_frames, args.scene, args.device))
+    asyncio.run(measure_capacity(config, 30, args.scene, args.device, size))  # warm up models and caches
+    capacity = args.capacity or asyncio.run(
+        measure_capacity(config, args.capacity_frames, args.scene, args.device, size)
+    )
     on, off = [], []
     for load in loads:
-        on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live", args.device)))
-        off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off", args.device)))
+        on.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "live", args.device, size)))
+        off.append(asyncio.run(run_at(config, load * capacity, args.seconds, args.scene, "off", args.device, size)))
 
     device = on[0]["device"] if on else args.device  # as the runs report it
     given = " (given)" if args.capacity else ""
-    print(f"default graph on a live synthetic source ({args.scene}), {device}; capacity {capacity:.1f} fps{given}")
+    print(f"default graph on a live synthetic {args.size} source ({args.scene}), {device}")
+    print(f"capacity {capacity:.1f} fps{given}")
     print(f"budget {args.budget_ms:g} ms; latency of delivered frames over the second half of {args.seconds:g} s")
     print("in: frames taken in / offered by the source; waits: for a ring slot; recl: dropped by a full ring")
     head = f"{'load':>5} {'offered':>8} | {'p50 on':>7} {'p99 on':>7} {'fps on':>7} {'in on':>11} {'waits':>5}"
@@ -197,12 +212,14 @@ def main() -> None:
             {
                 "budget_ms": args.budget_ms,
                 "device": device,
+                "size": args.size,
                 "capacity_fps": round(capacity, 2),
                 "load": loads,
                 "p99_ms_on": [round(r["p99"], 2) for r in on],
                 "p99_ms_off": [round(r["p99"], 2) for r in off],
                 "p50_ms_on": [round(r["p50"], 2) for r in on],
                 "p50_ms_off": [round(r["p50"], 2) for r in off],
+                "p95_ms_on": [round(r["p95"], 2) for r in on],
                 "fps_on": [round(r["fps"], 2) for r in on],
                 "fps_off": [round(r["fps"], 2) for r in off],
                 "rung_on": [r["rung"] for r in on],
