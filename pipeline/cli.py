@@ -16,9 +16,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import load_config, with_lines_to_say, with_targets
+from pydantic import ValidationError
+
+from pipeline.config import GraphConfig, IceServerConfig, load_config, with_ice_servers, with_lines_to_say, with_targets
 from pipeline.device import resolve_device
 from pipeline.device_profiles import load_profile, profile_names
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
@@ -30,6 +32,9 @@ from pipeline.io.window import WINDOW, display_available
 from pipeline.job import JobOptions, JobResult, is_folder_job, plan_batch, run_folder, run_job
 from pipeline.metrics import write_report
 from pipeline.progress import Progress
+
+if TYPE_CHECKING:
+    from pipeline.webrtc.tls import Tls
 
 log = logging.getLogger("pipeline")
 
@@ -98,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--port", type=int, default=8080, help="Default: 8080")
     serving.add_argument(
         "--token", help="required on /offer and POSTs when --host is not loopback. Default: generated and printed"
+    )
+    serving.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a STUN or TURN server for both ends of every session, so peers behind NAT or on another network "
+        "connect (repeatable): stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], turns:…; also the "
+        "config's webrtc.ice_servers (keeps TURN credentials off the command line). Default: none, direct only",
+    )
+    serving.add_argument("--ice-username", metavar="NAME", help="the TURN servers' username")
+    serving.add_argument("--ice-credential", metavar="SECRET", help="the TURN servers' credential (password)")
+    serving.add_argument(
+        "--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (its chain after it) and --tls-key"
+    )
+    serving.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serving.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a certificate made for this run (its fingerprint is printed to check against the "
+        "browser's warning). A browser gives a page its camera only on https:// or localhost",
     )
     serving.add_argument(
         "--max-sessions", type=int, default=4, metavar="N", help="sessions at once (with --ray: per worker). Default: 4"
@@ -220,7 +246,15 @@ class _Stopper:
             self.pipeline.request_stop()
 
 
+def check_serving_flags(args: argparse.Namespace) -> None:
+    """A flag for serving without --serve is a mistake worth a word, not something to ignore."""
+    asked = [flag for flag, given in SERVING_ONLY.items() if getattr(args, given)]
+    if asked and not args.serve:
+        raise ConfigError(f"{asked[0]}: only with --serve")
+
+
 async def run(args: argparse.Namespace) -> int:
+    check_serving_flags(args)
     options = job_options(args)
     stopper = _Stopper()
     loop = asyncio.get_running_loop()
@@ -240,9 +274,50 @@ async def run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
 
 
+def serving_options(args: argparse.Namespace, config: GraphConfig) -> tuple[GraphConfig, Tls | None]:
+    """The config with --ice-server's servers added, and the TLS set-up --tls-* ask for; a
+    ConfigError for a flag that needs another beside it."""
+    if (args.ice_username or args.ice_credential) and not any(url.startswith("turn") for url in args.ice_server):
+        raise ConfigError("--ice-username/--ice-credential: for a TURN server given with --ice-server turn:…")
+    relays = [url for url in args.ice_server if url.startswith("turn")]
+    if relays and not (args.ice_username and args.ice_credential):
+        raise ConfigError(f"--ice-server {relays[0]}: a TURN server needs --ice-username and --ice-credential")
+    if args.ice_server:
+        try:
+            servers = [
+                IceServerConfig(urls=[url], username=args.ice_username, credential=args.ice_credential)
+                if url.startswith("turn")
+                else IceServerConfig(urls=[url])
+                for url in args.ice_server
+            ]
+        except ValidationError as exc:
+            raise ConfigError(f"--ice-server: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        config = with_ice_servers(config, servers)
+    if args.tls_self_signed and (args.tls_cert or args.tls_key):
+        raise ConfigError("--tls-self-signed: or --tls-cert and --tls-key, not both")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key: give both")
+    if not (args.tls_cert or args.tls_self_signed):
+        return config, None
+    from pipeline.webrtc import tls
+
+    return config, tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else tls.self_signed(args.host)
+
+
+SERVING_ONLY = {
+    "--ice-server": "ice_server",
+    "--ice-username": "ice_username",
+    "--ice-credential": "ice_credential",
+    "--tls-cert": "tls_cert",
+    "--tls-key": "tls_key",
+    "--tls-self-signed": "tls_self_signed",
+}
+
+
 async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stopper) -> int:
     from pipeline.webrtc.server import Server, is_loopback, serve
 
+    config, tls = serving_options(args, options.config)
     try:
         placer = None
         if args.ray:
@@ -251,7 +326,7 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
 
             gpus = int(connect(args.ray).get("GPU", 0))
             placer = RayPlacer(
-                options.config,
+                config,
                 workers=args.ray_workers or gpus or 2,
                 capacity=args.max_sessions,
                 device="cuda" if gpus else "cpu",
@@ -259,7 +334,7 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
                 ice_addresses=["127.0.0.1"] if is_loopback(args.host) else None,
             )
         server = Server(
-            options.config,
+            config,
             device=options.device,
             host=args.host,
             port=args.port,
@@ -267,6 +342,7 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
             max_sessions=args.max_sessions,
             profile=options.device_profile,
             placer=placer,
+            tls=tls,
         )
     except ConnectionError as exc:  # the Ray cluster (a ClusterUnreachable names the address)
         raise SourceError(str(exc)) from None

@@ -6,11 +6,12 @@ at start-up with a message a user can act on, never at frame 1,000.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.quality import DEFAULT_LADDER, check_ladder
@@ -69,6 +70,43 @@ class QualityConfig(_Strict):
         return check_ladder(value)
 
 
+# stun:host[:port], turn:host[:port][?transport=udp|tcp], and their TLS forms (RFC 7064, 7065).
+ICE_URL = re.compile(r"^(stuns?|turns?):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?(\?transport=(udp|tcp))?$")
+
+
+class IceServerConfig(_Strict):
+    """A STUN or TURN server, as a browser's RTCPeerConnection takes it: both ends of every
+    session use it, so peers that cannot see each other directly (NAT, another network) connect."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> list[str]:
+        urls = [value] if isinstance(value, str) else value
+        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+            raise ValueError("expected a URL or a list of URLs")
+        for url in urls:
+            if not ICE_URL.match(url):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL (e.g. stun:example.org:3478)")
+        return urls
+
+    @model_validator(mode="after")
+    def _relays_have_credentials(self) -> IceServerConfig:
+        relays = [url for url in self.urls if url.startswith("turn")]
+        if relays and not (self.username and self.credential):
+            raise ValueError(f"{relays[0]}: a TURN server needs a username and a credential")
+        return self
+
+
+class WebRtcConfig(_Strict):
+    """How WebRTC sessions (`--serve`) reach their peers."""
+
+    ice_servers: list[IceServerConfig] = []
+
+
 class StageSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     type: str
@@ -88,6 +126,7 @@ class GraphConfig(_Strict):
     # Where work beside the frames runs (pipeline.side_work): auto, beside them on live runs and in
     # line on file runs (the same output every run); beside, always beside; inline, always in line.
     side_work: Literal["auto", "beside", "inline"] = "auto"
+    webrtc: WebRtcConfig = WebRtcConfig()
     stages: list[StageSpec] = []
 
 
@@ -166,6 +205,12 @@ def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
     if not found:
         raise ConfigError(f"--say: graph {config.name!r} has no voice stage to speak with")
     return config.model_copy(update={"stages": stages})
+
+
+def with_ice_servers(config: GraphConfig, servers: list[IceServerConfig]) -> GraphConfig:
+    """`config` with `servers` after those its `webrtc.ice_servers` names (the command line's)."""
+    webrtc = config.webrtc.model_copy(update={"ice_servers": [*config.webrtc.ice_servers, *servers]})
+    return config.model_copy(update={"webrtc": webrtc})
 
 
 def with_targets(

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import IceServerConfig, load_config, with_ice_servers
 from pipeline.webrtc.server import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -102,7 +102,11 @@ def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path
     flags = [*FLAGS, f"--use-file-for-fake-video-capture={camera}", f"--use-file-for-fake-audio-capture={microphone}"]
 
     async def scenario():
-        server = Server(load_config("default"), device=torch.device("cpu"), port=0)
+        from webrtc_kit import StunServer
+
+        stun = await StunServer.start()  # the page's peer connection must be given it
+        config = with_ice_servers(load_config("default"), [IceServerConfig(urls=[stun.url])])
+        server = Server(config, device=torch.device("cpu"), port=0)
         await server.start()
         try:
             async with playwright.async_playwright() as driver:
@@ -129,15 +133,18 @@ def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path
                         "[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]"
                     )
                     panel = await page.inner_text("#faces")
+                    ice = await page.evaluate("pc.getConfiguration().iceServers.map((s) => s.urls).flat()")
                     sessions_while = len(server.sessions)
                 finally:
                     await browser.close()
             await asyncio.wait_for(_until(lambda: not server.sessions), 15)
-            return played, message, size, panel, sessions_while, errors
+            return played, message, size, panel, (ice, stun.url), sessions_while, errors
         finally:
             await server.stop()
+            stun.close()
 
-    played, message, size, panel, sessions_while, errors = asyncio.run(scenario())
+    played, message, size, panel, ice, sessions_while, errors = asyncio.run(scenario())
+    assert ice[0] == [ice[1]], ice  # the page's peer connection has the server's STUN server
     assert not errors, errors
     assert sessions_while == 1
     assert played > 1.0  # the processed video is playing, not frozen on a frame

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import ssl
 from typing import Any
 
 import aiohttp
 import av
 import numpy as np
+from aioice import stun
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from voice_kit import resample, spoken
@@ -114,14 +116,23 @@ class Client:
         except MediaStreamError:
             pass
 
-    async def connect(self, url: str, *, token: str | None = None) -> aiohttp.ClientResponse | None:
+    async def connect(
+        self, url: str, *, token: str | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> aiohttp.ClientResponse | None:
+        """Offer, and take the answer (kept as `answer_sdp`); the reply when the server refused."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with aiohttp.ClientSession() as http, http.post(f"{url}/offer", json=offer, headers=headers) as reply:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/offer", json=offer, headers=headers, ssl=ssl_context if ssl_context is not None else True
+            ) as reply,
+        ):
             body = await reply.json()
             if reply.status != 200:
                 return reply
+        self.answer_sdp = body["sdp"]
         await self.pc.setRemoteDescription(RTCSessionDescription(**body))
         return None
 
@@ -143,3 +154,51 @@ class Client:
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+class StunServer(asyncio.DatagramProtocol):
+    """A STUN server on loopback that answers every binding request with one made-up public
+    address (`MAPPED`, from the documentation range): a peer that uses it offers a server-
+    reflexive candidate with that address, which no peer without it could have."""
+
+    MAPPED = ("203.0.113.7", 40000)
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def start(cls) -> StunServer:
+        server = cls()
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, local_addr=("127.0.0.1", 0))
+        return server
+
+    @property
+    def url(self) -> str:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return f"stun:{host}:{port}"
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            request = stun.parse_message(data)
+        except ValueError:
+            return
+        if request.message_method != stun.Method.BINDING or request.message_class != stun.Class.REQUEST:
+            return
+        self.requests += 1
+        response = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=request.transaction_id,
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = self.MAPPED
+        assert self.transport is not None
+        self.transport.sendto(bytes(response), addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -25,6 +25,7 @@ from pipeline.errors import one_line
 from pipeline.memory import ModelManager
 from pipeline.registry import stage_types
 from pipeline.webrtc import receive
+from pipeline.webrtc.ice import rtc_ice_servers
 from pipeline.webrtc.prometheus import Counters, Retired
 from pipeline.webrtc.session import Session
 from pipeline.webrtc.tracks import SILENCE_S
@@ -101,7 +102,8 @@ class SessionHost:
         self.start()  # a Ray worker's host has no start of its own: its first offer starts the round
         if self.free <= 0:
             raise HostFull(f"all {self.capacity} session(s) are taken; try again later")
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: host candidates only
+        # No ICE servers configured: host candidates only (both ends must see each other).
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(self.config.webrtc.ice_servers)))
         session = Session(
             pc,
             self.config,

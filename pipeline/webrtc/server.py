@@ -8,7 +8,14 @@ Safety by default: the server binds to 127.0.0.1. On any other address a token i
 `/offer` and on every POST (`Authorization: Bearer TOKEN`, or `?token=TOKEN`): given with
 `--token` or generated and printed at start. Bad requests get a 4xx with a JSON reason (wrong
 content type 415, body over `MAX_BODY` 413, malformed JSON or SDP 400, missing or wrong token
-401); over `--max-sessions` a 503; the server keeps serving.
+401, a body slower than `BODY_TIMEOUT_S` 408); over `--max-sessions` a 503; the server keeps
+serving. A connection that has not sent a whole request's headers `HEADER_TIMEOUT_S` after it
+opened (or after its last answer) is closed, so half-sent requests cannot hold the server's
+connections; the token is checked as soon as the headers are in, before any body is read.
+
+Beyond this machine: `tls` serves HTTPS (a browser gives a page its camera only on https:// or
+localhost), and the config's `webrtc.ice_servers` (STUN/TURN) reach both the server's peer
+connections and the page, which reads them from `/api/ice`.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import ConfigError, one_line
 from pipeline.memory import ModelManager
 from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
-from pipeline.webrtc.ice import limit_ice_to
+from pipeline.webrtc.ice import browser_ice_servers, every_host_address, limit_ice_to, unused_by_aiortc
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Counters, Retired, exposition
 from pipeline.webrtc.session import Session, parse_targets
+from pipeline.webrtc.tls import Tls
 from pipeline.webrtc.tracks import SILENCE_S
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 64 * 1024  # bytes: an SDP offer is a few kB
 DEFAULT_MAX_SESSIONS = 4
+HEADER_TIMEOUT_S = 10.0  # from a connection's start (or its last answer) to a whole request's headers
+BODY_TIMEOUT_S = 10.0  # from the headers to the whole body
 
 
 def is_loopback(host: str) -> bool:
@@ -71,6 +81,9 @@ class Server:
         prompt_receive: bool = True,
         silence_s: float = SILENCE_S,
         placer: Any = None,
+        tls: Tls | None = None,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions {max_sessions}: must be at least 1")
@@ -90,6 +103,9 @@ class Server:
             silence_s=silence_s,
         )
         self.placer = placer
+        self.tls = tls
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.refused = 0
         self.started_s = time.monotonic()
         self._fps_mark: tuple[float, int] = (time.monotonic(), 0)
@@ -104,6 +120,7 @@ class Server:
                 web.get("/", self._page),
                 web.static("/static", STATIC),
                 web.post("/offer", self._offer),
+                web.get("/api/ice", self._ice),
                 web.get("/api/performance/status", self._performance),
                 web.get("/api/resource/status", self._resource),
                 web.post("/api/performance/targets", self._targets),
@@ -125,9 +142,13 @@ class Server:
             self.placer.start()
         else:  # sessions run here: the first one should not load what all of them share
             await asyncio.to_thread(self.sessions_host.warm_up)
-        self._runner = web.AppRunner(self.app, access_log_class=TokenHidingAccessLogger)
+        # aiohttp closes a connection whose next request is not in when its keep-alive timer runs
+        # out, counted from the connection's start or its last answer: half-sent headers included.
+        self._runner = web.AppRunner(
+            self.app, access_log_class=TokenHidingAccessLogger, keepalive_timeout=self.header_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls.context if self.tls else None)
         await site.start()
         sockets = site._server.sockets if site._server is not None else []  # the port when 0 was asked
         if sockets:
@@ -137,9 +158,26 @@ class Server:
             if self.placer is not None
             else f"{self.max_sessions} session(s) at most"
         )
-        log.info("serving on http://%s:%d/ (%s)", self.host, self.port, where)
+        log.info("serving on %s/ (%s)", self.url, where)
+        if self.tls is not None and self.tls.self_signed:
+            log.warning(
+                "a self-signed certificate, made for this run: a browser warns before it opens the page; "
+                "check that it shows this SHA-256 fingerprint, then accept: %s",
+                self.tls.fingerprint,
+            )
+        ice_servers = self.config.webrtc.ice_servers
+        if ice_servers:
+            log.info("ICE servers for both ends: %s", ", ".join(url for s in ice_servers for url in s.urls))
+        unused = unused_by_aiortc(ice_servers)
+        if unused:
+            log.warning(
+                "the server's own peer connections use one STUN and one TURN server; not: %s", ", ".join(unused)
+            )
         if not self.local:
             log.warning("listening beyond this machine: every offer must carry the token %s", self.token)
+            log.info("open it from another device at: %s", ", ".join(self.page_urls()))
+            if self.tls is None:
+                log.warning("plain http: a browser on another device gives the page no camera (add --tls-self-signed)")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -153,7 +191,21 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def page_urls(self) -> list[str]:
+        """The page's address as another device opens it, token included: one per address of this
+        machine when the server listens on all of them (0.0.0.0 or ::)."""
+        scheme = "https" if self.tls is not None else "http"
+        try:
+            wildcard = ipaddress.ip_address(self.host).is_unspecified
+        except ValueError:
+            wildcard = False
+        hosts = every_host_address(use_ipv6=False) if wildcard else [self.host]
+        token = f"?token={self.token}" if self.token else ""
+        return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{self.port}/{token}" for h in hosts]
 
     # ----------------------------------------------------------------- requests
 
@@ -172,7 +224,10 @@ class Server:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"body over {MAX_BODY} bytes")
         try:
-            body = await request.json()
+            body = await asyncio.wait_for(request.json(), self.body_timeout_s)
+        except TimeoutError:
+            log.info("%s %s: the body was not in after %g s", request.method, request.path, self.body_timeout_s)
+            return _error(408, f"the body did not arrive within {self.body_timeout_s:g} s")
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body over {MAX_BODY} bytes")
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -188,6 +243,13 @@ class Server:
 
     async def _page(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
+
+    async def _ice(self, request: web.Request) -> web.Response:
+        """The STUN/TURN servers for the page's peer connection (behind the token: TURN
+        credentials are not for everyone who can load the page)."""
+        if not self._authorized(request):
+            return _error(401, "a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+        return web.json_response({"iceServers": browser_ice_servers(self.config.webrtc.ice_servers)})
 
     async def _offer(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -45,7 +45,18 @@ async function start() {
     video: { deviceId: $("camera").value ? { exact: $("camera").value } : undefined, width: 640, height: 480 },
     audio: audioId ? { deviceId: { exact: audioId }, echoCancellation: true } : false,
   });
-  pc = new RTCPeerConnection({ iceServers: [] });
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const ice = await fetch("/api/ice", { headers });
+  const iceBody = await ice.json();
+  if (!ice.ok) {
+    media.getTracks().forEach((track) => track.stop());
+    setState(`The server said no: ${iceBody.error}`);
+    $("start").disabled = false;
+    return;
+  }
+  // The STUN/TURN servers the server was started with (none: both ends must see each other).
+  pc = new RTCPeerConnection({ iceServers: iceBody.iceServers });
   media.getTracks().forEach((track) => pc.addTrack(track, media));
   if (!audioId) pc.addTransceiver("audio", { direction: "recvonly" }); // still hear the avatar
   const shown = new MediaStream();
@@ -64,8 +75,6 @@ async function start() {
     if (pc.iceGatheringState === "complete") return resolve();
     pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
   });
-  const headers = { "Content-Type": "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
   const answer = await fetch("/offer", {
     method: "POST",
     headers,
