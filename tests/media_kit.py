@@ -194,3 +194,67 @@ def clip_with_spans(
         out.mux(video.encode(None))
         out.mux(sound.encode(None))
     return path
+
+
+def flash_and_click(
+    path: Path, *, seconds: float = 2.0, at_s: float = 1.0, start_s: float = 0.0, fps: int = 30
+) -> Path:
+    """Grey pictures and silence with one white picture and one 50 ms click at `at_s`: where the
+    two land in an output says whether picture and sound are still together. `start_s` moves the
+    clip on its clock."""
+    rate, per_frame = RATE, RATE // fps
+    flash = round(at_s * fps)
+    with av.open(str(path), "w") as out:
+        video, sound, grey = grey_streams(out, fps=fps, rate=rate)
+        white = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 250, np.uint8), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        origin = round(start_s * fps)
+        for i in range(round(seconds * fps)):
+            picture = white if i == flash else grey
+            picture.pts, picture.time_base = origin + i, Fraction(1, fps)
+            out.mux(video.encode(picture))
+            samples = np.zeros((1, per_frame), np.float32)
+            if flash <= i < flash + 2:  # about 50 ms from the flash on (two pictures' worth)
+                t = np.arange(per_frame) / rate
+                samples[0] = 0.5 * np.sin(2 * np.pi * 1000 * t)
+            chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = rate, (origin + i) * per_frame
+            out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+    return path
+
+
+def flashes_and_clicks(path: Path) -> tuple[list[float], list[float]]:
+    """When each white picture is shown and each click starts, in seconds from the file's start."""
+    with av.open(str(path)) as container:
+        start = (container.start_time or 0) / av.time_base
+        flashes = [
+            float(p.pts * p.time_base) - start
+            for p in container.decode(video=0)
+            if p.to_ndarray(format="gray").mean() > 200
+        ]
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+        rate = frames[0].sample_rate
+        first_s = float(frames[0].pts * frames[0].time_base) - start if frames[0].pts is not None else 0.0
+        samples = np.concatenate([f.to_ndarray()[0] for f in frames])
+    loud = np.flatnonzero(np.abs(samples) > 0.2)
+    onsets = [int(i) for n, i in enumerate(loud) if n == 0 or i - loud[n - 1] > 0.1 * rate]
+    return flashes, [first_s + i / rate for i in onsets]
+
+
+def decodable_pictures(path: Path) -> int:
+    """Pictures a decoder on one thread gets from a file, skipping packets it refuses: what ffmpeg
+    keeps from a damaged or cut file."""
+    count = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        for packet in container.demux(stream):
+            try:
+                count += len(packet.decode())
+            except (av.FFmpegError, ValueError):
+                continue
+    return count

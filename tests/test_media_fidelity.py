@@ -3,14 +3,15 @@ from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from media_kit import clip_with_spans, probe
+from media_kit import clip_with_spans, cut, decodable_pictures, flash_and_click, flashes_and_clicks, make_clip, probe
 
-from pipeline.cli import EXIT_OK, main
+from pipeline.cli import EXIT_FAILED, EXIT_OK, main
 
 SOUND_S = 0.02  # the sound a transcode may gain or lose (encoder padding)
 
@@ -62,6 +63,44 @@ def test_the_output_starts_at_zero_whatever_the_input_starts_at(tmp_path, start_
     assert abs(start_s) < 0.05 and duration_s == pytest.approx(2.0, abs=0.05)  # no blank lead-in
     assert out["video_frames"] == held["video_frames"]
     assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+
+
+@pytest.mark.parametrize(
+    ("second_start_s", "why"),
+    [(0.0, "two recordings joined: the second starts its clock again"), (3601.0, "a clock that leaps an hour")],
+)
+def test_timestamps_that_jump_keep_every_frame_and_sample_on_a_timeline_that_moves_on(tmp_path, second_start_s, why):
+    first = flash_and_click(tmp_path / "a.ts")  # 2 s each, a flash and a click at 1 s
+    second = flash_and_click(tmp_path / "b.ts", start_s=second_start_s)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    held = probe(joined)
+    out = tmp_path / "out.mp4"
+    report = tmp_path / "r.json"
+    assert (
+        main(["--config", "passthrough", "--source", str(joined), "--output", str(out), "--report", str(report)]) == 0
+    )
+    made = probe(out)
+    assert made["video_frames"] == held["video_frames"] == 120, why
+    assert made["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+    steps = np.diff(made["pts"]) * float(made["time_base"])
+    assert steps.min() > 0.03, why  # one frame apart: none squeezed together
+    with av.open(str(out)) as container:
+        assert container.duration / av.time_base == pytest.approx(4.0, abs=0.1)  # no gap, no overlap
+    flashes, clicks = flashes_and_clicks(out)
+    assert flashes == pytest.approx([1.0, 3.0], abs=0.05)
+    assert clicks == pytest.approx(flashes, abs=1 / 30 + 0.005)  # picture and sound still together
+    assert json.loads(report.read_text())["source_stats"]["timestamp_jumps"] == 1
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.5, 0.65])
+def test_a_cut_file_keeps_every_picture_a_decoder_gets_from_it(tmp_path, fraction):
+    # Cuts where FFmpeg's frame threads lose the pictures they hold when the cut packet fails.
+    whole = make_clip(tmp_path / "in.mp4", frames=60, size=(640, 360), options={"movflags": "faststart"})
+    clip = cut(whole, fraction, tmp_path / "cut.mp4")
+    out = tmp_path / "out.mp4"
+    assert main(["--config", "passthrough", "--source", str(clip), "--output", str(out)]) == EXIT_FAILED
+    assert probe(out)["video_frames"] == decodable_pictures(clip)
 
 
 def test_a_stream_the_output_cannot_carry_is_named_in_one_warning(tmp_path, caplog):

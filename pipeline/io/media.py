@@ -38,6 +38,7 @@ from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.io.audio_align import LAYOUTS, AudioAligner
 from pipeline.io.base import Source, StreamInfo
 from pipeline.io.picture import PictureWriter, even_size
+from pipeline.io.timeline import Timeline
 from pipeline.pixels import RANGE_FULL, Colour
 from pipeline.ringbuffer import FullPolicy, RingBuffer, SlotLease
 
@@ -50,6 +51,7 @@ DEFAULT_FPS = Fraction(30)  # for a stream that states no rate
 OPEN_TIMEOUT_S = 10.0  # s; a URL that sends nothing for this long is given up
 JOIN_TIMEOUT_S = 2.0  # s; how long closing waits for the reader thread to notice
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")  # always live
+AVFMT_TS_DISCONT = 0x0200  # FFmpeg's flag for formats whose timestamps may jump (MPEG-TS)
 HTTP_SCHEMES = ("http", "https")  # live when the stream states no duration (live HLS, a broadcast)
 
 
@@ -167,8 +169,13 @@ class MediaSource(Source):
                 self.label,
                 ", ".join(_stream_name(stream) for stream in left_out),
             )
+        self._timeline: Timeline | None = None
         if video is not None:
             video.thread_type = "AUTO"  # frame threads: decode several frames at once
+            fps = Fraction(video.average_rate or video.guessed_rate or video.base_rate or DEFAULT_FPS)
+            time_base = Fraction(video.time_base) if video.time_base else 1 / fps
+            jumps_forward = bool(container.format.flags & AVFMT_TS_DISCONT)  # MPEG-TS and the like
+            self._timeline = Timeline(self.label, time_base, fps, jumps_forward=jumps_forward)
         self._video, self._audio = video, audio
         self._audio_rate = audio.codec_context.sample_rate if audio is not None else None
         self._audio_channels = min(2, audio.codec_context.channels or 1) if audio is not None else 0
@@ -280,9 +287,7 @@ class MediaSource(Source):
                 continue
             for item in decoded:
                 if packet.stream is self._video:
-                    if item.pts is not None and item.time_base:
-                        self._last_video_s = float(item.pts * item.time_base)
-                    yield "video", item
+                    yield "video", self._placed(item)
                 elif resampler is not None:
                     yield from _audio_events(resampler, item)
         if self.input_error is None:
@@ -292,15 +297,55 @@ class MediaSource(Source):
                 with contextlib.suppress(av.FFmpegError, ValueError):
                     for item in stream.decode(None):
                         if stream is self._video:
-                            yield "video", item
+                            yield "video", self._placed(item)
                         elif resampler is not None:
                             yield from _audio_events(resampler, item)
+            for item in self._lost_at_the_cut():
+                yield "video", self._placed(item)
+
+    def _lost_at_the_cut(self) -> Iterator[av.VideoFrame]:
+        """Pictures after the last one given that a single-threaded decoder still gets from a cut file.
+
+        When the packet at a cut fails in one of FFmpeg's frame threads, the pictures the other
+        threads hold are lost with it, where a decoder on one thread still gives them (ffmpeg
+        keeps them). So a file found cut is read again from the keyframe before the last picture
+        given, on one thread, and what comes after that picture is kept.
+        """
+        video, timeline = self._video, self._timeline
+        if video is None or timeline is None or timeline.last_input is None or self.live:
+            return
+        if video.thread_type.name != "AUTO" or video.codec_context.is_hwaccel:
+            return
+        after = timeline.last_input
+        try:
+            with av.open(self.url, mode="r", timeout=OPEN_TIMEOUT_S) as again:
+                stream = again.streams[video.index]
+                stream.thread_type = "NONE"
+                again.seek(after, stream=stream, backward=True)
+                for packet in again.demux(stream):
+                    try:
+                        pictures = packet.decode()
+                    except (av.FFmpegError, ValueError):
+                        continue
+                    yield from (p for p in pictures if p.pts is not None and p.pts > after)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            log.debug("%s: reading the cut again found nothing more (%s)", self.label, one_line(exc))
+
+    def _placed(self, picture: av.VideoFrame) -> av.VideoFrame:
+        """The picture on a timeline that only moves forward (`Timeline`), noted as the latest."""
+        assert self._timeline is not None
+        self._timeline.place(picture)
+        if picture.pts is not None and picture.time_base:
+            self._last_video_s = float(picture.pts * picture.time_base)
+        return picture
 
     def _short_of_declared(self) -> str | None:
         """Why the input looks cut short: demuxing ended well before the video's declared duration."""
         video = self._video
         if video is None or self._last_video_s is None:
             return None
+        if self._timeline is not None and self._timeline.jumps:
+            return None  # a length read off timestamps that jump says nothing about where the input ends
         declared = None
         if video.duration and video.time_base:
             declared = float(video.duration * video.time_base)
@@ -533,6 +578,7 @@ class MediaSource(Source):
             "stale_dropped": self.stale_dropped,
             "converted_pictures": converted,
             "input_error": self.input_error,
+            "timestamp_jumps": self._timeline.jumps if self._timeline is not None else 0,
         }
 
 

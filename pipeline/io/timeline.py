@@ -1,0 +1,64 @@
+"""A picture timeline that only moves forward, whatever the input's timestamps do.
+
+Two recordings joined end to end (`cat a.ts b.ts`), or a camera or encoder that restarts,
+give timestamps that jump back to where the first started; a transport stream may also jump
+far forward (its clock was reset, or wrapped). Left as they are, the pictures after a jump
+back would be squeezed into a millisecond by the muxer, and the sound cut to match, and a jump
+forward would leave a long frozen gap. ffmpeg shifts the rest of the input so that it
+continues the timeline; so does `Timeline`, one offset from the jump on.
+
+Only pictures' timestamps are moved: the sound is already taken as one continuous run of
+samples (`audio_align`), and each picture takes the sound up to its own end, so a picture
+that continues the timeline also continues the sound.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+import av
+
+log = logging.getLogger(__name__)
+
+FORWARD_JUMP_S = 10.0  # a jump forward this long, in a format that allows jumps, is one (ffmpeg's threshold)
+
+
+class Timeline:
+    """Moves each decoded picture's pts so that pts only increase; counts the jumps it mended."""
+
+    def __init__(self, label: str, time_base: Fraction, fps: Fraction, *, jumps_forward: bool):
+        self.label = label
+        self.time_base = time_base
+        self.step = max(1, round(1 / (fps * time_base)))  # one frame, in time-base units
+        self.forward_limit = round(FORWARD_JUMP_S / time_base) if jumps_forward else None
+        self.offset = 0  # added to every pts from the last jump on
+        self.last: int | None = None
+        self.last_input: int | None = None  # the last placed picture's pts as the input gave it
+        self.jumps = 0
+
+    def place(self, picture: av.VideoFrame) -> None:
+        """Move `picture.pts` (in `time_base`) onto the timeline; a picture with no pts is left alone."""
+        if picture.pts is None:
+            return
+        self.last_input = picture.pts
+        pts = picture.pts + self.offset
+        if self.last is not None:
+            back = pts <= self.last
+            forward = self.forward_limit is not None and pts - self.last > self.forward_limit
+            if back or forward:
+                step = picture.duration or self.step
+                self.offset += self.last + step - pts
+                self.jumps += 1
+                if self.jumps == 1:
+                    where = float(self.last * self.time_base)
+                    log.warning(
+                        "%s: timestamps jump %s by %.2f s after %.2f s; the rest follows on from there",
+                        self.label,
+                        "back" if back else "forward",
+                        abs(float((pts - self.last) * self.time_base)),
+                        where,
+                    )
+                pts = self.last + step
+        picture.pts = pts
+        self.last = pts
