@@ -258,3 +258,73 @@ def decodable_pictures(path: Path) -> int:
             except (av.FFmpegError, ValueError):
                 continue
     return count
+
+
+SUBTITLES = """1
+00:00:00,200 --> 00:00:00,900
+Hello there.
+
+2
+00:00:01,000 --> 00:00:01,800
+A second line.
+"""
+
+
+def many_streams(
+    path: Path, *, seconds: float = 2.0, fps: int = 30, subtitles: bool = True, start_s: float = 0.0
+) -> Path:
+    """A clip with what a file may carry beside its picture and first sound: a second audio
+    stream in another language and codec (AC-3, stereo), and SubRip subtitles. `start_s`
+    moves the clip on its clock."""
+    srt = path.parent / "lines.srt"
+    srt.write_text(SUBTITLES)
+    rate, per_frame = RATE, RATE // fps
+    origin = round(start_s * fps)
+    with av.open(str(srt)) as lines, av.open(str(path), "w") as out:
+        video, first, grey = grey_streams(out, fps=fps, rate=rate)
+        first.metadata["language"] = "eng"
+        second = out.add_stream("ac3", rate=rate)
+        second.layout, second.metadata["language"] = "stereo", "fre"
+        if subtitles:
+            lines_out = out.add_stream_from_template(lines.streams[0])
+            lines_out.metadata["language"] = "eng"
+            for packet in lines.demux(lines.streams[0]):
+                if packet.size:
+                    packet.stream = lines_out
+                    out.mux(packet)
+        for i in range(round(seconds * fps)):
+            grey.pts, grey.time_base = origin + i, Fraction(1, fps)
+            out.mux(video.encode(grey))
+            t = (np.arange(per_frame) + i * per_frame) / rate
+            for stream, hz, layout in ((first, 440, "mono"), (second, 660, "stereo")):
+                tone = (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None]
+                tone = np.repeat(tone, 2 if layout == "stereo" else 1, axis=0)
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone), format="fltp", layout=layout)
+                chunk.sample_rate, chunk.pts = rate, (origin + i) * per_frame
+                out.mux(stream.encode(chunk))
+        for stream in (video, first, second):
+            out.mux(stream.encode(None))
+    return path
+
+
+def streams_of(path: Path) -> list[dict]:
+    """Each stream's kind, codec, language and the seconds of sound it holds (audio) or its packets."""
+    found = []
+    with av.open(str(path)) as container:
+        for stream in container.streams:
+            found.append(
+                {"type": stream.type, "codec": stream.codec_context.name, "language": stream.metadata.get("language")}
+            )
+    with av.open(str(path)) as container:
+        for entry, stream in zip(found, container.streams, strict=True):
+            if stream.type == "audio":
+                entry["audio_s"] = sum(f.samples for f in container.decode(stream)) / stream.codec_context.sample_rate
+                container.seek(0)
+            elif stream.type == "subtitle":
+                entry["packets"] = [
+                    (float(p.pts * p.time_base), float(p.duration * p.time_base), bytes(p))
+                    for p in container.demux(stream)
+                    if p.size
+                ]
+                container.seek(0)
+    return found

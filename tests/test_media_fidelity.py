@@ -4,12 +4,21 @@ from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from media_kit import clip_with_spans, cut, decodable_pictures, flash_and_click, flashes_and_clicks, make_clip, probe
+from media_kit import (
+    clip_with_spans,
+    cut,
+    decodable_pictures,
+    flash_and_click,
+    flashes_and_clicks,
+    make_clip,
+    many_streams,
+    probe,
+    streams_of,
+)
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, main
 
@@ -103,27 +112,43 @@ def test_a_cut_file_keeps_every_picture_a_decoder_gets_from_it(tmp_path, fractio
     assert probe(out)["video_frames"] == decodable_pictures(clip)
 
 
-def test_a_stream_the_output_cannot_carry_is_named_in_one_warning(tmp_path, caplog):
-    source = tmp_path / "two_languages.mkv"
-    with av.open(str(source), "w") as out:
-        video = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sounds = [out.add_stream("aac", rate=48000) for _ in range(2)]
-        for sound, language in zip(sounds, ("eng", "fre"), strict=True):
-            sound.layout, sound.metadata["language"] = "mono", language
-        grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(
-            format="yuv420p"
-        )
-        for i in range(15):
-            grey.pts, grey.time_base = i, Fraction(1, 30)
-            out.mux(video.encode(grey))
-            for sound in sounds:
-                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = 48000, i * 1600
-                out.mux(sound.encode(chunk))
-        for stream in (video, *sounds):
-            out.mux(stream.encode(None))
+@pytest.mark.parametrize("config", ["passthrough", "default"])
+def test_every_stream_is_carried_into_an_mkv_with_its_language(tmp_path, config):
+    source = many_streams(tmp_path / "in.mkv")  # picture, English AAC, French AC-3 stereo, SubRip
+    held = streams_of(source)
+    out = tmp_path / "out.mkv"
+    assert main(["--config", config, "--source", str(source), "--output", str(out)]) == EXIT_OK
+    made = streams_of(out)
+    assert [(s["type"], s["codec"], s["language"]) for s in made] == [
+        (s["type"], s["codec"], s["language"]) for s in held
+    ]
+    assert made[2]["audio_s"] == pytest.approx(held[2]["audio_s"], abs=SOUND_S)  # the copy is whole
+    assert made[3]["packets"] == held[3]["packets"]  # each line, at its time, for as long
+
+
+def test_a_stream_an_mp4_has_no_place_for_is_named_in_one_warning_and_the_rest_are_carried(tmp_path, caplog):
+    source = many_streams(tmp_path / "in.mkv")
     caplog.set_level("WARNING")
     transcode(source, tmp_path / "out.mp4")
+    made = streams_of(tmp_path / "out.mp4")
+    assert [(s["type"], s["codec"], s["language"]) for s in made] == [
+        ("video", "h264", "und"),
+        ("audio", "aac", "eng"),
+        ("audio", "ac3", "fre"),
+    ]
     named = [r.getMessage() for r in caplog.records if "not carried through" in r.getMessage()]
-    assert len(named) == 1 and "audio stream #2 (aac, fre)" in named[0]
+    assert len(named) == 1 and "subtitle stream #3 (srt, eng)" in named[0]
+
+
+def test_a_carried_stream_starts_where_the_output_starts(tmp_path):
+    """A transport stream an hour in, with a second sound: both sounds start at 0, as the picture."""
+    source = many_streams(tmp_path / "in.ts", subtitles=False, start_s=3601.0)
+    held = streams_of(source)
+    out = tmp_path / "out.mp4"
+    assert main(["--config", "passthrough", "--source", str(source), "--output", str(out)]) == EXIT_OK
+    with av.open(str(out)) as container:
+        starts = [float(s.start_time * s.time_base) for s in container.streams]
+        duration_s = container.duration / av.time_base
+    assert starts == pytest.approx([0.0, 0.0, 0.0], abs=0.05) and duration_s == pytest.approx(2.0, abs=0.1)
+    made = streams_of(out)
+    assert made[2]["audio_s"] == pytest.approx(held[2]["audio_s"], abs=SOUND_S)

@@ -13,6 +13,7 @@ from pipeline.pixels import Colour, PixelFormat, slot_shape
 from pipeline.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:
+    from pipeline.io.passthrough import PassThrough
     from pipeline.side_work import FramesInFlight
 
 
@@ -31,6 +32,9 @@ class StreamInfo:
     rotation: int = 0  # degrees counter-clockwise a player turns the picture for display
     frame_count: int | None = None  # frames expected, when known (for progress); None: unknown or endless
     description: str = ""  # one line for logs and the report: decoder, codec, container
+    carried: PassThrough | None = None  # the input's other streams, for a sink to copy as they are
+    # The input's language and title of its video and its audio stream ({"video": {...}, "audio": {...}}).
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def has_video(self) -> bool:

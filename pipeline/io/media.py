@@ -37,6 +37,7 @@ from pipeline.errors import SourceError, one_line
 from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.io.audio_align import LAYOUTS, AudioAligner
 from pipeline.io.base import Source, StreamInfo
+from pipeline.io.passthrough import PassThrough, kept_tags, stream_name
 from pipeline.io.picture import PictureWriter, even_size
 from pipeline.io.timeline import Timeline
 from pipeline.pixels import RANGE_FULL, Colour
@@ -51,6 +52,7 @@ DEFAULT_FPS = Fraction(30)  # for a stream that states no rate
 OPEN_TIMEOUT_S = 10.0  # s; a URL that sends nothing for this long is given up
 JOIN_TIMEOUT_S = 2.0  # s; how long closing waits for the reader thread to notice
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")  # always live
+CARRIED_TYPES = ("video", "audio", "subtitle", "data")  # stream kinds a muxer may copy packet for packet
 AVFMT_TS_DISCONT = 0x0200  # FFmpeg's flag for formats whose timestamps may jump (MPEG-TS)
 HTTP_SCHEMES = ("http", "https")  # live when the stream states no duration (live HLS, a broadcast)
 
@@ -162,19 +164,18 @@ class MediaSource(Source):
                     f"{self.label}: unsupported {kind} codec {stream.codec_context.name!r} "
                     "(this FFmpeg build cannot decode it)"
                 )
-        left_out = [stream for stream in container.streams if stream is not video and stream is not audio]
-        if left_out:  # never silently: a second language, subtitles or data a user may count on
-            log.warning(
-                "%s: %s not carried through (the output has the first video and the first audio stream)",
-                self.label,
-                ", ".join(_stream_name(stream) for stream in left_out),
-            )
+        others = [stream for stream in container.streams if stream is not video and stream is not audio]
+        carried = [stream for stream in others if stream.type in CARRIED_TYPES]
+        left_out = [stream for stream in others if stream.type not in CARRIED_TYPES]
+        if left_out:  # never silently: a font or anything else a user may count on
+            log.warning("%s: %s not carried through", self.label, ", ".join(stream_name(s) for s in left_out))
+        jumps_forward = bool(container.format.flags & AVFMT_TS_DISCONT)  # MPEG-TS and the like
+        self._carried = PassThrough(carried, jumps_forward=jumps_forward) if carried else None
         self._timeline: Timeline | None = None
         if video is not None:
             video.thread_type = "AUTO"  # frame threads: decode several frames at once
             fps = Fraction(video.average_rate or video.guessed_rate or video.base_rate or DEFAULT_FPS)
             time_base = Fraction(video.time_base) if video.time_base else 1 / fps
-            jumps_forward = bool(container.format.flags & AVFMT_TS_DISCONT)  # MPEG-TS and the like
             self._timeline = Timeline(self.label, time_base, fps, jumps_forward=jumps_forward)
         self._video, self._audio = video, audio
         self._audio_rate = audio.codec_context.sample_rate if audio is not None else None
@@ -250,6 +251,10 @@ class MediaSource(Source):
             rotation=rotation,
             frame_count=frame_count,
             description=", ".join(parts) or "empty",
+            carried=self._carried,
+            tags={
+                kind: kept_tags(stream) for kind, stream in (("video", video), ("audio", audio)) if stream is not None
+            },
         )
 
     @property
@@ -269,7 +274,8 @@ class MediaSource(Source):
         resampler = None
         if self._audio is not None:
             resampler = av.AudioResampler(format="fltp", layout=LAYOUTS[self._audio_channels], rate=self._audio_rate)
-        packets = self._container.demux(*streams)
+        carried = list(self._carried.streams.values()) if self._carried is not None else []
+        packets = self._container.demux(*streams, *carried)
         while True:
             try:
                 packet = next(packets)
@@ -278,6 +284,9 @@ class MediaSource(Source):
             except (av.FFmpegError, OSError) as exc:
                 self.input_error = f"input ends early ({one_line(exc)})"
                 break
+            if self._carried is not None and packet.stream_index in self._carried.streams:
+                self._carried.put(packet)
+                continue
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
@@ -478,6 +487,8 @@ class MediaSource(Source):
     # The event loop's side.
 
     async def frames(self, ring: RingBuffer) -> AsyncIterator[Frame]:
+        if self._carried is not None and self._carried.claimed is None:
+            self._carried.claim(set())  # the sink opened without taking them: nothing to keep
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -580,13 +591,6 @@ class MediaSource(Source):
             "input_error": self.input_error,
             "timestamp_jumps": self._timeline.jumps if self._timeline is not None else 0,
         }
-
-
-def _stream_name(stream: Any) -> str:
-    """'audio stream #2 (aac, fre)': its kind, index, codec and language, as a log line names it."""
-    context = getattr(stream, "codec_context", None)
-    details = [name for name in (getattr(context, "name", None), stream.metadata.get("language")) if name]
-    return f"{stream.type} stream #{stream.index}" + (f" ({', '.join(details)})" if details else "")
 
 
 ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")  # how an mp4/mov begins

@@ -38,6 +38,7 @@ class NetworkSink(FileSink):
         if self.scheme not in STREAM_FORMATS:
             raise SinkError(f"{url}: not a stream URL (use one of {', '.join(s + '://' for s in STREAM_FORMATS)})")
         self.container_format = STREAM_FORMATS[self.scheme][0]
+        self.carries_streams = self.container_format != "flv"  # FLV holds one video and one audio stream
         super().__init__(url, **kwargs)
 
     def _default_codecs(self) -> tuple[str, str]:

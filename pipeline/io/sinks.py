@@ -29,6 +29,7 @@ from pipeline.errors import SinkError, one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import LAYOUTS
 from pipeline.io.base import Sink, StreamInfo
+from pipeline.io.passthrough import PassThrough, kept_tags
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class FileSink(Sink):
     container_format: str | None = None  # None: from the file extension
     low_latency = False  # encoder settings for live viewers rather than for file size
     writes_file = True  # False for network targets: nothing on disk to check or clean up
+    carries_streams = True  # copies the input's other streams where the container takes them
 
     def __init__(
         self,
@@ -135,6 +137,8 @@ class FileSink(Sink):
         self._audio_pool: ThreadPoolExecutor | None = None
         self._queued: deque[list[asyncio.Future[None]]] = deque()  # each frame's encode jobs, oldest first
         self._mux_lock = threading.Lock()  # the two encoder threads share one muxer
+        self._carried: PassThrough | None = None  # the input's other streams this output copies
+        self._carried_out: dict[int, Any] = {}  # input stream index → output stream
 
     def _default_codecs(self) -> tuple[str, str]:
         codecs = CONTAINER_CODECS.get(self.path.suffix.lower())
@@ -197,6 +201,9 @@ class FileSink(Sink):
         audio = frame.audio
         if audio is not None and self._audio_pool is not None and audio.samples.shape[-1]:
             jobs.append(loop.run_in_executor(self._audio_pool, self._encode_audio, frame.index, audio))
+        end = _end_of(frame)
+        if self._carried is not None and end is not None:  # what the other streams hold up to this frame's end
+            jobs.append(loop.run_in_executor(self._pool, self._copy_carried, end))
         if self.low_latency:
             for job in jobs:
                 await job
@@ -259,6 +266,10 @@ class FileSink(Sink):
                 channels = max(1, info.audio_channels)
                 self._audio_layout = LAYOUTS.get(channels, f"{channels}c")
                 audio.layout = self._audio_layout
+            for stream, kind in ((video, "video"), (audio, "audio")):
+                if stream is not None:
+                    stream.metadata.update(info.tags.get(kind, {}))
+            carried_out = self._add_carried(container, info.carried)
             # Open the encoders and write the header now, so a bad option or codec fails here
             # rather than at the first frame (or, with no frames, at close).
             container.start_encoding()
@@ -268,6 +279,9 @@ class FileSink(Sink):
                 self.path.unlink(missing_ok=True)
             raise SinkError(self._setup_failure(exc, video_codec)) from exc
         self._container, self._video, self._audio = container, video, audio
+        if info.carried is not None:
+            info.carried.claim(set(carried_out))
+            self._carried, self._carried_out = (info.carried, carried_out) if carried_out else (None, {})
         self._fifo = av.AudioFifo()
         self._audio_pts: int | None = None
         self._audio_block = (audio.codec_context.frame_size or AUDIO_BLOCK) if audio is not None else AUDIO_BLOCK
@@ -309,6 +323,34 @@ class FileSink(Sink):
             context.bit_rate = self.settings.bitrate
         return video
 
+    def _add_carried(self, container: Any, carried: PassThrough | None) -> dict[int, Any]:
+        """Output streams for the input's other streams this container can hold, copied as they
+        are; one line names those it cannot (a subtitle format mp4 has no place for, say)."""
+        if carried is None:
+            return {}
+        supported = container.supported_codecs if self.carries_streams else set()
+        out: dict[int, Any] = {}
+        for index, stream in carried.streams.items():
+            name = stream.codec_context.name if stream.codec_context is not None else None
+            if name not in supported:
+                continue
+            try:
+                copy = container.add_stream_from_template(stream)
+            except (av.FFmpegError, ValueError, TypeError) as exc:
+                log.debug("%s: cannot copy stream #%d (%s)", self.target, index, one_line(exc))
+                continue
+            copy.metadata.update(kept_tags(stream))
+            out[index] = copy
+        left_out = set(carried.streams) - set(out)
+        if out:
+            log.info("%s: copying %s as they are", self.target, carried.names(set(out)))
+        if left_out:
+            why = "this container has no place for them; .mkv takes most"
+            if not self.carries_streams:
+                why = "this target holds one video and one audio stream"
+            log.warning("%s: %s not carried through (%s)", self.target, carried.names(left_out), why)
+        return out
+
     def _encode_video(self, index: int, image: Any, events: list[Any], pts: int | None, time_base: Fraction) -> None:
         try:
             picture = _picture(host_pixels(image, events))
@@ -337,6 +379,30 @@ class FileSink(Sink):
             self._mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: encoding the audio of frame {index} failed ({one_line(exc)})") from exc
+
+    def _copy_carried(self, until_s: Fraction) -> None:
+        try:
+            self._mux(self._carried_packets(until_s))
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise SinkError(f"{self.target}: copying the input's other streams failed ({one_line(exc)})") from exc
+
+    def _carried_packets(self, until_s: Fraction | None) -> list[av.Packet]:
+        """The other streams' packets that start before `until_s` (None: all that are left), moved
+        to the output's clock; a packet that would start before the output does is let go."""
+        if self._carried is None:
+            return []
+        packets = []
+        for packet in self._carried.take(until_s):
+            shift = math.floor((self._origin_s or 0) / packet.time_base)
+            if packet.pts is not None:
+                packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            if (packet.dts if packet.dts is not None else packet.pts) < 0:
+                continue
+            packet.stream = self._carried_out[packet.stream_index]
+            packets.append(packet)
+        return packets
 
     def _mux(self, packets: list[av.Packet]) -> None:
         if packets:
@@ -371,7 +437,7 @@ class FileSink(Sink):
                 if rest is not None:
                     packets += self._audio.encode(self._stamped(rest))
                 packets += self._audio.encode(None)
-            container.mux(packets)
+            container.mux(packets + self._carried_packets(None))
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: flushing the encoders failed ({one_line(exc)})") from exc
         finally:
@@ -432,6 +498,17 @@ def _audio_rate(codec: str, rate: int) -> int:
     """`rate` if the encoder takes it, else the encoder's highest rate (PyAV resamples to it)."""
     rates = av.Codec(codec, "w").audio_rates
     return rate if not rates or rate in rates else max(rates)
+
+
+def _end_of(frame: Frame) -> Fraction | None:
+    """Where a frame ends on the source's clock: its sound's end, or its picture's start when it
+    has no sound (the next picture's start is not known yet); None when it has neither."""
+    audio = frame.audio
+    if audio is not None and audio.samples.shape[-1]:
+        return Fraction(audio.pts + audio.samples.shape[-1], audio.sample_rate)
+    if frame.pts is not None:
+        return frame.pts * frame.time_base
+    return None
 
 
 def _start_of(frame: Frame) -> Fraction:

@@ -1,0 +1,111 @@
+"""Streams the graph does not process, carried from the input to the output untouched.
+
+A file may hold more than one picture and one sound: a second language, commentary,
+subtitles, timed metadata, a second camera angle. The graph works on the first video and the
+first audio stream; ffmpeg, asked to keep everything, copies the rest packet for packet, and
+so do we. The source's reader demuxes these streams beside the two it decodes and hands
+their packets here; a sink that can mux them (`FileSink`) claims the ones its container
+takes and muxes each packet once the output has reached its time, so they interleave with
+the processed streams. What a sink cannot carry, it names in one log line.
+
+Their timestamps get the same mending the pictures get (`timeline`): a jump back, or a long
+jump forward in a format that allows jumps, and the rest of that stream follows on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from pipeline.io.timeline import FORWARD_JUMP_S
+
+KEPT_TAGS = ("language", "title")  # what a player shows of a stream; counts and durations go stale
+
+
+def kept_tags(stream: Any) -> dict[str, str]:
+    """The tags of an input stream that its copy or its processed version keeps (as ffmpeg does)."""
+    metadata = stream.metadata or {}
+    return {key: metadata[key] for key in KEPT_TAGS if metadata.get(key)}
+
+
+def stream_name(stream: Any) -> str:
+    """'audio stream #2 (aac, fre)': its kind, index, codec and language, as a log line names it."""
+    context = getattr(stream, "codec_context", None)
+    details = [name for name in (getattr(context, "name", None), stream.metadata.get("language")) if name]
+    return f"{stream.type} stream #{stream.index}" + (f" ({', '.join(details)})" if details else "")
+
+
+class PassThrough:
+    """Packets of the carried streams, from the source's reader thread to the sink's encoder thread."""
+
+    def __init__(self, streams: list[Any], *, jumps_forward: bool):
+        self.streams = {stream.index: stream for stream in streams}
+        self.jumps_forward = jumps_forward
+        self.claimed: set[int] | None = None  # stream indices a sink takes; None until one decides
+        self.jumps = 0
+        self._lock = threading.Lock()
+        self._packets: deque[av.Packet] = deque()
+        self._offset: dict[int, int] = {}  # per stream, added to its timestamps from its last jump on
+        self._last: dict[int, tuple[int, int]] = {}  # per stream, the last (dts, duration) placed
+
+    def names(self, indices: set[int] | None = None) -> str:
+        chosen = self.streams if indices is None else {i: s for i, s in self.streams.items() if i in indices}
+        return ", ".join(stream_name(stream) for stream in chosen.values())
+
+    def claim(self, indices: set[int]) -> None:
+        """A sink carries these streams (and none of the others): packets of others are let go."""
+        with self._lock:
+            self.claimed = set(indices)
+            self._packets = deque(p for p in self._packets if p.stream_index in self.claimed)
+
+    def put(self, packet: av.Packet) -> None:
+        """One demuxed packet of a carried stream (the reader thread)."""
+        if self.claimed is not None and packet.stream_index not in self.claimed:
+            return
+        if packet.size == 0 or (packet.dts is None and packet.pts is None):
+            return  # the demuxer's end-of-stream marker
+        self._mend(packet)
+        with self._lock:
+            self._packets.append(packet)
+
+    def take(self, until_s: Fraction | None) -> list[av.Packet]:
+        """Packets that start before `until_s` on the source's clock (None: all of them), in order."""
+        with self._lock:
+            if until_s is None:
+                taken, self._packets = list(self._packets), deque()
+                return taken
+            taken, kept = [], deque()
+            for packet in self._packets:
+                (taken if _start_s(packet) < until_s else kept).append(packet)
+            self._packets = kept
+            return taken
+
+    def _mend(self, packet: av.Packet) -> None:
+        index = packet.stream_index
+        offset = self._offset.get(index, 0)
+        dts = (packet.dts if packet.dts is not None else packet.pts) + offset
+        last = self._last.get(index)
+        if last is not None:
+            last_dts, last_duration = last
+            forward = self.jumps_forward and (dts - last_dts) * packet.time_base > FORWARD_JUMP_S
+            if dts < last_dts or forward:
+                shift = last_dts + max(1, last_duration) - dts
+                offset += shift
+                dts += shift
+                self._offset[index] = offset
+                self.jumps += 1
+        if offset:
+            if packet.pts is not None:
+                packet.pts += offset
+            if packet.dts is not None:
+                packet.dts += offset
+        self._last[index] = (dts, packet.duration or 0)
+
+
+def _start_s(packet: av.Packet) -> Fraction:
+    ts = packet.pts if packet.pts is not None else packet.dts
+    return ts * packet.time_base
