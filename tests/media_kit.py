@@ -85,7 +85,9 @@ def probe(path: Path) -> dict:
     with av.open(str(path)) as container:
         if container.streams.audio:
             samples = sum(f.samples for f in container.decode(audio=0))
-            info["audio_s"] = samples / container.streams.audio[0].codec_context.sample_rate
+            context = container.streams.audio[0].codec_context
+            info["audio_s"] = samples / context.sample_rate
+            info["audio_rate"], info["audio_channels"] = context.sample_rate, context.channels
     return info
 
 
@@ -132,12 +134,19 @@ def make_face_clip(
     return path
 
 
-def grey_streams(out: av.container.OutputContainer, *, fps: int, rate: int) -> tuple[Any, Any, av.VideoFrame]:
-    """A small H.264 stream, a mono AAC stream and the plain grey picture to encode into it."""
-    video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+def grey_streams(
+    out: av.container.OutputContainer, *, fps: int, rate: int, audio: bool = True
+) -> tuple[Any, Any, av.VideoFrame]:
+    """A small video stream (H.264, or VP9 in WebM), a mono AAC stream (unless `audio` is False)
+    and the plain grey picture to encode into it."""
+    codec = "libvpx-vp9" if out.format.name == "webm" else "libx264"
+    options = {"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else {"preset": "ultrafast"}
+    video = out.add_stream(codec, rate=fps, options=options)
     video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-    sound = out.add_stream("aac", rate=rate)
-    sound.layout = "mono"
+    sound = None
+    if audio:
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
     grey = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 60, np.uint8), format="rgb24").reformat(format="yuv420p")
     return video, sound, grey
 
@@ -166,20 +175,27 @@ def clip_with_spans(
     video_s: float,
     audio_s: float,
     audio_start_s: float = 0.0,
+    video_start_s: float = 0.0,
     start_s: float = 0.0,
     fps: int = 30,
     rate: int = RATE,
+    layout: str = "mono",
+    codec: str = "aac",
+    amplitude: float = 0.3,
 ) -> Path:
-    """Grey pictures from 0 to `video_s` and a 440 Hz tone from `audio_start_s` for `audio_s`,
-    muxed in time order: sound that outlasts the picture, or starts after it. `start_s` moves the
-    whole clip on its clock (a recording that starts an hour in)."""
-    per_chunk = 1024
-    origin = round(start_s * fps)
-    pictures = [(i / fps, "video", origin + i) for i in range(round(video_s * fps))]
+    """Grey pictures from `video_start_s` for `video_s` and a 440 Hz tone from `audio_start_s` for
+    `audio_s`, muxed in time order: sound that outlasts the picture, or starts after or before
+    it. `start_s` moves the whole clip on its clock (a recording that starts an hour in)."""
+    per_chunk = 960 if codec == "libopus" else 1024
+    origin = round((start_s + video_start_s) * fps)
+    pictures = [((origin + i) / fps, "video", origin + i) for i in range(round(video_s * fps))]
     first = round((start_s + audio_start_s) * rate)
     chunks = [((first + n) / rate, "audio", first + n) for n in range(0, round(audio_s * rate), per_chunk)]
     with av.open(str(path), "w") as out:
-        video, sound, grey = grey_streams(out, fps=fps, rate=rate)
+        video, _, grey = grey_streams(out, fps=fps, rate=rate, audio=False)
+        sound = out.add_stream(codec, rate=rate)
+        sound.layout = layout
+        channels = sound.codec_context.channels
         end = first + round(audio_s * rate)
         for _, kind, at in sorted(pictures + chunks):
             if kind == "video":
@@ -187,8 +203,9 @@ def clip_with_spans(
                 out.mux(video.encode(grey))
             else:
                 t = (np.arange(at, min(at + per_chunk, end)) / rate).astype(np.float64)
-                tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone), format="fltp", layout="mono")
+                tone = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+                tone = np.ascontiguousarray(np.repeat(tone, channels, axis=0))
+                chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout=layout)
                 chunk.sample_rate, chunk.pts = rate, at
                 out.mux(sound.encode(chunk))
         out.mux(video.encode(None))

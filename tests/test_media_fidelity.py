@@ -62,6 +62,69 @@ def test_the_full_graph_keeps_the_sound_after_the_last_picture_too(tmp_path):
     assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
 
 
+# Containers, rates, channel layouts and the sound's place against the picture, as inputs come.
+MATRIX = [
+    # suffix, codec, rate, layout, video_start_s, audio_start_s
+    (".mkv", "aac", 8000, "mono", 0.0, 0.0),
+    (".mov", "aac", 22050, "stereo", 0.0, 0.0),
+    (".ts", "aac", 44100, "stereo", 0.0, 0.0),
+    (".mp4", "aac", 48000, "5.1", 0.0, 0.0),
+    (".mkv", "aac", 16000, "5.1(side)", 0.0, 0.0),
+    (".webm", "libopus", 48000, "stereo", 0.0, 0.0),
+    (".webm", "libopus", 16000, "mono", 0.0, 0.0),
+    (".mp4", "aac", 44100, "stereo", 0.5, 0.0),  # sound before the picture
+    (".mkv", "aac", 48000, "mono", 0.0, 0.5),  # sound after it
+    (".ts", "aac", 32000, "stereo", 0.3, 0.0),
+]
+
+
+@pytest.mark.parametrize(("suffix", "codec", "rate", "layout", "video_start_s", "audio_start_s"), MATRIX)
+def test_what_a_file_holds_comes_out_whatever_its_container_rate_and_channels(
+    tmp_path, suffix, codec, rate, layout, video_start_s, audio_start_s
+):
+    source = clip_with_spans(
+        tmp_path / f"in{suffix}",
+        video_s=2.0,
+        audio_s=2.0,
+        rate=rate,
+        layout=layout,
+        codec=codec,
+        video_start_s=video_start_s,
+        audio_start_s=audio_start_s,
+    )
+    held = probe(source)
+    out = transcode(source, tmp_path / "out.mkv")
+    assert abs(out["video_frames"] - held["video_frames"]) <= 1
+    assert out["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+    assert (out["audio_rate"], out["audio_channels"]) == (held["audio_rate"], held["audio_channels"])
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        starts = {s.type: float(s.start_time * s.time_base) for s in container.streams}
+        duration_s = container.duration / av.time_base
+    # The output starts at 0, with the sound and the picture as far apart as they were.
+    lead = video_start_s - audio_start_s
+    assert starts["video"] - starts["audio"] == pytest.approx(lead, abs=1 / 30 + 0.03)
+    assert min(starts.values()) == pytest.approx(0.0, abs=0.03)
+    ends = (video_start_s + held["video_frames"] / 30, audio_start_s + held["audio_s"])
+    priming_s = 1024 / rate  # an AAC encoder's delay, which Matroska (no edit list) counts in the length
+    assert duration_s == pytest.approx(max(ends) - min(video_start_s, audio_start_s), abs=0.03 + priming_s)
+
+
+def test_the_avatar_speaks_from_the_front_of_a_surround_input(tmp_path):
+    pytest.importorskip("espeakng_loader", reason="the avatar's voice needs eSpeak NG (the speech extra)")
+    source = clip_with_spans(tmp_path / "in.mp4", video_s=2.0, audio_s=2.0, layout="5.1", amplitude=0.0)
+    out = tmp_path / "out.mkv"
+    args = ["--source", str(source), "--output", str(out), "--say", "Hello there, can you hear me?"]
+    assert main(args) == EXIT_OK
+    with av.open(str(out)) as container:
+        layout = container.streams.audio[0].codec_context.layout
+        samples = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    names = [channel.name for channel in layout.channels]
+    loudness = dict(zip(names, np.sqrt(np.mean(samples**2, axis=1)), strict=True))
+    assert names == ["FL", "FR", "FC", "LFE", "BL", "BR"]  # still 5.1, in its order
+    assert min(loudness[n] for n in ("FL", "FR", "FC")) > 0.01, loudness  # the voice, in front
+    assert max(loudness[n] for n in ("LFE", "BL", "BR")) < 1e-3, loudness  # and nowhere else
+
+
 @pytest.mark.parametrize(("start_s", "suffix"), [(3601.0, ".ts"), (3601.0, ".mkv"), (0.0, ".ts")])
 def test_the_output_starts_at_zero_whatever_the_input_starts_at(tmp_path, start_s, suffix):
     source = clip_with_spans(tmp_path / f"in{suffix}", video_s=2.0, audio_s=2.0, start_s=start_s)

@@ -18,7 +18,23 @@ import torch
 
 from pipeline.frames import AudioChunk
 
-LAYOUTS = {1: "mono", 2: "stereo"}  # FFmpeg channel layout names by channel count
+LAYOUTS = {1: "mono", 2: "stereo"}  # what the stages' resamplers give: FFmpeg's names by channel count
+# FFmpeg's usual layout for each channel count (its default for a stream that names none).
+USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+MAX_CHANNELS = 8  # 7.1: what AAC and Opus encode; more is folded down to it
+FRONT_CHANNELS = ("FL", "FR", "FC")  # where a voice is heard from in any layout (not the LFE or surrounds)
+
+
+def layout_name(channels: int) -> str:
+    """FFmpeg's usual layout for a channel count: mono, stereo, … 5.1 for six, 7.1 for eight."""
+    return USUAL_LAYOUTS[min(max(channels, 1), MAX_CHANNELS)]
+
+
+def front_channels(layout: str) -> list[int]:
+    """The indices of a layout's front left, right and centre channels (all of them when it names none)."""
+    names = [channel.name for channel in av.AudioLayout(layout).channels]
+    front = [i for i, name in enumerate(names) if name in FRONT_CHANNELS]
+    return front or list(range(len(names)))
 
 
 class AudioAligner:
@@ -99,7 +115,7 @@ class ChunkResampler:
         samples = chunk.samples.detach().cpu().numpy().astype(np.float32, copy=False)
         in_channels = samples.shape[0]
         frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples), format="fltp", layout=LAYOUTS.get(in_channels, f"{in_channels}c")
+            np.ascontiguousarray(samples), format="fltp", layout=layout_name(in_channels)
         )
         frame.sample_rate = chunk.sample_rate
         if self._first_pts is None:

@@ -27,6 +27,7 @@ class StreamInfo:
     time_base: Fraction  # unit of Frame.pts
     audio_rate: int | None = None  # Hz; None when the source has no audio
     audio_channels: int = 0
+    audio_layout: str | None = None  # FFmpeg's name ("5.1(side)"); None: the usual one for the channel count
     pixel_format: PixelFormat = PixelFormat.YUV420P  # layout of the pixels in each ring slot
     colour: Colour = field(default_factory=Colour)
     rotation: int = 0  # degrees counter-clockwise a player turns the picture for display

@@ -35,7 +35,7 @@ import torch
 
 from pipeline.errors import SourceError, one_line
 from pipeline.frames import AudioChunk, Frame, joined
-from pipeline.io.audio_align import LAYOUTS, AudioAligner
+from pipeline.io.audio_align import MAX_CHANNELS, AudioAligner, layout_name
 from pipeline.io.base import Source, StreamInfo
 from pipeline.io.passthrough import PassThrough, kept_tags, stream_name
 from pipeline.io.picture import PictureWriter, even_size
@@ -179,7 +179,8 @@ class MediaSource(Source):
             self._timeline = Timeline(self.label, time_base, fps, jumps_forward=jumps_forward)
         self._video, self._audio = video, audio
         self._audio_rate = audio.codec_context.sample_rate if audio is not None else None
-        self._audio_channels = min(2, audio.codec_context.channels or 1) if audio is not None else 0
+        self._audio_layout = _kept_layout(audio) if audio is not None else None
+        self._audio_channels = av.AudioLayout(self._audio_layout).nb_channels if self._audio_layout else 0
         self._events = self._decode_events()
         self._lookahead: deque[tuple[str, Any]] = deque()
         first = self._probe_first_picture() if video is not None else None
@@ -237,7 +238,7 @@ class MediaSource(Source):
             if audio is not None and audio.duration and audio.time_base:
                 frame_count = int(audio.duration * audio.time_base * AUDIO_ONLY_CHUNK_RATE) + 1
         if audio is not None:
-            parts.append(f"audio {audio.codec_context.name} {self._audio_rate} Hz {self._audio_channels} ch")
+            parts.append(f"audio {audio.codec_context.name} {self._audio_rate} Hz {self._audio_layout}")
         if self.frame_limit is not None:
             frame_count = self.frame_limit if frame_count is None else min(frame_count, self.frame_limit)
         return StreamInfo(
@@ -247,6 +248,7 @@ class MediaSource(Source):
             time_base=time_base,
             audio_rate=self._audio_rate,
             audio_channels=self._audio_channels,
+            audio_layout=self._audio_layout,
             colour=colour,
             rotation=rotation,
             frame_count=frame_count,
@@ -273,7 +275,7 @@ class MediaSource(Source):
         streams = [s for s in (self._video, self._audio) if s is not None]
         resampler = None
         if self._audio is not None:
-            resampler = av.AudioResampler(format="fltp", layout=LAYOUTS[self._audio_channels], rate=self._audio_rate)
+            resampler = av.AudioResampler(format="fltp", layout=self._audio_layout, rate=self._audio_rate)
         carried = list(self._carried.streams.values()) if self._carried is not None else []
         packets = self._container.demux(*streams, *carried)
         while True:
@@ -624,6 +626,17 @@ def _audio_events(resampler: av.AudioResampler, frame: av.AudioFrame) -> Iterato
             tb = out.time_base
             start = out.pts * tb.numerator * out.sample_rate * 2 // tb.denominator + 1 >> 1
         yield "audio", (out.to_ndarray().astype(np.float32, copy=False), start)
+
+
+def _kept_layout(audio: Any) -> str:
+    """The channel layout the run keeps: the input's own (5.1 stays 5.1), or for one FFmpeg gives
+    no order for ("6 channels"), the usual layout of that count; more than 7.1 is folded to 7.1."""
+    context = audio.codec_context
+    channels = context.channels or 1
+    if channels > MAX_CHANNELS:
+        return layout_name(MAX_CHANNELS)
+    name = context.layout.name if context.layout is not None else ""
+    return name if name and "channels" not in name else layout_name(channels)
 
 
 def _duration_tag(text: str | None) -> float | None:

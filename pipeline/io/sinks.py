@@ -27,7 +27,7 @@ import torch
 from pipeline.device import to_numpy
 from pipeline.errors import SinkError, one_line
 from pipeline.frames import AudioChunk, Frame
-from pipeline.io.audio_align import LAYOUTS
+from pipeline.io.audio_align import layout_name
 from pipeline.io.base import Sink, StreamInfo
 from pipeline.io.passthrough import PassThrough, kept_tags
 
@@ -263,8 +263,7 @@ class FileSink(Sink):
             audio = None
             if info.audio_rate:
                 audio = container.add_stream(self.audio_codec, rate=_audio_rate(self.audio_codec, info.audio_rate))
-                channels = max(1, info.audio_channels)
-                self._audio_layout = LAYOUTS.get(channels, f"{channels}c")
+                self._audio_layout = info.audio_layout or layout_name(max(1, info.audio_channels))
                 audio.layout = self._audio_layout
             for stream, kind in ((video, "video"), (audio, "audio")):
                 if stream is not None:

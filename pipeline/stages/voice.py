@@ -35,6 +35,7 @@ from pydantic import Field
 
 from kernels import ops
 from pipeline.frames import AudioChunk, Frame
+from pipeline.io.audio_align import front_channels, layout_name
 from pipeline.registry import register_stage
 from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
@@ -85,6 +86,11 @@ class Voice(ComputeStage):
             self.listener.listen, "listen", kind=JobKind.IN_ORDER, max_lag=max(1, round(MAX_BEHIND_S * fps))
         )
         self._frame_samples = max(1, round(rate / fps))  # the avatar's voice per frame when the stream has no audio
+        # The avatar speaks from the front (left, right, centre), not from the LFE or the surrounds.
+        stream = ctx.stream
+        channels = stream.audio_channels if stream is not None else 0
+        layout = (stream.audio_layout or layout_name(channels)) if stream is not None and channels else "mono"
+        self._voice_channels = front_channels(layout)
         try:
             self.speaker: Speaker | None = Speaker(EspeakSynthesizer(), rate, voice=self.options.voice)
         except SynthesisError as exc:
@@ -138,6 +144,10 @@ class Voice(ComputeStage):
         if chunk is not None and count and spoken.text is not None:
             user = chunk.samples.to(torch.float32)
             voice = torch.from_numpy(spoken.samples).to(user.device).expand_as(user)
+            if len(self._voice_channels) < user.shape[0]:
+                front = torch.zeros_like(user)
+                front[self._voice_channels] = voice[self._voice_channels]
+                voice = front
             mixed = ops.mix(
                 user,
                 voice,
