@@ -71,7 +71,8 @@ class QualityConfig(_Strict):
 
 
 # stun:host[:port], turn:host[:port][?transport=udp|tcp], and their TLS forms (RFC 7064, 7065).
-ICE_URL = re.compile(r"^(stuns?|turns?):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?(\?transport=(udp|tcp))?$")
+# A host name or an IPv4 address: aiortc cannot parse an IPv6 literal ([::1]).
+ICE_URL = re.compile(r"^(stuns?:[A-Za-z0-9.\-]+(:\d{1,5})?|turns?:[A-Za-z0-9.\-]+(:\d{1,5})?(\?transport=(udp|tcp))?)$")
 
 
 class IceServerConfig(_Strict):
@@ -90,7 +91,11 @@ class IceServerConfig(_Strict):
             raise ValueError("expected a URL or a list of URLs")
         for url in urls:
             if not ICE_URL.match(url):
-                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL (e.g. stun:example.org:3478)")
+                if "[" in url:
+                    raise ValueError(f"{url!r}: give a host name or an IPv4 address (aiortc takes no IPv6 literal)")
+                raise ValueError(
+                    f"{url!r} is not a stun:HOST[:PORT] or turn:HOST[:PORT][?transport=udp|tcp] URL (or stuns:, turns:)"
+                )
         return urls
 
     @model_validator(mode="after")

@@ -205,7 +205,12 @@ def clip_with_spans(
                 t = (np.arange(at, min(at + per_chunk, end)) / rate).astype(np.float64)
                 tone = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
                 tone = np.ascontiguousarray(np.repeat(tone, channels, axis=0))
-                chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout=layout)
+                if channels > 6:  # PyAV cannot hold more than 8 planes' worth planar: interleaved instead
+                    chunk = av.AudioFrame.from_ndarray(
+                        np.ascontiguousarray(tone.T.reshape(1, -1)), format="flt", layout=layout
+                    )
+                else:
+                    chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout=layout)
                 chunk.sample_rate, chunk.pts = rate, at
                 out.mux(sound.encode(chunk))
         out.mux(video.encode(None))
@@ -288,11 +293,18 @@ A second line.
 
 
 def many_streams(
-    path: Path, *, seconds: float = 2.0, fps: int = 30, subtitles: bool = True, start_s: float = 0.0
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    fps: int = 30,
+    subtitles: bool = True,
+    second_video: bool = False,
+    start_s: float = 0.0,
 ) -> Path:
     """A clip with what a file may carry beside its picture and first sound: a second audio
-    stream in another language and codec (AC-3, stereo), and SubRip subtitles. `start_s`
-    moves the clip on its clock."""
+    stream in another language and codec (AC-3, stereo), SubRip subtitles, and with
+    `second_video` another camera (H.264 with B-frames, so its packets' order is not their
+    pictures'). `start_s` moves the clip on its clock."""
     srt = path.parent / "lines.srt"
     srt.write_text(SUBTITLES)
     rate, per_frame = RATE, RATE // fps
@@ -302,6 +314,10 @@ def many_streams(
         first.metadata["language"] = "eng"
         second = out.add_stream("ac3", rate=rate)
         second.layout, second.metadata["language"] = "stereo", "fre"
+        angle = None
+        if second_video:
+            angle = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "bf": "2"})
+            angle.width, angle.height, angle.pix_fmt = 160, 96, "yuv420p"
         if subtitles:
             lines_out = out.add_stream_from_template(lines.streams[0])
             lines_out.metadata["language"] = "eng"
@@ -312,6 +328,11 @@ def many_streams(
         for i in range(round(seconds * fps)):
             grey.pts, grey.time_base = origin + i, Fraction(1, fps)
             out.mux(video.encode(grey))
+            if angle is not None:
+                other = av.VideoFrame.from_ndarray(np.full((96, 160, 3), (i * 7) % 256, np.uint8), format="rgb24")
+                other = other.reformat(format="yuv420p")
+                other.pts, other.time_base = origin + i, Fraction(1, fps)
+                out.mux(angle.encode(other))
             t = (np.arange(per_frame) + i * per_frame) / rate
             for stream, hz, layout in ((first, 440, "mono"), (second, 660, "stereo")):
                 tone = (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None]
@@ -319,7 +340,7 @@ def many_streams(
                 chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone), format="fltp", layout=layout)
                 chunk.sample_rate, chunk.pts = rate, (origin + i) * per_frame
                 out.mux(stream.encode(chunk))
-        for stream in (video, first, second):
+        for stream in (video, first, second, *([angle] if angle is not None else [])):
             out.mux(stream.encode(None))
     return path
 
@@ -336,6 +357,9 @@ def streams_of(path: Path) -> list[dict]:
         for entry, stream in zip(found, container.streams, strict=True):
             if stream.type == "audio":
                 entry["audio_s"] = sum(f.samples for f in container.decode(stream)) / stream.codec_context.sample_rate
+                container.seek(0)
+            elif stream.type == "video":
+                entry["packets"] = sum(1 for p in container.demux(stream) if p.size)
                 container.seek(0)
             elif stream.type == "subtitle":
                 entry["packets"] = [

@@ -83,7 +83,7 @@ def test_ctrl_c_on_a_live_source_finalizes_a_playable_file(tmp_path):
         (["--device", "tpu"], "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
         (["--frames", "0"], "--frames 0: must be at least 1"),
         (["--ice-server", "stun:stun.example.org"], "--ice-server: only with --serve"),
-        (["--serve", "--ice-server", "http://stun.example.org"], "is not a stun:, stuns:, turn: or turns: URL"),
+        (["--serve", "--ice-server", "http://stun.example.org"], "is not a stun:HOST[:PORT] or turn:HOST"),
         (["--serve", "--ice-server", "turn:relay.example.org"], "needs --ice-username and --ice-credential"),
         (["--serve", "--tls-cert", "cert.pem"], "--tls-cert and --tls-key: give both"),
         (["--serve", "--tls-cert", "no.pem", "--tls-key", "no.key"], "--tls-cert no.pem: no such file"),

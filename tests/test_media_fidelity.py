@@ -4,6 +4,7 @@ from the input, within one frame and 20 ms of sound, as ffmpeg would keep them."
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -14,6 +15,7 @@ from media_kit import (
     decodable_pictures,
     flash_and_click,
     flashes_and_clicks,
+    grey_streams,
     make_clip,
     many_streams,
     probe,
@@ -201,6 +203,52 @@ def test_a_stream_an_mp4_has_no_place_for_is_named_in_one_warning_and_the_rest_a
     ]
     named = [r.getMessage() for r in caplog.records if "not carried through" in r.getMessage()]
     assert len(named) == 1 and "subtitle stream #3 (srt, eng)" in named[0]
+
+
+def test_a_second_camera_with_b_frames_is_copied_whole_and_a_frame_limit_ends_it_too(tmp_path):
+    source = many_streams(tmp_path / "in.mkv", subtitles=False, second_video=True)
+    held = streams_of(source)
+    out = tmp_path / "out.mkv"
+    assert main(["--config", "passthrough", "--source", str(source), "--output", str(out)]) == EXIT_OK
+    made = streams_of(out)
+    assert [s["type"] for s in made] == ["video", "audio", "audio", "video"]
+    assert made[3]["packets"] == held[3]["packets"] == 60  # every packet, in an order the muxer took
+    assert main(["--config", "passthrough", "--source", str(source), "--output", str(out), "--frames", "30"]) == 0
+    made = streams_of(out)
+    # The copies stop where the frames do (a B-frame stream by decode time: a few packets past).
+    assert made[3]["packets"] <= 33 and made[2]["audio_s"] <= 1.1, made
+
+
+def test_a_timecode_track_is_named_and_the_picture_and_sound_are_whole(tmp_path, caplog):
+    source = tmp_path / "camera.mov"
+    with av.open(str(source), "w") as out:  # a camera's file: a timecode (tmcd) data track beside the picture
+        video, sound, grey = grey_streams(out, fps=30, rate=48000)
+        video.metadata["timecode"] = "01:00:00:00"
+        for i in range(30):
+            grey.pts, grey.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(grey))
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, i * 1600
+            out.mux(sound.encode(chunk))
+        for stream in (video, sound):
+            out.mux(stream.encode(None))
+    held = probe(source)
+    caplog.set_level("WARNING")
+    made = transcode(source, tmp_path / "out.mp4")
+    assert made["video_frames"] == held["video_frames"] == 30
+    assert made["audio_s"] == pytest.approx(held["audio_s"], abs=SOUND_S)
+    assert any("data stream #2" in r.getMessage() and "not carried" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("layout", "suffix", "kept"), [("7.1", ".mp4", "5.1"), ("5.1(side)", ".webm", "5.1")])
+def test_layouts_an_encoder_or_pyav_cannot_hold_are_remixed_not_fatal(tmp_path, layout, suffix, kept):
+    source = clip_with_spans(tmp_path / "in.mkv", video_s=1.0, audio_s=1.0, layout=layout)
+    out = tmp_path / f"out{suffix}"
+    held = probe(source)
+    assert main(["--config", "passthrough", "--source", str(source), "--output", str(out)]) == EXIT_OK
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.layout.name == kept
+    assert probe(out)["audio_s"] == pytest.approx(held["audio_s"], abs=0.03)
 
 
 def test_a_carried_stream_starts_where_the_output_starts(tmp_path):

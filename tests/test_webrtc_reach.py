@@ -73,16 +73,24 @@ def test_the_page_and_the_servers_peer_connections_get_the_configured_ice_server
 def test_servers_aiortc_cannot_use_are_named():
     servers = [
         IceServerConfig(urls=["stun:a.example:3478", "stun:b.example:3478"]),
-        IceServerConfig(urls=["turns:c.example:5349"], username="u", credential="c"),  # TLS over UDP: no
+        IceServerConfig(urls=["turns:c.example:5349?transport=udp"], username="u", credential="c"),  # TLS on UDP
+        IceServerConfig(urls=["stuns:e.example:5349"]),  # aiortc has no STUN over TLS
         IceServerConfig(urls=["turn:d.example:3478"], username="u", credential="c"),
     ]
-    assert unused_by_aiortc(servers) == ["stun:b.example:3478", "turns:c.example:5349"]
+    assert unused_by_aiortc(servers) == [
+        "stun:b.example:3478",
+        "turns:c.example:5349?transport=udp",
+        "stuns:e.example:5349",
+    ]
+    assert unused_by_aiortc([IceServerConfig(urls=["turns:f.example"], username="u", credential="c")]) == []  # TCP
 
 
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"urls": "http://stun.example.org"}, "is not a stun:, stuns:, turn: or turns: URL"),
+        ({"urls": "http://stun.example.org"}, "is not a stun:HOST[:PORT] or turn:HOST[:PORT]"),
+        ({"urls": "stun:stun.example.org?transport=udp"}, "is not a stun:HOST[:PORT]"),  # aiortc refuses it
+        ({"urls": "stun:[::1]:3478"}, "aiortc takes no IPv6 literal"),
         ({"urls": "turn:relay.example.org"}, "a TURN server needs a username and a credential"),
         ({"urls": []}, "at least 1 item"),
     ],

@@ -240,3 +240,29 @@ def test_stopping_playback_never_deadlocks_with_sdl_s_audio_thread(desktop):
     handlers ignore SIGTERM, so the run is killed outright if it hangs."""
     run = subprocess.run([sys.executable, "-c", STOP_WHILE_PLAYING], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "closed 60" in run.stdout, run.stderr
+
+
+def test_surround_sound_plays_on_two_speakers_with_its_centre(desktop, monkeypatch):
+    """A 5.1 source: the window mixes it down to stereo, so dialogue in the centre is heard."""
+    sink = WindowSink()
+    pushed: list[np.ndarray] = []
+
+    async def run():
+        source = SyntheticSource(width=WIDTH, height=HEIGHT, fps=FPS, frames=3, audio_rate=RATE)
+        info = dataclasses.replace(source.info, audio_channels=6, audio_layout="5.1")
+        ring = RingBuffer(3, source.info.frame_shape)
+        await sink.open(info)
+        assert sink.player is not None and sink.player.channels == 2
+        monkeypatch.setattr(sink.player, "push", lambda samples: pushed.append(samples))
+        async for frame in source.frames(ring):
+            voice = torch.zeros((6, frame.audio.samples.shape[-1]))
+            voice[2] = 0.5  # the centre channel alone (FL FR FC LFE BL BR)
+            frame.audio = dataclasses.replace(frame.audio, samples=voice)
+            await sink.write(frame)
+            frame.release()
+        await sink.close()
+
+    asyncio.run(run())
+    sound = np.concatenate(pushed, axis=1)
+    assert sound.shape[0] == 2
+    assert np.abs(sound[:, sound.shape[1] // 2 :]).min() > 0.1  # the centre, in both speakers

@@ -20,8 +20,10 @@ from pipeline.frames import AudioChunk
 
 LAYOUTS = {1: "mono", 2: "stereo"}  # what the stages' resamplers give: FFmpeg's names by channel count
 # FFmpeg's usual layout for each channel count (its default for a stream that names none).
-USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-MAX_CHANNELS = 8  # 7.1: what AAC and Opus encode; more is folded down to it
+USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1"}
+# 5.1: more (6.1, 7.1, …) is folded down to it. PyAV cannot hold eight planar channels in a
+# frame (it gives a ninth plane and crashes converting it), and 5.1 is what players expect.
+MAX_CHANNELS = 6
 FRONT_CHANNELS = ("FL", "FR", "FC")  # where a voice is heard from in any layout (not the LFE or surrounds)
 
 

@@ -109,6 +109,7 @@ class MediaSource(Source):
         self.stale_dropped = 0  # camera or stream frames dropped because a newer one was waiting
         self.input_error: str | None = None  # why reading stopped early, if it did
         self._last_video_s: float | None = None  # presentation time of the latest decoded picture
+        self._format, self._options = container_format, options  # to open it again (`_lost_at_the_cut`)
         self._container = self._open(container_format, options)
         self.stream = not capture and is_live_stream(self.url, self._container)
         if self.stream:
@@ -286,8 +287,9 @@ class MediaSource(Source):
             except (av.FFmpegError, OSError) as exc:
                 self.input_error = f"input ends early ({one_line(exc)})"
                 break
-            if self._carried is not None and packet.stream_index in self._carried.streams:
-                self._carried.put(packet)
+            if packet.stream is not self._video and packet.stream is not self._audio:
+                if self._carried is not None:  # a stream carried through, not decoded here
+                    self._carried.put(packet)
                 continue
             try:
                 decoded = packet.decode()
@@ -301,8 +303,10 @@ class MediaSource(Source):
                     yield "video", self._placed(item)
                 elif resampler is not None:
                     yield from _audio_events(resampler, item)
+        cut = False
         if self.input_error is None:
             self.input_error = self._short_of_declared()
+            cut = self.input_error is not None
         if self.input_error is not None:  # flush what the decoders still hold
             for stream in streams:
                 with contextlib.suppress(av.FFmpegError, ValueError):
@@ -311,8 +315,9 @@ class MediaSource(Source):
                             yield "video", self._placed(item)
                         elif resampler is not None:
                             yield from _audio_events(resampler, item)
-            for item in self._lost_at_the_cut():
-                yield "video", self._placed(item)
+            if cut:  # the file simply stops: what FFmpeg's frame threads lost there can be read again
+                for item in self._lost_at_the_cut():
+                    yield "video", self._placed(item)
 
     def _lost_at_the_cut(self) -> Iterator[av.VideoFrame]:
         """Pictures after the last one given that a single-threaded decoder still gets from a cut file.
@@ -325,15 +330,23 @@ class MediaSource(Source):
         video, timeline = self._video, self._timeline
         if video is None or timeline is None or timeline.last_input is None or self.live:
             return
-        if video.thread_type.name != "AUTO" or video.codec_context.is_hwaccel:
+        if video.thread_type.name != "AUTO" or video.codec_context.is_hwaccel or timeline.jumps:
+            return  # (after a jump, a timestamp does not say where in the file it was)
+        if not os.path.isfile(self.url):
             return
         after = timeline.last_input
         try:
-            with av.open(self.url, mode="r", timeout=OPEN_TIMEOUT_S) as again:
+            options = self._options or {}
+            with av.open(self.url, mode="r", format=self._format, options=options, timeout=OPEN_TIMEOUT_S) as again:
                 stream = again.streams[video.index]
                 stream.thread_type = "NONE"
                 again.seek(after, stream=stream, backward=True)
-                for packet in again.demux(stream):
+                packets = again.demux(stream)
+                while True:
+                    try:
+                        packet = next(packets)
+                    except (StopIteration, av.FFmpegError, OSError):
+                        break  # the end, or the damage: nothing past it
                     try:
                         pictures = packet.decode()
                     except (av.FFmpegError, ValueError):
@@ -455,6 +468,8 @@ class MediaSource(Source):
         try:
             for count, item in enumerate(self._decoded()):
                 if self.frame_limit is not None and count >= self.frame_limit:
+                    if self._carried is not None and item.picture is not None and item.picture.time_base:
+                        self._carried.end_at(Fraction(item.pts) * item.picture.time_base)  # where this frame starts
                     break
                 if item.picture is None and self._writer is not None:  # sound after the last picture
                     carried = joined(carried, item.audio)
@@ -630,7 +645,8 @@ def _audio_events(resampler: av.AudioResampler, frame: av.AudioFrame) -> Iterato
 
 def _kept_layout(audio: Any) -> str:
     """The channel layout the run keeps: the input's own (5.1 stays 5.1), or for one FFmpeg gives
-    no order for ("6 channels"), the usual layout of that count; more than 7.1 is folded to 7.1."""
+    no order for ("6 channels"), the usual layout of that count; more than six channels is folded
+    to 5.1 (`MAX_CHANNELS`)."""
     context = audio.codec_context
     channels = context.channels or 1
     if channels > MAX_CHANNELS:

@@ -21,7 +21,7 @@ from typing import Any
 
 import av
 
-from pipeline.io.timeline import FORWARD_JUMP_S
+from pipeline.io.timeline import BACK_JUMP_S, FORWARD_JUMP_S
 
 KEPT_TAGS = ("language", "title")  # what a player shows of a stream; counts and durations go stale
 
@@ -51,6 +51,7 @@ class PassThrough:
         self._packets: deque[av.Packet] = deque()
         self._offset: dict[int, int] = {}  # per stream, added to its timestamps from its last jump on
         self._last: dict[int, tuple[int, int]] = {}  # per stream, the last (dts, duration) placed
+        self._end_s: Fraction | None = None  # a run stopped early (--frames): nothing from here on
 
     def names(self, indices: set[int] | None = None) -> str:
         chosen = self.streams if indices is None else {i: s for i, s in self.streams.items() if i in indices}
@@ -66,21 +67,37 @@ class PassThrough:
         """One demuxed packet of a carried stream (the reader thread)."""
         if self.claimed is not None and packet.stream_index not in self.claimed:
             return
-        if packet.size == 0 or (packet.dts is None and packet.pts is None):
+        if packet.size == 0 or packet.stream_index not in self.streams:
             return  # the demuxer's end-of-stream marker
-        self._mend(packet)
+        if not is_timeless(packet):  # a cover picture has no time: it goes in as it is
+            self._mend(packet)
+            if self._end_s is not None and _decode_s(packet) >= self._end_s:
+                return
         with self._lock:
             self._packets.append(packet)
 
+    def end_at(self, seconds: Fraction) -> None:
+        """The run stops here on the source's clock (a frame limit): later packets are let go."""
+        with self._lock:
+            self._end_s = seconds
+            self._packets = deque(p for p in self._packets if is_timeless(p) or _decode_s(p) < seconds)
+
     def take(self, until_s: Fraction | None) -> list[av.Packet]:
-        """Packets that start before `until_s` on the source's clock (None: all of them), in order."""
+        """Packets decoded before `until_s` on the source's clock (None: all of them), each stream's
+        in its own order: a stream's packets after its first one not yet due wait with it."""
         with self._lock:
             if until_s is None:
                 taken, self._packets = list(self._packets), deque()
                 return taken
             taken, kept = [], deque()
+            waiting: set[int] = set()
             for packet in self._packets:
-                (taken if _start_s(packet) < until_s else kept).append(packet)
+                index = packet.stream_index
+                if index not in waiting and (is_timeless(packet) or _decode_s(packet) < until_s):
+                    taken.append(packet)
+                else:
+                    waiting.add(index)
+                    kept.append(packet)
             self._packets = kept
             return taken
 
@@ -92,7 +109,7 @@ class PassThrough:
         if last is not None:
             last_dts, last_duration = last
             forward = self.jumps_forward and (dts - last_dts) * packet.time_base > FORWARD_JUMP_S
-            if dts < last_dts or forward:
+            if (last_dts - dts) * packet.time_base > BACK_JUMP_S or forward:
                 shift = last_dts + max(1, last_duration) - dts
                 offset += shift
                 dts += shift
@@ -106,6 +123,11 @@ class PassThrough:
         self._last[index] = (dts, packet.duration or 0)
 
 
-def _start_s(packet: av.Packet) -> Fraction:
-    ts = packet.pts if packet.pts is not None else packet.dts
+def is_timeless(packet: av.Packet) -> bool:
+    """A packet with no time at all: an attached picture (cover art), written once as it is."""
+    return packet.pts is None and packet.dts is None
+
+
+def _decode_s(packet: av.Packet) -> Fraction:
+    ts = packet.dts if packet.dts is not None else packet.pts
     return ts * packet.time_base

@@ -29,7 +29,7 @@ from pipeline.errors import SinkError, one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import layout_name
 from pipeline.io.base import Sink, StreamInfo
-from pipeline.io.passthrough import PassThrough, kept_tags
+from pipeline.io.passthrough import PassThrough, is_timeless, kept_tags
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class FileSink(Sink):
             if info.audio_rate:
                 audio = container.add_stream(self.audio_codec, rate=_audio_rate(self.audio_codec, info.audio_rate))
                 self._audio_layout = info.audio_layout or layout_name(max(1, info.audio_channels))
-                audio.layout = self._audio_layout
+                audio.layout = _encoder_layout(self.audio_codec, self._audio_layout)  # PyAV remixes to it
             for stream, kind in ((video, "video"), (audio, "audio")):
                 if stream is not None:
                     stream.metadata.update(info.tags.get(kind, {}))
@@ -339,12 +339,15 @@ class FileSink(Sink):
                 log.debug("%s: cannot copy stream #%d (%s)", self.target, index, one_line(exc))
                 continue
             copy.metadata.update(kept_tags(stream))
+            copy.disposition = stream.disposition  # default, forced, commentary, attached picture …
             out[index] = copy
         left_out = set(carried.streams) - set(out)
         if out:
             log.info("%s: copying %s as they are", self.target, carried.names(set(out)))
         if left_out:
-            why = "this container has no place for them; .mkv takes most"
+            why = "this container has no place for them"
+            if self.path.suffix.lower() != ".mkv" and self.carries_streams:
+                why += "; .mkv takes most"
             if not self.carries_streams:
                 why = "this target holds one video and one audio stream"
             log.warning("%s: %s not carried through (%s)", self.target, carried.names(left_out), why)
@@ -379,11 +382,19 @@ class FileSink(Sink):
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: encoding the audio of frame {index} failed ({one_line(exc)})") from exc
 
-    def _copy_carried(self, until_s: Fraction) -> None:
+    def _copy_carried(self, until_s: Fraction | None, container: Any = None) -> None:
+        """Mux the other streams' packets due by `until_s` (None: all that are left). Their trouble
+        is never the output's: copying stops with one warning, and the processed streams go on."""
+        if self._carried is None:
+            return
         try:
-            self._mux(self._carried_packets(until_s))
+            packets = self._carried_packets(until_s)
+            if packets:
+                with self._mux_lock:
+                    (container or self._container).mux(packets)
         except (av.FFmpegError, ValueError, OSError) as exc:
-            raise SinkError(f"{self.target}: copying the input's other streams failed ({one_line(exc)})") from exc
+            log.warning("%s: copying the input's other streams stopped (%s)", self.target, one_line(exc))
+            self._carried = None
 
     def _carried_packets(self, until_s: Fraction | None) -> list[av.Packet]:
         """The other streams' packets that start before `until_s` (None: all that are left), moved
@@ -392,14 +403,16 @@ class FileSink(Sink):
             return []
         packets = []
         for packet in self._carried.take(until_s):
-            shift = math.floor((self._origin_s or 0) / packet.time_base)
-            if packet.pts is not None:
-                packet.pts -= shift
-            if packet.dts is not None:
-                packet.dts -= shift
-            if (packet.dts if packet.dts is not None else packet.pts) < 0:
-                continue
-            packet.stream = self._carried_out[packet.stream_index]
+            out = self._carried_out[packet.stream_index]
+            if not is_timeless(packet):
+                shift = math.floor((self._origin_s or 0) / packet.time_base)
+                if packet.pts is not None:
+                    packet.pts -= shift
+                if packet.dts is not None:
+                    packet.dts -= shift
+                if packet.pts is not None and packet.pts < 0:
+                    continue  # shown before the output starts (an encoder's priming, say)
+            packet.stream = out
             packets.append(packet)
         return packets
 
@@ -436,7 +449,8 @@ class FileSink(Sink):
                 if rest is not None:
                     packets += self._audio.encode(self._stamped(rest))
                 packets += self._audio.encode(None)
-            container.mux(packets + self._carried_packets(None))
+            container.mux(packets)
+            self._copy_carried(None, container)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise SinkError(f"{self.target}: flushing the encoders failed ({one_line(exc)})") from exc
         finally:
@@ -491,6 +505,18 @@ def _video_options(codec: str, settings: EncoderSettings, low_latency: bool, fps
     if low_latency:
         options["g"] = str(max(1, round(float(fps) * LIVE_KEYFRAME_INTERVAL_S)))
     return options
+
+
+# The layouts libopus encodes (Vorbis channel order), by channel count; others are remixed to these.
+OPUS_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1"}
+
+
+def _encoder_layout(codec: str, layout: str) -> str:
+    """`layout` if the encoder takes it, else the one it takes with as many channels (Opus has no
+    2.1, 4.0 or 5.1(side): 3.0, quad and 5.1 hold the same sound)."""
+    if codec != "libopus" or layout in OPUS_LAYOUTS.values():
+        return layout
+    return OPUS_LAYOUTS[min(av.AudioLayout(layout).nb_channels, max(OPUS_LAYOUTS))]
 
 
 def _audio_rate(codec: str, rate: int) -> int:

@@ -22,16 +22,20 @@ import av
 log = logging.getLogger(__name__)
 
 FORWARD_JUMP_S = 10.0  # a jump forward this long, in a format that allows jumps, is one (ffmpeg's threshold)
+# A step back this long is a jump. Shorter ones (a repeated or jittery timestamp) are not mended
+# here, as ffmpeg leaves them: the sink moves such a picture on by one tick, and only that picture.
+BACK_JUMP_S = 0.5
 
 
 class Timeline:
-    """Moves each decoded picture's pts so that pts only increase; counts the jumps it mended."""
+    """Moves the decoded pictures' pts on after each jump, so the timeline keeps going; counts the jumps."""
 
     def __init__(self, label: str, time_base: Fraction, fps: Fraction, *, jumps_forward: bool):
         self.label = label
         self.time_base = time_base
         self.step = max(1, round(1 / (fps * time_base)))  # one frame, in time-base units
         self.forward_limit = round(FORWARD_JUMP_S / time_base) if jumps_forward else None
+        self.back_limit = round(BACK_JUMP_S / time_base)
         self.offset = 0  # added to every pts from the last jump on
         self.last: int | None = None
         self.last_input: int | None = None  # the last placed picture's pts as the input gave it
@@ -44,7 +48,7 @@ class Timeline:
         self.last_input = picture.pts
         pts = picture.pts + self.offset
         if self.last is not None:
-            back = pts <= self.last
+            back = self.last - pts > self.back_limit
             forward = self.forward_limit is not None and pts - self.last > self.forward_limit
             if back or forward:
                 step = picture.duration or self.step
@@ -61,4 +65,4 @@ class Timeline:
                     )
                 pts = self.last + step
         picture.pts = pts
-        self.last = pts
+        self.last = max(pts, self.last) if self.last is not None else pts

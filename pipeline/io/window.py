@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.errors import SinkError
 from pipeline.frames import Frame
+from pipeline.io.audio_align import ChunkResampler
 from pipeline.io.base import Sink, StreamInfo
 from pipeline.io.sinks import host_pixels
 from pipeline.pixels import PixelFormat
@@ -209,6 +210,7 @@ class WindowSink(Sink):
         self.overlay_text = ""
         self.display_size = (0, 0)  # (width, height) of the picture as shown
         self.player: AudioPlayer | None = None
+        self._downmix: ChunkResampler | None = None  # surround to stereo for the speakers
         self._info: StreamInfo | None = None
         self._pygame: Any = None
         self._screen: Any = None
@@ -246,6 +248,8 @@ class WindowSink(Sink):
             self._font = pygame.font.Font(None, 22)
             if info.audio_rate:
                 self.player = AudioPlayer(info.audio_rate, min(max(info.audio_channels, 1), 2))
+                if info.audio_channels > 2:  # surround, mixed down to the two speakers (the centre too)
+                    self._downmix = ChunkResampler(info.audio_rate, 2)
         except pygame.error as exc:
             self._quit()
             raise SinkError(f"--output window: cannot open a window ({_why_no_window(exc)})") from None
@@ -279,8 +283,8 @@ class WindowSink(Sink):
         self._handle_events()
         now = time.monotonic_ns()
         if frame.audio is not None and self.player is not None and frame.audio.samples.shape[-1]:
-            samples = frame.audio.samples.detach().cpu().numpy()
-            self.player.push(samples[: self.player.channels])  # more than two: the front pair
+            chunk = self._downmix(frame.audio) if self._downmix is not None else frame.audio
+            self.player.push(chunk.samples.detach().cpu().numpy())
         if not frame.has_image:
             self.frames_dropped += 1
             return

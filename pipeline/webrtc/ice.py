@@ -7,8 +7,8 @@ addresses. The limit is process-wide (aioice has one lookup); `limit_ice_to(None
 
 The config's `webrtc.ice_servers` (and `--ice-server`) reach both ends: the server's peer
 connections, as aiortc's `RTCIceServer`s, and the page, which gets them from `/api/ice`.
-aiortc uses the first STUN and the first TURN server it is given (a TURN over TLS only with
-`?transport=tcp`); a browser uses them all.
+aiortc uses the first STUN and the first TURN server it is given (no `stuns:`, and a TURN over
+TLS only over TCP, its default); a browser uses them all.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def browser_ice_servers(servers: list[IceServerConfig]) -> list[dict[str, object
 
 def unused_by_aiortc(servers: list[IceServerConfig]) -> list[str]:
     """URLs the server's own peer connections will not use (aiortc takes one STUN and one TURN
-    server, and a TLS TURN only over TCP); the page still gets them."""
+    server, no STUN over TLS, and a TLS TURN only over TCP); the page still gets them."""
     unused, stun, turn = [], False, False
     for url in (url for s in servers for url in s.urls):
         if url.startswith("stun:") and not stun:
             stun = True
-        elif url.startswith("turn") and not turn and (url.startswith("turn:") or url.endswith("?transport=tcp")):
+        elif url.startswith("turn") and not turn and (url.startswith("turn:") or not url.endswith("?transport=udp")):
             turn = True
         else:
             unused.append(url)

@@ -104,8 +104,9 @@ def self_signed(host: str) -> Tls:
         .not_valid_before(now - datetime.timedelta(minutes=5))  # clocks a little behind still accept it
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
-        # Its own issuer: a client that trusts this certificate verifies the server against it.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # An end entity, not a CA (Firefox refuses a CA certificate as a server's); a client that
+        # trusts this very certificate still verifies the server against it.
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
