@@ -11,8 +11,12 @@ whole frame on only every 5th detection (`search_every`), looking near the track
 
     python bench/emotion.py [--frames 30] [--device auto|cpu|cuda]
 
-Last line: one JSON object
-{"device", "runs": [{"size", "faces", "detect_every", "search_every", "fps", "ms", "share"}...]}.
+Then, unless `--no-agreement`, how often the stage reads a face as the original `fer` pipeline
+does (bench/emotion_agreement.py), per group of pictures.
+
+Last line: one JSON object {"device", "runs": [{"size", "faces", "detect_every", "search_every",
+"fps", "ms", "share"}...], "agreement": {group: {"paired", "agreement", "their_crop_agreement",
+"missed"}}}.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 
 import pipeline.stages.emotion as emotion_module
+from bench.emotion_agreement import compare
+from bench.emotion_agreement import table as agreement_table
 from kernels import ops
 from kernels.colour import rgb_to_i420
 from pipeline.device import Lane, configure_cpu_threads
@@ -136,6 +142,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=30, help="timed frames per configuration. Default: 30")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    parser.add_argument(
+        "--no-agreement",
+        dest="agreement",
+        action="store_false",
+        help="skip the agreement with the original fer pipeline (about a minute on a CPU)",
+    )
     args = parser.parse_args()
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -171,7 +183,17 @@ def main() -> None:
     print("det: MTCNN; prep: the fused crop/resize/normalize kernel; cls: mini-Xception")
     print("search: detections that search the whole frame (the others look near the tracked faces)")
     print("vs every: fps over detecting every frame, same size and faces")
-    print(json.dumps({"device": str(device), "runs": runs}))
+    summary: dict = {"device": str(device), "runs": runs}
+    if args.agreement:
+        agreement = compare(device)
+        print()
+        print("agreement with the original fer pipeline on the same faces (bench/emotion_agreement.py)")
+        print(agreement_table(agreement))
+        summary["agreement"] = {
+            group: {key: s[key] for key in ("paired", "agreement", "their_crop_agreement", "missed")}
+            for group, s in [*agreement["groups"].items(), ("all", agreement["overall"])]
+        }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ the whole frame first. The definition, shared by both:
 - Each output pixel (i, j) of box (x0, y0, x1, y1) samples the frame at
   x = x0 + (j + ½)·(x1 − x0)/W_out − ½, y likewise (the pixel-centre convention of
   `align_corners=False`), bilinearly from its four neighbours.
-- A neighbour outside the frame counts as 0 (black), so a box partly off the frame fades to
-  black at the edge, as `roi_align` does.
+- A neighbour outside the frame counts as `fill` (0..255; 0, black, by default, as `roi_align`
+  does): a box partly off the frame fades to it at the edge. The expression model's crops fill
+  with the picture's own grey, as the pipeline it was trained with pads.
 - RGB comes from YUV as `kernels.colour` defines it (each chroma sample covers its 2×2 block),
   before rounding. Gray is the luma: Y rescaled to full range, or Kr·R + Kg·G + Kb·B from RGB.
 - Values are scaled to 0..1, then `(v − mean[c]) / std[c]`, and written N×C×H_out×W_out.
@@ -76,11 +77,13 @@ def prepare_input(
     dtype: torch.dtype = torch.float32,
     matrix: str = "bt601",
     full_range: bool = False,
+    fill: float = 0.0,
 ) -> torch.Tensor:
     """N×C×H×W model input from `boxes` (N×4 x0, y0, x1, y1 in frame pixels; None: the whole frame).
 
     `size` is the model's (height, width); C is 1 with `gray`, else 3 (R, G, B). `mean` and
-    `std` are per channel on the 0..1 scale (None: 0 and 1).
+    `std` are per channel on the 0..1 scale (None: 0 and 1). `fill` is the value (0..255) of
+    every channel outside the frame.
     """
     out_h, out_w = size
     channels = 1 if gray else 3
@@ -112,11 +115,15 @@ def prepare_input(
         grid_x = (sx - left + 0.5) / (right - left) * 2 - 1
         grid_y = (sy - top + 0.5) / (bottom - top) * 2 - 1
         grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
-        source = planes[None].expand(count, -1, -1, -1)
+        # Outside the planes is outside the frame: sampled as 0 from the planes less `fill`, then
+        # `fill` added back, it counts as `fill`.
+        source = (planes - fill if fill else planes)[None].expand(count, -1, -1, -1)
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         sampled = sampled.transpose(0, 1)
+        if fill:
+            sampled = sampled + fill
     else:  # a conversion per pixel: convert only the four neighbours of each sample point
-        sampled = _blend_neighbours(image, layout, gray, constants, sx, sy, (channels, height, width))
+        sampled = _blend_neighbours(image, layout, gray, constants, sx, sy, (channels, height, width), fill)
     scale = torch.tensor(std, device=image.device, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
     shift = torch.tensor(mean, device=image.device, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
     return ((sampled - shift) / scale).transpose(0, 1).contiguous().to(dtype)
@@ -197,6 +204,7 @@ def _blend_neighbours(
     sx: torch.Tensor,
     sy: torch.Tensor,
     shape: tuple[int, int, int],
+    fill: float = 0.0,
 ) -> torch.Tensor:
     """C×N×H_out×W_out: each sample point's four neighbours converted, weighted and summed."""
     channels, height, width = shape
@@ -206,10 +214,12 @@ def _blend_neighbours(
     sampled = torch.zeros((channels, sx.shape[0], sy.shape[1], sx.shape[1]), dtype=torch.float32, device=sx.device)
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
         yy, xx = (top + dy)[:, :, None], (left + dx)[:, None, :]  # N×H_out×1, N×1×W_out
-        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)  # off the frame: black
+        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)  # off the frame: `fill`
         weight = (wy if dy else 1.0 - wy)[:, :, None] * (wx if dx else 1.0 - wx)[:, None, :]
         values = _pixels_at(image, layout, yy.clamp(0, height - 1), xx.clamp(0, width - 1), gray, constants)
         sampled += values * (weight * inside)
+        if fill:
+            sampled += fill * (weight * ~inside)
     return sampled
 
 

@@ -23,22 +23,35 @@ BLOCK = 128  # output pixels per program
 
 @triton.jit
 def _sample(
-    src, yy, xx, valid, height, width, kr, kb, y_offset, y_span, c_span, LAYOUT: tl.constexpr, GRAY: tl.constexpr
+    src,
+    yy,
+    xx,
+    valid,
+    height,
+    width,
+    kr,
+    kb,
+    y_offset,
+    y_span,
+    c_span,
+    fill,
+    LAYOUT: tl.constexpr,
+    GRAY: tl.constexpr,
 ):
-    """(R, G, B) — or luma three times — of frame pixels (yy, xx) in 0..255; 0 where not `valid`."""
+    """(R, G, B) — or luma three times — of frame pixels (yy, xx) in 0..255; `fill` off the frame."""
     inside = valid & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
     if LAYOUT == 2:  # rgb
         at = src + (yy * width + xx) * 3
-        r = tl.load(at, mask=inside, other=0).to(tl.float32)
-        g = tl.load(at + 1, mask=inside, other=0).to(tl.float32)
-        b = tl.load(at + 2, mask=inside, other=0).to(tl.float32)
+        r = tl.where(inside, tl.load(at, mask=inside, other=0).to(tl.float32), fill)
+        g = tl.where(inside, tl.load(at + 1, mask=inside, other=0).to(tl.float32), fill)
+        b = tl.where(inside, tl.load(at + 2, mask=inside, other=0).to(tl.float32), fill)
         if GRAY:
-            luma = kr * r + (1.0 - kr - kb) * g + kb * b
+            luma = tl.where(inside, kr * r + (1.0 - kr - kb) * g + kb * b, fill)
             return luma, luma, luma
         return r, g, b
     luma = (tl.load(src + yy * width + xx, mask=inside, other=0).to(tl.float32) - y_offset) * (255.0 / y_span)
     if GRAY:
-        luma = tl.where(inside, tl.minimum(tl.maximum(luma, 0.0), 255.0), 0.0)
+        luma = tl.where(inside, tl.minimum(tl.maximum(luma, 0.0), 255.0), fill)
         return luma, luma, luma
     plane = height * width
     if LAYOUT == 1:  # nv12
@@ -54,9 +67,9 @@ def _sample(
     r = luma + 2.0 * (1.0 - kr) * cr
     b = luma + 2.0 * (1.0 - kb) * cb
     g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
-    r = tl.where(inside, tl.minimum(tl.maximum(r, 0.0), 255.0), 0.0)
-    g = tl.where(inside, tl.minimum(tl.maximum(g, 0.0), 255.0), 0.0)
-    b = tl.where(inside, tl.minimum(tl.maximum(b, 0.0), 255.0), 0.0)
+    r = tl.where(inside, tl.minimum(tl.maximum(r, 0.0), 255.0), fill)
+    g = tl.where(inside, tl.minimum(tl.maximum(g, 0.0), 255.0), fill)
+    b = tl.where(inside, tl.minimum(tl.maximum(b, 0.0), 255.0), fill)
     return r, g, b
 
 
@@ -80,6 +93,7 @@ def _prepare_kernel(
     shift0,
     shift1,
     shift2,
+    fill,
     LAYOUT: tl.constexpr,
     GRAY: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -100,11 +114,15 @@ def _prepare_kernel(
     wx = sx - left_f
     top = top_f.to(tl.int32)
     left = left_f.to(tl.int32)
-    r00, g00, b00 = _sample(src, top, left, valid, height, width, kr, kb, y_offset, y_span, c_span, LAYOUT, GRAY)
-    r01, g01, b01 = _sample(src, top, left + 1, valid, height, width, kr, kb, y_offset, y_span, c_span, LAYOUT, GRAY)
-    r10, g10, b10 = _sample(src, top + 1, left, valid, height, width, kr, kb, y_offset, y_span, c_span, LAYOUT, GRAY)
+    r00, g00, b00 = _sample(src, top, left, valid, height, width, kr, kb, y_offset, y_span, c_span, fill, LAYOUT, GRAY)
+    r01, g01, b01 = _sample(
+        src, top, left + 1, valid, height, width, kr, kb, y_offset, y_span, c_span, fill, LAYOUT, GRAY
+    )
+    r10, g10, b10 = _sample(
+        src, top + 1, left, valid, height, width, kr, kb, y_offset, y_span, c_span, fill, LAYOUT, GRAY
+    )
     r11, g11, b11 = _sample(
-        src, top + 1, left + 1, valid, height, width, kr, kb, y_offset, y_span, c_span, LAYOUT, GRAY
+        src, top + 1, left + 1, valid, height, width, kr, kb, y_offset, y_span, c_span, fill, LAYOUT, GRAY
     )
     w00 = (1.0 - wy) * (1.0 - wx)
     w01 = (1.0 - wy) * wx
@@ -134,6 +152,7 @@ def prepare_input(
     dtype: torch.dtype = torch.float32,
     matrix: str = "bt601",
     full_range: bool = False,
+    fill: float = 0.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """As `kernels.prepare.prepare_input`; `out` (N×C×H×W of `dtype`) is written if given."""
@@ -169,6 +188,7 @@ def prepare_input(
         *conversion_constants(matrix, full_range),
         *scales,
         *shifts,
+        float(fill),
         LAYOUT=LAYOUTS.index(layout),
         GRAY=gray,
         BLOCK=BLOCK,

@@ -41,7 +41,7 @@ def variants():
     for layout, gray, out in itertools.product((0, 1, 2), (False, True), ("*fp32", "*fp16")):
         signature = {"src": "*u8", "boxes": "*fp32", "dst": out, "height": "i32", "width": "i32"}
         signature |= {"out_h": "i32", "out_w": "i32", **COLOUR}
-        signature |= {name: "fp32" for name in ("scale0", "scale1", "scale2", "shift0", "shift1", "shift2")}
+        signature |= {name: "fp32" for name in ("scale0", "scale1", "scale2", "shift0", "shift1", "shift2", "fill")}
         yield prepare_triton._prepare_kernel, signature, {"LAYOUT": layout, "GRAY": gray, "BLOCK": prepare_triton.BLOCK}
     placement = {name: "i32" for name in ("over_h", "over_w", "x", "y", "box_w", "box_h")} | {"inv_scale": "fp32"}
     clip = {"r0": "i32", "c0": "i32", "c1": "i32"}

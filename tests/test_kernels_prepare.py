@@ -65,6 +65,13 @@ def test_kernel_matches_reference_on_boxes_in_and_out_of_the_frame(layout, gray,
     )
 
 
+@pytest.mark.parametrize("layout", ["i420", "nv12", "rgb"])
+@pytest.mark.parametrize("gray", [False, True])
+def test_kernel_matches_reference_filling_outside_the_frame(layout, gray):
+    """The expression crops' border: outside the frame counts as the picture's own grey."""
+    compare(frame(layout, 20, 30, seed=3), layout=layout, size=(7, 9), boxes=BOXES, gray=gray, fill=97.25)
+
+
 @pytest.mark.parametrize(("layout", "height", "width"), [("rgb", 9, 13), ("i420", 10, 14), ("nv12", 6, 262)])
 def test_whole_frame_at_awkward_sizes(layout, height, width):
     """Odd RGB sizes, widths past one block of 128 output pixels, the default whole-frame box."""
@@ -124,6 +131,21 @@ def test_reference_outside_the_frame_is_black():
     image = torch.full((4, 4, 3), 200, dtype=torch.uint8)
     off = torch.tensor([[10.0, 10.0, 14.0, 14.0]])  # entirely outside
     assert float(prepare.prepare_input(image, layout="rgb", size=(2, 2), boxes=off).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(("layout", "gray"), [("i420", True), ("i420", False), ("rgb", True), ("rgb", False)])
+def test_reference_outside_the_frame_is_the_fill_and_the_edge_blends_into_it(layout, gray, monkeypatch):
+    image = frame(layout, 8, 8, seed=2)
+    off = torch.tensor([[10.0, 10.0, 14.0, 14.0]])  # entirely outside
+    out = prepare.prepare_input(image, layout=layout, size=(2, 2), boxes=off, gray=gray, fill=51.0)
+    assert torch.allclose(out * 255.0, torch.full_like(out, 51.0), atol=1e-3)
+    over = torch.tensor([[-3.0, -2.0, 5.0, 6.0]])  # over the corner: both ways of the reference agree
+    kwargs = dict(layout=layout, size=(5, 4), boxes=over, gray=gray, fill=51.0)
+    monkeypatch.setattr(prepare, "WHOLE_FRAME_SHARE", 10**9)
+    whole = prepare.prepare_input(image, **kwargs)
+    monkeypatch.setattr(prepare, "WHOLE_FRAME_SHARE", 0)
+    neighbours = prepare.prepare_input(image, **kwargs)
+    assert float((whole - neighbours).abs().max()) <= 1e-4
 
 
 def test_reference_normalizes_per_channel():

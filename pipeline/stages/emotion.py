@@ -26,8 +26,9 @@ scaled down and the models run at lower precision (fp16 on a GPU, int8 dynamic q
 CPU).
 
 Annotation, under the stage's name in the analytics line:
-`{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "landmarks": [[x, y] × 5],
-"score", "probs": {label: p}, "label", "detected"}]}`, faces in track order. `probs` and `label`
+`{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "crop": [x0, y0, x1, y1] (the
+square the expression model read, see `expression_crops`), "landmarks": [[x, y] × 5], "score",
+"probs": {label: p}, "label", "detected"}]}`, faces in track order. `probs` and `label`
 are null until a face's first reading (on live runs, its first frame or two).
 """
 
@@ -57,6 +58,12 @@ from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
+# The crop the expression model reads, measured against the original `fer` pipeline on real faces
+# (bench/emotion_agreement.py): its Haar box, squared and grown by 10 px, is about 1.1 times our
+# MTCNN box's longer side, centred a little above the box's centre.
+CROP_SCALE = 1.1
+CROP_SHIFT = 0.03  # of the crop's side, upwards
+BORDER_PX = 40  # the original pads the picture this much (with its own grey) and cuts crops there
 CLASSIFIER = "fer"  # the expression model's name in the model manager
 PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # MTCNN takes raw 0..255
 
@@ -81,6 +88,10 @@ class EmotionOptions(StageOptions):
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    # The expression model's crop: a square this many times the face box's longer side, centred on
+    # the box and moved up by `crop_shift` of its side (the crop it was trained on; see `expression_crops`).
+    crop_scale: float = Field(CROP_SCALE, ge=0.5, le=3.0)
+    crop_shift: float = Field(CROP_SHIFT, ge=-0.5, le=0.5)
 
 
 @register_stage
@@ -207,7 +218,10 @@ class Emotion(ComputeStage):
                 if readings is not None:  # read in line: this frame's own reading
                     self._tracker.observe(track, readings.pop(0))
                     face.probs, face.label = track.probs, track.label
-            records[frame.index] = {"faces": [_face_record(face) for _, face in faces]}
+            crops = self._crops(np.stack([face.box for _, face in faces])) if faces else np.zeros((0, 4))
+            records[frame.index] = {
+                "faces": [_face_record(face, crop) for (_, face), crop in zip(faces, crops, strict=True)]
+            }
         return [records.get(frame.index, missing("no video")) for frame in frames]
 
     def _look(
@@ -343,19 +357,68 @@ class Emotion(ComputeStage):
             return []
         crops = []
         for image, faces in pictures:
-            boxes = torch.from_numpy(np.stack([face.box for face in faces]).astype(np.float32)).to(image.device)
+            boxes = self._crops(np.stack([face.box for face in faces]))
             crops.append(
                 ops.prepare_input(
                     image,
                     layout=self._layout,
                     size=(INPUT_SIZE, INPUT_SIZE),
-                    boxes=boxes,
+                    boxes=torch.from_numpy(boxes).to(image.device),
                     gray=True,
+                    fill=self._edge_grey(image),
                     **FER_NORMALIZE,
                     **self._colour,
                 )
             )
         return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
+
+    def read_crops(self, image: torch.Tensor, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (N×7) for given crops (N×4 source pixels) of a picture, prepared and
+        classified as the stage's own are: for checking the stage against another pipeline's crops."""
+        prepared = ops.prepare_input(
+            image,
+            layout=self._layout,
+            size=(INPUT_SIZE, INPUT_SIZE),
+            boxes=torch.from_numpy(np.asarray(crops, dtype=np.float32)).to(image.device),
+            gray=True,
+            fill=self._edge_grey(image),
+            **FER_NORMALIZE,
+            **self._colour,
+        )
+        return self._batcher(prepared).float().cpu().numpy()
+
+    def _crops(self, boxes: np.ndarray) -> np.ndarray:
+        return expression_crops(boxes, self._frame_size, self.options.crop_scale, self.options.crop_shift)
+
+    def _edge_grey(self, image: torch.Tensor) -> float:
+        """The mean grey (0..255) of the picture's bottom two rows: what the original pipeline pads
+        the picture with, so a crop over the edge reads that grey, not black."""
+        width, height = self._frame_size
+        rows = torch.tensor([[0.0, height - 2.0, float(width), float(height)]], device=image.device)
+        bottom = ops.prepare_input(image, layout=self._layout, size=(2, width), boxes=rows, gray=True, **self._colour)
+        return float(bottom.mean()) * 255.0
+
+
+def expression_crops(boxes: np.ndarray, frame_size: tuple[int, int], scale: float, shift: float) -> np.ndarray:
+    """The crops (N×4 x0, y0, x1, y1, float32) the expression model reads for face boxes (N×4).
+
+    mini-Xception was trained on FER2013: square, centred faces with the forehead, chin and
+    cheeks in the picture. MTCNN's boxes are tight and taller than wide; fed as they are, a face
+    is squashed sideways and cut at the brow, and a neutral face reads as angry. So each crop is
+    a square `scale` times the box's longer side, centred on the box and moved up by `shift` of
+    its side, as far as `BORDER_PX` past the picture's edge (beyond, it is cut, as the original
+    pipeline cuts it).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    width, height = frame_size
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 - shift * side
+    crops = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
+    low, high = np.array([-BORDER_PX, -BORDER_PX]), np.array([width + BORDER_PX, height + BORDER_PX])
+    crops[:, :2] = np.maximum(crops[:, :2], low)
+    crops[:, 2:] = np.minimum(crops[:, 2:], high)
+    return crops.astype(np.float32)
 
 
 def _made_event(picture: torch.Tensor) -> torch.cuda.Event | None:
@@ -377,11 +440,12 @@ def _device_of(module: Any) -> torch.device:
     return next(module.parameters()).device
 
 
-def _face_record(track: Track) -> dict[str, Any]:
+def _face_record(track: Track, crop: np.ndarray) -> dict[str, Any]:
     probs = track.probs
     return {
         "track": track.id,
         "box": [round(float(v), 1) for v in track.box],
+        "crop": [round(float(v), 1) for v in crop],  # what the expression model read
         "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in track.landmarks],
         "score": round(track.score, 4),
         "probs": None if probs is None else {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)},
