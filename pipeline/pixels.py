@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import torch
 
-from kernels.colour import i420_planes
+from kernels.colour import i420_planes, rgb_to_i420
 
 # Colour code points of ITU-T H.273 (the numbers FFmpeg, containers and codecs all use).
 MATRIX_BT709, MATRIX_UNSPECIFIED, MATRIX_BT470BG, MATRIX_SMPTE170M = 1, 2, 5, 6
@@ -78,3 +78,34 @@ def picture_size(image: torch.Tensor, pixel_format: PixelFormat | str) -> tuple[
     if PixelFormat(pixel_format) is PixelFormat.YUV420P:
         return image.shape[1], image.shape[0] * 2 // 3
     return image.shape[1], image.shape[0]
+
+
+def paint_value(
+    rgb: tuple[int, int, int], pixel_format: PixelFormat | str, colour: Colour, height: int, device: torch.device
+) -> torch.Tensor | tuple[int, int, int]:
+    """How a colour is written into frames of a stream: its RGB as a uint8 tensor on `device` for
+    RGB24, or the Y, U and V values a patch of it has in the stream's own matrix and range."""
+    if PixelFormat(pixel_format) is PixelFormat.RGB24:
+        return torch.tensor(rgb, dtype=torch.uint8, device=device)
+    patch = rgb_to_i420(
+        torch.tensor(rgb, dtype=torch.uint8).expand(2, 2, 3),
+        matrix=colour.matrix_name(height),
+        full_range=colour.full_range,
+    )
+    y, u, v = (int(plane[0, 0]) for plane in i420_planes(patch))
+    return y, u, v
+
+
+def fill_rect(
+    image: torch.Tensor, pixel_format: PixelFormat | str, rect: tuple[int, int, int, int], value: object
+) -> None:
+    """Paint the rectangle (x0, y0, x1, y1) in one colour (`paint_value`'s). In I420 its edges must
+    be even: each chroma sample covers a 2×2 block, which is all painted or not at all."""
+    x0, y0, x1, y1 = rect
+    if PixelFormat(pixel_format) is PixelFormat.RGB24:
+        image[y0:y1, x0:x1] = value
+        return
+    y, u, v = i420_planes(image)
+    y[y0:y1, x0:x1] = value[0]  # type: ignore[index]
+    u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = value[1]  # type: ignore[index]
+    v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = value[2]  # type: ignore[index]

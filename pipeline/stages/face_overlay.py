@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from kernels.colour import i420_planes, rgb_to_i420
+from kernels.colour import i420_planes
 from pipeline.frames import Frame
-from pipeline.pixels import PixelFormat
+from pipeline.pixels import PixelFormat, fill_rect, paint_value
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
@@ -100,17 +100,10 @@ class FaceOverlay(ComputeStage):
             raise ValueError("needs video")
         self._format = stream.pixel_format
         self._size = (stream.width, stream.height)
-        matrix = stream.colour.matrix_name(stream.height)
-        full_range = stream.colour.full_range
-        self._colours: dict[tuple[int, int, int], Any] = {}
-        for rgb in (*LABEL_RGB.values(), UNREAD_RGB, TEXT_RGB, BACKING_RGB):
-            if self._format is PixelFormat.RGB24:
-                self._colours[rgb] = torch.tensor(rgb, dtype=torch.uint8, device=ctx.device)
-            else:  # the Y, U, V values of a patch of that colour
-                patch = rgb_to_i420(
-                    torch.tensor(rgb, dtype=torch.uint8).expand(2, 2, 3), matrix=matrix, full_range=full_range
-                )
-                self._colours[rgb] = tuple(int(plane[0, 0]) for plane in i420_planes(patch))
+        self._colours: dict[tuple[int, int, int], Any] = {
+            rgb: paint_value(rgb, self._format, stream.colour, stream.height, ctx.device)
+            for rgb in (*LABEL_RGB.values(), UNREAD_RGB, TEXT_RGB, BACKING_RGB)
+        }
 
     def compute(self, frame: Frame) -> dict[str, Any]:
         if frame.lease is None:
@@ -162,14 +155,7 @@ class FaceOverlay(ComputeStage):
         x1, y1 = max(0, min(x1 + 1, width)) & ~1, max(0, min(y1 + 1, height)) & ~1
         if x1 <= x0 or y1 <= y0:
             return
-        image, colour = frame.image, self._colours[rgb]
-        if self._format is PixelFormat.RGB24:
-            image[y0:y1, x0:x1] = colour
-            return
-        y_plane, u_plane, v_plane = i420_planes(image)
-        y_plane[y0:y1, x0:x1] = colour[0]
-        u_plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[1]
-        v_plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[2]
+        fill_rect(frame.image, self._format, (x0, y0, x1, y1), self._colours[rgb])
 
     def _paint(self, frame: Frame, mask: np.ndarray, x: int, y: int, rgb: tuple[int, int, int]) -> None:
         """The lit pixels of `mask` at (x, y), clipped to the picture; in I420 the luma only (white

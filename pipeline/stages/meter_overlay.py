@@ -11,9 +11,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from kernels.colour import i420_planes, rgb_to_i420
 from pipeline.frames import Frame
-from pipeline.pixels import PixelFormat, picture_size
+from pipeline.pixels import Colour, PixelFormat, fill_rect, paint_value, picture_size
 from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
@@ -42,17 +41,12 @@ class MeterOverlay(ComputeStage):
         super().setup(ctx)
         stream = ctx.stream
         self._format = stream.pixel_format if stream is not None else PixelFormat.YUV420P
-        matrix = stream.colour.matrix_name(stream.height) if stream is not None else "bt601"
-        full_range = stream.colour.full_range if stream is not None else False
-        self._colours: dict[str, Any] = {}
-        for name, rgb in (("backdrop", BACKDROP_RGB), ("level", LEVEL_RGB), ("motion", MOTION_RGB)):
-            if self._format is PixelFormat.RGB24:
-                self._colours[name] = torch.tensor(rgb, dtype=torch.uint8, device=ctx.device)
-            else:  # the Y, U, V values of a patch of that colour
-                patch = rgb_to_i420(
-                    torch.tensor(rgb, dtype=torch.uint8).expand(2, 2, 3), matrix=matrix, full_range=full_range
-                )
-                self._colours[name] = tuple(int(plane[0, 0]) for plane in i420_planes(patch))
+        colour = stream.colour if stream is not None else Colour()
+        height = stream.height if stream is not None else 0
+        self._colours: dict[str, Any] = {
+            name: paint_value(rgb, self._format, colour, height, ctx.device)
+            for name, rgb in (("backdrop", BACKDROP_RGB), ("level", LEVEL_RGB), ("motion", MOTION_RGB))
+        }
 
     def compute(self, frame: Frame) -> dict[str, Any]:
         if frame.lease is None:
@@ -84,10 +78,4 @@ class MeterOverlay(ComputeStage):
     def _fill(self, image: torch.Tensor, box: tuple[int, int, int, int], colour: Any) -> None:
         """Paint the rectangle (y0, y1, x0, x1), with even edges, in one colour."""
         y0, y1, x0, x1 = box
-        if self._format is PixelFormat.RGB24:
-            image[y0:y1, x0:x1] = colour
-            return
-        y, u, v = i420_planes(image)
-        y[y0:y1, x0:x1] = colour[0]
-        u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[1]
-        v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = colour[2]
+        fill_rect(image, self._format, (x0, y0, x1, y1), colour)
