@@ -3,8 +3,8 @@
 Only what scikit-image ships, so the pictures are the same wherever they are made, offline:
 
 - **astronaut**: Eileen Collins (NASA, public domain), as she is, mirrored, rotated ±10° and
-  ±20°, scaled so her face (as MTCNN boxes it) is about 60, 120 and 250 px tall, darkened
-  and brightened;
+  ±20°, scaled so her face (as MTCNN boxes it) is about 60, 120 and 250 px tall, cut by the
+  picture's left and top edges, darkened and brightened;
 - **lfw**: the 100 faces of `skimage.data.lfw_subset()` (Labeled Faces in the Wild, 25×25
   gray), upscaled to 96 and 160 px and placed on a plain mid-grey 320×240 picture.
 
@@ -55,6 +55,9 @@ def astronaut_pictures() -> list[tuple[str, np.ndarray, tuple[float, float, floa
         scale = height / ASTRONAUT_FACE_PX
         picture = transform.rescale(base, scale, channel_axis=2, anti_aliasing=scale < 1)
         pictures.append((f"astronaut-face{height}px", picture, (cx * scale, cy * scale, float(height))))
+    # The face at the edge, part of it cut off: the crop reaches past the picture.
+    pictures.append(("astronaut-left-edge", base[:, 190:], (cx - 190, cy, size)))
+    pictures.append(("astronaut-top-edge", base[80:, :], (cx, cy - 80, size)))
     pictures.append(("astronaut-dark", base * 0.45, (cx, cy, size)))
     pictures.append(("astronaut-bright", base * 0.5 + 0.5, (cx, cy, size)))
     return [(name, _uint8(picture), at) for name, picture, at in pictures]

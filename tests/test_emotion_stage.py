@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 from media_kit import make_face_clip
@@ -431,3 +432,46 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
     ((copy_of_picture, faces),) = stage.reading.started
     assert copy_of_picture is not picture and torch.equal(copy_of_picture, picture)
     assert [f.id for f in faces] == [1] and faces[0] is not face
+
+
+def test_the_expression_crop_is_a_square_around_the_box_grown_and_moved_up():
+    from pipeline.stages.emotion import expression_crops
+
+    box = np.array([[100.0, 50.0, 180.0, 150.0]])  # 80 wide, 100 tall: taller than wide, as MTCNN boxes
+    (crop,) = expression_crops(box, scale=1.1, shift=0.03)
+    side = crop[2] - crop[0]
+    assert side == pytest.approx(110.0) and crop[3] - crop[1] == pytest.approx(side)  # square, 1.1 × 100
+    assert (crop[0] + crop[2]) / 2 == pytest.approx(140.0)  # centred across
+    assert (crop[1] + crop[3]) / 2 == pytest.approx(100.0 - 0.03 * 110.0)  # moved up by 0.03 of its side
+    (far,) = expression_crops(np.array([[-90.0, -90.0, -10.0, -10.0]]), scale=1.1, shift=0.0)
+    assert far[2] - far[0] == pytest.approx(far[3] - far[1])  # off the picture it stays square
+
+
+def test_past_the_pictures_edge_the_crop_reads_the_pictures_own_grey_not_black():
+    """On a plain grey picture a crop half off the edge reads the same as one inside it: the
+    fill is the grey of the picture's bottom rows, as the original pipeline pads."""
+    from fractions import Fraction
+
+    from kernels.colour import rgb_to_i420
+    from pipeline.device import Lane
+    from pipeline.frames import Frame
+    from pipeline.io.base import StreamInfo
+    from pipeline.ringbuffer import RingBuffer
+    from pipeline.scratch import ScratchPool
+    from pipeline.stage import StageContext
+    from pipeline.stages.emotion import Emotion, EmotionOptions
+
+    device = torch.device("cpu")
+    info = StreamInfo(160, 120, Fraction(30), Fraction(1, 30))
+    stage = Emotion("emotion", options=EmotionOptions())
+    stage.setup(StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info))
+    ring = RingBuffer(1, info.frame_shape)
+    lease = ring.try_acquire()
+    lease.tensor.copy_(rgb_to_i420(torch.full((120, 160, 3), 150, dtype=torch.uint8)))
+    frame = Frame(0, 0, Fraction(1, 30), 0, lease)
+    try:
+        inside, over_edge = stage.read_crops(frame.image, np.array([[40, 20, 100, 80], [-30, -30, 30, 30]]))
+    finally:
+        frame.release()
+        stage.teardown()
+    assert np.abs(inside - over_edge).max() < 1e-4

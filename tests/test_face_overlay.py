@@ -78,7 +78,10 @@ def test_no_faces_draws_nothing_and_text_uses_the_built_in_font():
     assert mask.shape == (14, 2 * (9 * 6 - 1)) and mask.any()
 
 
-def test_the_annotated_config_draws_the_faces_after_everything_else():
+def test_the_annotated_config_draws_the_faces_after_the_readers_and_before_the_avatar():
+    """After every stage that reads the camera's picture; before the avatar, whose side layout moves
+    that picture aside (boxes drawn after it would land beside their faces)."""
     graph = build_graph(load_config("annotated"))
     assert graph.nodes["faces"].spec.type == "face_overlay"
-    assert set(graph.nodes["faces"].spec.after) == {"emotion", "meters"}
+    assert set(graph.nodes["faces"].spec.after) == {"emotion", "frame_stats"}
+    assert "faces" in graph.nodes["avatar"].spec.after

@@ -27,9 +27,9 @@ CPU).
 
 Annotation, under the stage's name in the analytics line:
 `{"faces": [{"track", "box": [x0, y0, x1, y1] (source pixels), "crop": [x0, y0, x1, y1] (the
-square the expression model read, see `expression_crops`), "landmarks": [[x, y] × 5], "score",
-"probs": {label: p}, "label", "detected"}]}`, faces in track order. `probs` and `label`
-are null until a face's first reading (on live runs, its first frame or two).
+square the expression model reads for the face's box on this frame, see `expression_crops`),
+"landmarks": [[x, y] × 5], "score", "probs": {label: p}, "label", "detected"}]}`, faces in
+track order. `probs` and `label` are null until a face's first reading (on live runs, its first frame or two).
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·
 # MTCNN box's longer side, centred a little above the box's centre.
 CROP_SCALE = 1.1
 CROP_SHIFT = 0.03  # of the crop's side, upwards
-BORDER_PX = 40  # the original pads the picture this much (with its own grey) and cuts crops there
 CLASSIFIER = "fer"  # the expression model's name in the model manager
 PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # MTCNN takes raw 0..255
 
@@ -388,7 +387,7 @@ class Emotion(ComputeStage):
         return self._batcher(prepared).float().cpu().numpy()
 
     def _crops(self, boxes: np.ndarray) -> np.ndarray:
-        return expression_crops(boxes, self._frame_size, self.options.crop_scale, self.options.crop_shift)
+        return expression_crops(boxes, self.options.crop_scale, self.options.crop_shift)
 
     def _edge_grey(self, image: torch.Tensor) -> float:
         """The mean grey (0..255) of the picture's bottom two rows: what the original pipeline pads
@@ -399,26 +398,22 @@ class Emotion(ComputeStage):
         return float(bottom.mean()) * 255.0
 
 
-def expression_crops(boxes: np.ndarray, frame_size: tuple[int, int], scale: float, shift: float) -> np.ndarray:
-    """The crops (N×4 x0, y0, x1, y1, float32) the expression model reads for face boxes (N×4).
+def expression_crops(boxes: np.ndarray, scale: float, shift: float) -> np.ndarray:
+    """The square crops (N×4 x0, y0, x1, y1, float32) the expression model reads for face boxes (N×4).
 
     mini-Xception was trained on FER2013: square, centred faces with the forehead, chin and
     cheeks in the picture. MTCNN's boxes are tight and taller than wide; fed as they are, a face
     is squashed sideways and cut at the brow, and a neutral face reads as angry. So each crop is
     a square `scale` times the box's longer side, centred on the box and moved up by `shift` of
-    its side, as far as `BORDER_PX` past the picture's edge (beyond, it is cut, as the original
-    pipeline cuts it).
+    its side. Past the picture's edge it reads the picture's own grey (`Emotion._edge_grey`), as
+    the original pipeline pads; it stays square however far out it reaches (the original cuts
+    its padding at 40 px, which squashes a face at the edge again).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    width, height = frame_size
     side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2 - shift * side
-    crops = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
-    low, high = np.array([-BORDER_PX, -BORDER_PX]), np.array([width + BORDER_PX, height + BORDER_PX])
-    crops[:, :2] = np.maximum(crops[:, :2], low)
-    crops[:, 2:] = np.minimum(crops[:, 2:], high)
-    return crops.astype(np.float32)
+    return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1).astype(np.float32)
 
 
 def _made_event(picture: torch.Tensor) -> torch.cuda.Event | None:
@@ -445,7 +440,7 @@ def _face_record(track: Track, crop: np.ndarray) -> dict[str, Any]:
     return {
         "track": track.id,
         "box": [round(float(v), 1) for v in track.box],
-        "crop": [round(float(v), 1) for v in crop],  # what the expression model read
+        "crop": [round(float(v), 1) for v in crop],  # the square the expression model reads for this box
         "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in track.landmarks],
         "score": round(track.score, 4),
         "probs": None if probs is None else {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)},

@@ -56,6 +56,7 @@ GLYPHS = {
 }
 UNKNOWN = ["#####", "#   #", "#   #", "#   #", "#   #", "#   #", "#####"]  # a character the font lacks
 GLYPH_W, GLYPH_H = 5, 7
+MASKS_KEPT = 256  # text masks kept ready (labels × percentages × sizes in use)
 
 # Per expression, the colour of its box and label (RGB); others (no reading yet) grey.
 LABEL_RGB = {
@@ -100,6 +101,7 @@ class FaceOverlay(ComputeStage):
             raise ValueError("needs video")
         self._format = stream.pixel_format
         self._size = (stream.width, stream.height)
+        self._masks: dict[tuple[str, int], torch.Tensor] = {}  # (text, scale) → lit pixels, on the device
         self._colours: dict[tuple[int, int, int], Any] = {
             rgb: paint_value(rgb, self._format, stream.colour, stream.height, ctx.device)
             for rgb in (*LABEL_RGB.values(), UNREAD_RGB, TEXT_RGB, BACKING_RGB)
@@ -137,15 +139,15 @@ class FaceOverlay(ComputeStage):
 
     def _text(self, frame: Frame, text: str, x: int, y: int, scale: int, colour: tuple[int, int, int]) -> None:
         """The text in white on a dark backing with a colour bar under it, kept inside the picture."""
-        mask = text_mask(text, scale)
+        rows, cols = GLYPH_H * scale, (GLYPH_W + 1) * scale * len(text) - scale
         pad = scale
         width, height = self._size
-        h, w = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
+        h, w = rows + 2 * pad, cols + 2 * pad
         x = min(max(0, x), max(0, width - w))
         y = min(max(0, y), max(0, height - h - 2 * scale))
         self._fill(frame, (x, y, x + w, y + h), BACKING_RGB)
         self._fill(frame, (x, y + h, x + w, y + h + 2 * scale), colour)
-        self._paint(frame, mask, x + pad, y + pad, TEXT_RGB)
+        self._paint(frame, text, scale, x + pad, y + pad, TEXT_RGB)
 
     def _fill(self, frame: Frame, rect: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
         """A rectangle of one colour, clipped to the picture (whole 2×2 blocks in I420)."""
@@ -157,17 +159,25 @@ class FaceOverlay(ComputeStage):
             return
         fill_rect(frame.image, self._format, (x0, y0, x1, y1), self._colours[rgb])
 
-    def _paint(self, frame: Frame, mask: np.ndarray, x: int, y: int, rgb: tuple[int, int, int]) -> None:
-        """The lit pixels of `mask` at (x, y), clipped to the picture; in I420 the luma only (white
-        text on the grey backing needs no colour)."""
+    def _paint(self, frame: Frame, text: str, scale: int, x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        """The lit pixels of the text at (x, y), clipped to the picture; in I420 the luma only (white
+        text on the grey backing needs no colour). Masks are kept on the device per text and size,
+        and written with `torch.where`: no host round trip per face on a GPU."""
+        image, colour = frame.image, self._colours[rgb]
+        key = (text, scale)
+        lit = self._masks.get(key)
+        if lit is None:
+            lit = self._masks[key] = torch.from_numpy(text_mask(text, scale)).to(image.device)
+            if len(self._masks) > MASKS_KEPT:
+                self._masks.pop(next(iter(self._masks)))
         width, height = self._size
-        h, w = min(mask.shape[0], height - y), min(mask.shape[1], width - x)
+        h, w = min(lit.shape[0], height - y), min(lit.shape[1], width - x)
         if h <= 0 or w <= 0:
             return
-        image, colour = frame.image, self._colours[rgb]
-        lit = torch.from_numpy(np.ascontiguousarray(mask[:h, :w])).to(image.device)
+        lit = lit[:h, :w]
         if self._format is PixelFormat.RGB24:
-            image[y : y + h, x : x + w][lit] = colour
+            region = image[y : y + h, x : x + w]
+            region.copy_(torch.where(lit[..., None], colour, region))
         else:
-            y_plane = i420_planes(image)[0]
-            y_plane[y : y + h, x : x + w][lit] = colour[0]
+            region = i420_planes(image)[0][y : y + h, x : x + w]
+            region.copy_(torch.where(lit, torch.tensor(colour[0], dtype=region.dtype, device=region.device), region))
