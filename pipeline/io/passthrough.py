@@ -21,7 +21,7 @@ from typing import Any
 
 import av
 
-from pipeline.io.timeline import BACK_JUMP_S, FORWARD_JUMP_S
+from pipeline.io.timeline import Continuity
 
 KEPT_TAGS = ("language", "title")  # what a player shows of a stream; counts and durations go stale
 
@@ -46,11 +46,9 @@ class PassThrough:
         self.streams = {stream.index: stream for stream in streams}
         self.jumps_forward = jumps_forward
         self.claimed: set[int] | None = None  # stream indices a sink takes; None until one decides
-        self.jumps = 0
         self._lock = threading.Lock()
         self._packets: deque[av.Packet] = deque()
-        self._offset: dict[int, int] = {}  # per stream, added to its timestamps from its last jump on
-        self._last: dict[int, tuple[int, int]] = {}  # per stream, the last (dts, duration) placed
+        self._continuity: dict[int, Continuity] = {}  # per stream: its timestamps carried on past jumps
         self._end_s: Fraction | None = None  # a run stopped early (--frames): nothing from here on
 
     def names(self, indices: set[int] | None = None) -> str:
@@ -102,25 +100,17 @@ class PassThrough:
             return taken
 
     def _mend(self, packet: av.Packet) -> None:
-        index = packet.stream_index
-        offset = self._offset.get(index, 0)
-        dts = (packet.dts if packet.dts is not None else packet.pts) + offset
-        last = self._last.get(index)
-        if last is not None:
-            last_dts, last_duration = last
-            forward = self.jumps_forward and (dts - last_dts) * packet.time_base > FORWARD_JUMP_S
-            if (last_dts - dts) * packet.time_base > BACK_JUMP_S or forward:
-                shift = last_dts + max(1, last_duration) - dts
-                offset += shift
-                dts += shift
-                self._offset[index] = offset
-                self.jumps += 1
-        if offset:
+        """Move the packet's timestamps on past its stream's jumps (by decode time, then both)."""
+        continuity = self._continuity.get(packet.stream_index)
+        if continuity is None:
+            continuity = Continuity(packet.time_base, jumps_forward=self.jumps_forward)
+            self._continuity[packet.stream_index] = continuity
+        continuity.place(packet.dts if packet.dts is not None else packet.pts, packet.duration or 0)
+        if continuity.offset:
             if packet.pts is not None:
-                packet.pts += offset
+                packet.pts += continuity.offset
             if packet.dts is not None:
-                packet.dts += offset
-        self._last[index] = (dts, packet.duration or 0)
+                packet.dts += continuity.offset
 
 
 def is_timeless(packet: av.Packet) -> bool:

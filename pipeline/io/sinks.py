@@ -345,11 +345,12 @@ class FileSink(Sink):
         if out:
             log.info("%s: copying %s as they are", self.target, carried.names(set(out)))
         if left_out:
-            why = "this container has no place for them"
-            if self.path.suffix.lower() != ".mkv" and self.carries_streams:
-                why += "; .mkv takes most"
             if not self.carries_streams:
                 why = "this target holds one video and one audio stream"
+            elif self.path.suffix.lower() == ".mkv":
+                why = "this container has no place for them"
+            else:
+                why = "this container has no place for them; .mkv takes most"
             log.warning("%s: %s not carried through (%s)", self.target, carried.names(left_out), why)
         return out
 

@@ -27,42 +27,60 @@ FORWARD_JUMP_S = 10.0  # a jump forward this long, in a format that allows jumps
 BACK_JUMP_S = 0.5
 
 
+class Continuity:
+    """One stream's timestamps (in its time base) carried on past jumps: from each jump on, an
+    offset puts the next timestamp one duration after the last, and the rest follow it. The
+    pictures (`Timeline`) and the streams copied as they are (`passthrough`) both use it."""
+
+    def __init__(self, time_base: Fraction, *, jumps_forward: bool, step: int = 1):
+        self.back_limit = round(BACK_JUMP_S / time_base)
+        self.forward_limit = round(FORWARD_JUMP_S / time_base) if jumps_forward else None
+        self.step = step  # what follows the last timestamp after a jump, when the item states no duration
+        self.offset = 0  # added to every timestamp from the last jump on
+        self.last: int | None = None  # the latest timestamp placed
+        self.jumps = 0
+
+    def place(self, ts: int, duration: int = 0) -> int:
+        """`ts` on the continued timeline."""
+        placed = ts + self.offset
+        if self.last is not None:
+            back = self.last - placed > self.back_limit
+            forward = self.forward_limit is not None and placed - self.last > self.forward_limit
+            if back or forward:
+                self.offset += self.last + (duration or self.step) - placed
+                self.jumps += 1
+                placed = ts + self.offset
+        self.last = placed if self.last is None else max(placed, self.last)
+        return placed
+
+
 class Timeline:
     """Moves the decoded pictures' pts on after each jump, so the timeline keeps going; counts the jumps."""
 
     def __init__(self, label: str, time_base: Fraction, fps: Fraction, *, jumps_forward: bool):
         self.label = label
         self.time_base = time_base
-        self.step = max(1, round(1 / (fps * time_base)))  # one frame, in time-base units
-        self.forward_limit = round(FORWARD_JUMP_S / time_base) if jumps_forward else None
-        self.back_limit = round(BACK_JUMP_S / time_base)
-        self.offset = 0  # added to every pts from the last jump on
-        self.last: int | None = None
+        step = max(1, round(1 / (fps * time_base)))  # one frame, in time-base units
+        self._continuity = Continuity(time_base, jumps_forward=jumps_forward, step=step)
         self.last_input: int | None = None  # the last placed picture's pts as the input gave it
-        self.jumps = 0
+
+    @property
+    def jumps(self) -> int:
+        return self._continuity.jumps
 
     def place(self, picture: av.VideoFrame) -> None:
         """Move `picture.pts` (in `time_base`) onto the timeline; a picture with no pts is left alone."""
         if picture.pts is None:
             return
         self.last_input = picture.pts
-        pts = picture.pts + self.offset
-        if self.last is not None:
-            back = self.last - pts > self.back_limit
-            forward = self.forward_limit is not None and pts - self.last > self.forward_limit
-            if back or forward:
-                step = picture.duration or self.step
-                self.offset += self.last + step - pts
-                self.jumps += 1
-                if self.jumps == 1:
-                    where = float(self.last * self.time_base)
-                    log.warning(
-                        "%s: timestamps jump %s by %.2f s after %.2f s; the rest follows on from there",
-                        self.label,
-                        "back" if back else "forward",
-                        abs(float((pts - self.last) * self.time_base)),
-                        where,
-                    )
-                pts = self.last + step
-        picture.pts = pts
-        self.last = max(pts, self.last) if self.last is not None else pts
+        continuity = self._continuity
+        last, unmended = continuity.last, picture.pts + continuity.offset
+        picture.pts = continuity.place(picture.pts, picture.duration or 0)
+        if continuity.jumps == 1 and picture.pts != unmended:  # the first jump: one line
+            log.warning(
+                "%s: timestamps jump %s by %.2f s after %.2f s; the rest follows on from there",
+                self.label,
+                "back" if unmended < picture.pts else "forward",
+                abs(float((unmended - last) * self.time_base)),
+                float(last * self.time_base),
+            )

@@ -354,27 +354,19 @@ class Emotion(ComputeStage):
         """
         if not pictures:
             return []
-        crops = []
-        for image, faces in pictures:
-            boxes = self._crops(np.stack([face.box for face in faces]))
-            crops.append(
-                ops.prepare_input(
-                    image,
-                    layout=self._layout,
-                    size=(INPUT_SIZE, INPUT_SIZE),
-                    boxes=torch.from_numpy(boxes).to(image.device),
-                    gray=True,
-                    fill=self._edge_grey(image),
-                    **FER_NORMALIZE,
-                    **self._colour,
-                )
-            )
+        crops = [
+            self._prepared(image, self._crops(np.stack([face.box for face in faces]))) for image, faces in pictures
+        ]
         return list(self._batcher(torch.cat(crops)).float().cpu().numpy())
 
     def read_crops(self, image: torch.Tensor, crops: np.ndarray) -> np.ndarray:
         """Class probabilities (N×7) for given crops (N×4 source pixels) of a picture, prepared and
         classified as the stage's own are: for checking the stage against another pipeline's crops."""
-        prepared = ops.prepare_input(
+        return self._batcher(self._prepared(image, crops)).float().cpu().numpy()
+
+    def _prepared(self, image: torch.Tensor, crops: np.ndarray) -> torch.Tensor:
+        """The classifier's input for crops (N×4 source pixels) of a picture, in one kernel call."""
+        return ops.prepare_input(
             image,
             layout=self._layout,
             size=(INPUT_SIZE, INPUT_SIZE),
@@ -384,7 +376,6 @@ class Emotion(ComputeStage):
             **FER_NORMALIZE,
             **self._colour,
         )
-        return self._batcher(prepared).float().cpu().numpy()
 
     def _crops(self, boxes: np.ndarray) -> np.ndarray:
         return expression_crops(boxes, self.options.crop_scale, self.options.crop_shift)
