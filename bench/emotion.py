@@ -15,8 +15,8 @@ Then, unless `--no-agreement`, how often the stage reads a face as the original 
 does (bench/emotion_agreement.py), per group of pictures.
 
 Last line: one JSON object {"device", "runs": [{"size", "faces", "detect_every", "search_every",
-"fps", "ms", "share"}...], "agreement": {group: {"paired", "agreement", "their_crop_agreement",
-"missed"}}}.
+"fps", "ms", "share"}...], "agreement": {reference: {group: {"paired", "agreement",
+"their_crop_agreement", "missed"}}}}.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 import pipeline.stages.emotion as emotion_module
-from bench.emotion_agreement import compare
-from bench.emotion_agreement import table as agreement_table
+from bench.emotion_agreement import compare, describe
 from kernels import ops
 from kernels.colour import rgb_to_i420
 from pipeline.device import Lane, configure_cpu_threads
@@ -188,10 +187,13 @@ def main() -> None:
         agreement = compare(device)
         print()
         print("agreement with the original fer pipeline on the same faces (bench/emotion_agreement.py)")
-        print(agreement_table(agreement))
+        print(describe(agreement))
         summary["agreement"] = {
-            group: {key: s[key] for key in ("paired", "agreement", "their_crop_agreement", "missed")}
-            for group, s in [*agreement["groups"].items(), ("all", agreement["overall"])]
+            reference: {
+                group: {key: s[key] for key in ("paired", "agreement", "their_crop_agreement", "missed")}
+                for group, s in [*result["groups"].items(), ("all", result["overall"])]
+            }
+            for reference, result in agreement.items()
         }
     print(json.dumps(summary))
 

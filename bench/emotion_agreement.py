@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """How often our emotion stage reads a face as the original `fer` pipeline does.
 
-The original's readings are recorded once (`models/record_fer_pipeline_reference.py`, fixture
-tests/fixtures/fer_pipeline_reference.json) on the pictures of `models/fer_faces.py`: the
-astronaut in eleven variants and 100 faces of Labeled Faces in the Wild at two sizes. Here
-each picture goes through our stage as a short clip (three frames of it, I420, as a decoded
+The original's readings are recorded once (`models/record_fer_pipeline_reference.py`) on the
+pictures of `models/fer_faces.py`: the astronaut in thirteen variants and 100 faces of Labeled
+Faces in the Wild at two sizes. They are recorded with each of `fer`'s two detectors:
+
+- **mtcnn** (`FER(mtcnn=True)`, tests/fixtures/fer_mtcnn_pipeline_reference.json):
+  facenet-pytorch's MTCNN, the network our detector ports, so the two pipelines box a face
+  alike and what is compared is the crop and the model;
+- **haar** (its default, tests/fixtures/fer_pipeline_reference.json): OpenCV's Haar cascade,
+  which boxes a face differently from MTCNN, so this adds the detectors' difference.
+
+Here each picture goes through our stage as a short clip (three frames of it, I420, as a decoded
 file gives them; the stage's own `compute`, tracker and classifier batch), and each face the
-original found is paired with ours by the overlap of their boxes (the detectors differ: a
-Haar cascade there, MTCNN here). Per group of pictures:
+original found is paired with ours by the overlap of their boxes. Per reference and group:
 
 - **agreement**: the share of paired faces given the same label;
 - **probabilities**: where both classified nearly the same crop (crop IoU ≥ `SAME_CROP_IOU`),
@@ -21,7 +27,7 @@ Haar cascade there, MTCNN here). Per group of pictures:
 
     python bench/emotion_agreement.py [--device cpu]
 
-Last line: one JSON object {"groups": {group: {...}}, "overall": {...}}.
+Last line: one JSON object {reference: {"groups": {group: {...}}, "overall": {...}}}.
 """
 
 from __future__ import annotations
@@ -52,9 +58,12 @@ from pipeline.stage import StageContext
 from pipeline.stages.emotion import Emotion, EmotionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "fer_pipeline_reference.json"
+FIXTURES = {
+    "mtcnn": ROOT / "tests" / "fixtures" / "fer_mtcnn_pipeline_reference.json",
+    "haar": ROOT / "tests" / "fixtures" / "fer_pipeline_reference.json",
+}
 FRAMES = 3  # a short clip of each picture
-PAIR_IOU = 0.3  # a Haar box and an MTCNN box of one face overlap at least this much
+PAIR_IOU = 0.3  # two detectors' boxes of one face (Haar and MTCNN) overlap at least this much
 SAME_CROP_IOU = 0.8  # crops this alike count as the same crop for comparing probabilities
 MIN_FACE_PX = 40  # faces the original finds at this size or larger, we must find too
 
@@ -95,52 +104,63 @@ def our_faces(
     return record["faces"], (list(given) if crops else [])
 
 
-def compare(device: torch.device) -> dict[str, Any]:
-    """Per group and overall: pairs, agreement, probability differences and detection counts."""
-    reference = json.loads(FIXTURE.read_text())
-    recorded = {entry["name"]: entry for entry in reference["pictures"]}
+def compare(device: torch.device, fixtures: dict[str, Path] = FIXTURES) -> dict[str, dict[str, Any]]:
+    """Per reference, per group and overall: pairs, agreement, probability differences and
+    detection counts. Our stage runs once per picture for all the references."""
+    recorded = {
+        reference: {entry["name"]: entry for entry in json.loads(path.read_text())["pictures"]}
+        for reference, path in fixtures.items()
+    }
     models = ModelManager.for_device(device)
     where = face_at()
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, dict[str, Any]]] = {reference: {} for reference in fixtures}
     for group, name, rgb in pictures():
         # Each picture holds one face: a box of theirs elsewhere is a false detection, counted apart.
-        found = recorded[name]["faces"]
-        theirs = [face for face in found if is_the_face(face["box"], where[name])]
-        ours, on_their_crops = our_faces(rgb, models, device, [face["crop"] for face in theirs])
-        tally = groups.setdefault(
-            group,
-            {
-                "pictures": 0,
-                "theirs": 0,
-                "ours": 0,
-                "false": 0,
-                "paired": 0,
-                "agree": 0,
-                "missed": [],
-                "deltas": [],
-                "same": [],
-            },
-        )
-        tally["false"] += len(found) - len(theirs)
-        for face, probs in zip(theirs, on_their_crops, strict=True):  # their crop, our preparation and model
-            ours_probs = dict(zip(LABELS, probs.tolist(), strict=True))
-            delta = max(abs(ours_probs[k] - p) for k, p in face["probs"].items())
-            tally["same"].append((LABELS[int(np.argmax(probs))] == face["label"], delta))
-        tally["pictures"] += 1
-        tally["theirs"] += len(theirs)
-        tally["ours"] += len(ours)
-        free = list(ours)
-        for face in theirs:
-            best = max(free, key=lambda o: iou(o["box"], face["box"]), default=None)
-            if best is None or iou(best["box"], face["box"]) < PAIR_IOU:
-                side = min(face["box"][2] - face["box"][0], face["box"][3] - face["box"][1])
-                tally["missed"].append({"picture": name, "size_px": side})
-                continue
-            free.remove(best)
-            tally["paired"] += 1
-            tally["agree"] += best["label"] == face["label"]
-            if best.get("crop") is not None and iou(best["crop"], face["crop"]) >= SAME_CROP_IOU:
-                tally["deltas"].append(max(abs(best["probs"][k] - p) for k, p in face["probs"].items()))
+        found = {reference: faces[name]["faces"] for reference, faces in recorded.items()}
+        theirs = {
+            ref: [face for face in faces if is_the_face(face["box"], where[name])] for ref, faces in found.items()
+        }
+        crops = [face["crop"] for faces in theirs.values() for face in faces]
+        ours, on_their_crops = our_faces(rgb, models, device, crops)
+        for reference, faces in theirs.items():
+            tally = groups[reference].setdefault(group, _empty_tally())
+            tally["false"] += len(found[reference]) - len(faces)
+            mine, on_their_crops = on_their_crops[: len(faces)], on_their_crops[len(faces) :]
+            _count(tally, name, faces, ours, mine)
+    return {reference: _results(tallies) for reference, tallies in groups.items()}
+
+
+def _empty_tally() -> dict[str, Any]:
+    keys = ("pictures", "theirs", "ours", "false", "paired", "agree")
+    return {**dict.fromkeys(keys, 0), "missed": [], "deltas": [], "same": []}
+
+
+def _count(
+    tally: dict[str, Any], name: str, theirs: list[dict], ours: list[dict], on_their_crops: list[np.ndarray]
+) -> None:
+    """Adds one picture's faces: theirs, ours, and ours read on their crops."""
+    for face, probs in zip(theirs, on_their_crops, strict=True):  # their crop, our preparation and model
+        ours_probs = dict(zip(LABELS, probs.tolist(), strict=True))
+        delta = max(abs(ours_probs[k] - p) for k, p in face["probs"].items())
+        tally["same"].append((LABELS[int(np.argmax(probs))] == face["label"], delta))
+    tally["pictures"] += 1
+    tally["theirs"] += len(theirs)
+    tally["ours"] += len(ours)
+    free = list(ours)
+    for face in theirs:
+        best = max(free, key=lambda o: iou(o["box"], face["box"]), default=None)
+        if best is None or iou(best["box"], face["box"]) < PAIR_IOU:
+            side = min(face["box"][2] - face["box"][0], face["box"][3] - face["box"][1])
+            tally["missed"].append({"picture": name, "size_px": side})
+            continue
+        free.remove(best)
+        tally["paired"] += 1
+        tally["agree"] += best["label"] == face["label"]
+        if best.get("crop") is not None and iou(best["crop"], face["crop"]) >= SAME_CROP_IOU:
+            tally["deltas"].append(max(abs(best["probs"][k] - p) for k, p in face["probs"].items()))
+
+
+def _results(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = {group: _summary(tally) for group, tally in groups.items()}
     overall = {
         k: sum(t[k] for t in groups.values()) for k in ("pictures", "theirs", "ours", "false", "paired", "agree")
@@ -192,15 +212,23 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe(results: dict[str, dict[str, Any]]) -> str:
+    """A table per reference, with what it was recorded with."""
+    detectors = {"mtcnn": "its MTCNN (as ours)", "haar": "its default Haar cascade"}
+    return "\n\n".join(
+        f"our emotion stage against fer with {detectors.get(reference, reference)}, same pictures\n{table(result)}"
+        for reference, result in results.items()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    result = compare(torch.device(args.device))
-    print("our emotion stage against the original fer pipeline (Haar cascade + Keras), same pictures")
-    print(table(result))
-    print(json.dumps(result))
+    results = compare(torch.device(args.device))
+    print(describe(results))
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ and a picture with no face.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +76,23 @@ def reference_images() -> dict[str, np.ndarray]:
     }
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+@contextlib.contextmanager
+def stand_in_torchvision() -> Iterator[None]:
+    """`torchvision` on the path as the stand-in above, for facenet-pytorch to import."""
     with tempfile.TemporaryDirectory() as shim:
         for name, text in STAND_IN.items():
             (Path(shim) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(shim) / name).write_text(text)
         sys.path.insert(0, shim)
+        try:
+            yield
+        finally:
+            sys.path.remove(shim)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    with stand_in_torchvision():
         import torch
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
         from facenet_pytorch.models.utils.detect_face import detect_face

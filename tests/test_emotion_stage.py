@@ -434,16 +434,22 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
     assert [f.id for f in faces] == [1] and faces[0] is not face
 
 
-def test_the_expression_crop_is_a_square_around_the_box_grown_and_moved_up():
+def test_the_expression_crop_is_the_original_pipelines_whole_pixel_square_grown_by_its_margin():
     from pipeline.stages.emotion import expression_crops
 
-    box = np.array([[100.0, 50.0, 180.0, 150.0]])  # 80 wide, 100 tall: taller than wide, as MTCNN boxes
-    (crop,) = expression_crops(box, scale=1.1, shift=0.03)
-    side = crop[2] - crop[0]
-    assert side == pytest.approx(110.0) and crop[3] - crop[1] == pytest.approx(side)  # square, 1.1 × 100
-    assert (crop[0] + crop[2]) / 2 == pytest.approx(140.0)  # centred across
-    assert (crop[1] + crop[3]) / 2 == pytest.approx(100.0 - 0.03 * 110.0)  # moved up by 0.03 of its side
-    (far,) = expression_crops(np.array([[-90.0, -90.0, -10.0, -10.0]]), scale=1.1, shift=0.0)
+    # 80.5 wide, 100.2 tall (taller than wide, as MTCNN boxes): fer cuts it to whole pixels
+    # (100, 50)–(180, 150), squares it to 100 about its centre (x from 90) and adds 10 px around.
+    box = np.array([[100.4, 50.7, 180.9, 150.9]])
+    (crop,) = expression_crops(box)
+    assert crop.tolist() == [80.0, 40.0, 200.0, 160.0]
+    (odd,) = expression_crops(np.array([[0.0, 0.0, 81.0, 100.0]]))  # 19 px to add: 9 before, 10 after
+    assert odd.tolist() == [-19.0, -10.0, 101.0, 110.0]
+    (grown,) = expression_crops(np.array([[100.0, 50.0, 180.0, 150.0]]), scale=1.1, margin=0.0, shift=0.03)
+    side = grown[2] - grown[0]
+    assert side == pytest.approx(110.0) and grown[3] - grown[1] == pytest.approx(side)  # square, 1.1 × 100
+    assert (grown[0] + grown[2]) / 2 == pytest.approx(140.0)  # centred across
+    assert (grown[1] + grown[3]) / 2 == pytest.approx(100.0 - 0.03 * 110.0)  # moved up by 0.03 of its side
+    (far,) = expression_crops(np.array([[-90.0, -90.0, -10.0, -30.0]]))
     assert far[2] - far[0] == pytest.approx(far[3] - far[1])  # off the picture it stays square
 
 

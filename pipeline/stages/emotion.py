@@ -58,11 +58,9 @@ from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
-# The crop the expression model reads, measured against the original `fer` pipeline on real faces
-# (bench/emotion_agreement.py): its Haar box, squared and grown by 10 px, is about 1.1 times our
-# MTCNN box's longer side, centred a little above the box's centre.
-CROP_SCALE = 1.1
-CROP_SHIFT = 0.03  # of the crop's side, upwards
+# The crop the expression model reads: the original `fer` pipeline's, its box squared and grown by
+# this many source pixels on each side (chosen by measurement: bench/emotion_agreement.py).
+CROP_MARGIN = 10
 CLASSIFIER = "fer"  # the expression model's name in the model manager
 PIXELS_0_255 = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # MTCNN takes raw 0..255
 
@@ -87,10 +85,12 @@ class EmotionOptions(StageOptions):
     max_missed: int = Field(MAX_MISSED, ge=0, le=100)  # detection rounds a face may go unseen
     # fp16/bf16: both models on CUDA, the classifier only on CPU; int8 (CPU): the detector's dense layers.
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    # The expression model's crop: a square this many times the face box's longer side, centred on
-    # the box and moved up by `crop_shift` of its side (the crop it was trained on; see `expression_crops`).
-    crop_scale: float = Field(CROP_SCALE, ge=0.5, le=3.0)
-    crop_shift: float = Field(CROP_SHIFT, ge=-0.5, le=0.5)
+    # The expression model's crop (see `expression_crops`): the face box squared on its longer side,
+    # times `crop_scale`, grown by `crop_margin` source px on each side, moved up by `crop_shift`
+    # of its side. The defaults are the original pipeline's crop, which the model reads best.
+    crop_scale: float = Field(1.0, ge=0.5, le=3.0)
+    crop_margin: float = Field(CROP_MARGIN, ge=0.0, le=500.0)
+    crop_shift: float = Field(0.0, ge=-0.5, le=0.5)
 
 
 @register_stage
@@ -378,7 +378,8 @@ class Emotion(ComputeStage):
         )
 
     def _crops(self, boxes: np.ndarray) -> np.ndarray:
-        return expression_crops(boxes, self.options.crop_scale, self.options.crop_shift)
+        options = self.options
+        return expression_crops(boxes, options.crop_scale, options.crop_margin, options.crop_shift)
 
     def _edge_grey(self, image: torch.Tensor) -> float:
         """The mean grey (0..255) of the picture's bottom two rows: what the original pipeline pads
@@ -389,22 +390,34 @@ class Emotion(ComputeStage):
         return float(bottom.mean()) * 255.0
 
 
-def expression_crops(boxes: np.ndarray, scale: float, shift: float) -> np.ndarray:
+def expression_crops(
+    boxes: np.ndarray, scale: float = 1.0, margin: float = CROP_MARGIN, shift: float = 0.0
+) -> np.ndarray:
     """The square crops (N×4 x0, y0, x1, y1, float32) the expression model reads for face boxes (N×4).
 
     mini-Xception was trained on FER2013: square, centred faces with the forehead, chin and
     cheeks in the picture. MTCNN's boxes are tight and taller than wide; fed as they are, a face
-    is squashed sideways and cut at the brow, and a neutral face reads as angry. So each crop is
-    a square `scale` times the box's longer side, centred on the box and moved up by `shift` of
-    its side. Past the picture's edge it reads the picture's own grey (`Emotion._edge_grey`), as
-    the original pipeline pads; it stays square however far out it reaches (the original cuts
-    its padding at 40 px, which squashes a face at the edge again).
+    is squashed sideways and cut at the brow, and a neutral face reads as angry. The defaults
+    give the original `fer` pipeline's crop exactly, whole pixels and all: the box cut to whole
+    pixels, squared by lengthening its shorter side about the centre (the odd pixel to the far
+    side), then `margin` px added on each side. On small faces the model's label turns on half a
+    pixel of crop, so matching its rounding matters (bench/emotion_agreement.py measures it).
+    `scale` grows the square about its centre first and `shift` moves it up by that share of its
+    side, for cameras whose faces read better framed otherwise.
+
+    Past the picture's edge the crop reads the picture's own grey (`Emotion._edge_grey`), as the
+    original pads; it stays square however far out it reaches (the original cuts its padding at
+    40 px, which squashes a face at the edge again).
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2 - shift * side
-    return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1).astype(np.float32)
+    boxes = np.trunc(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))  # fer: int() of each side
+    x, y = boxes[:, 0], boxes[:, 1]
+    w, h = boxes[:, 2] - x, boxes[:, 3] - y
+    side = np.maximum(w, h)
+    x = x - np.floor_divide(side - w, 2)
+    y = y - np.floor_divide(side - h, 2)
+    grown = side * scale + 2 * margin
+    cx, cy = x + side / 2, y + side / 2 - shift * grown
+    return np.stack([cx - grown / 2, cy - grown / 2, cx + grown / 2, cy + grown / 2], axis=1).astype(np.float32)
 
 
 def _made_event(picture: torch.Tensor) -> torch.cuda.Event | None:
