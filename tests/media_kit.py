@@ -23,9 +23,11 @@ def make_clip(
     audio: bool = True,
     video: bool = True,
     rotation: int = 0,
+    corner_mark: bool = False,
     options: dict[str, str] | None = None,
 ) -> Path:
-    """A clip whose frame i is red level 8·i with a green bar 3·i px wide, and a 440 Hz tone."""
+    """A clip whose frame i is red level 8·i with a green bar 3·i px wide, and a 440 Hz tone.
+    `corner_mark`: a white block in the stored picture's top-left corner, to tell its turns apart."""
     with av.open(str(path), "w", options=options or {}) as out:
         vs = None
         if video:
@@ -43,6 +45,8 @@ def make_clip(
                 picture = np.zeros((size[1], size[0], 3), np.uint8)
                 picture[..., 0] = (i * 8) % 256
                 picture[:, : (i * 3) % size[0], 1] = 200
+                if corner_mark:
+                    picture[: size[1] // 3, : size[0] // 4] = 255
                 frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pix_fmt)
                 frame.pts, frame.time_base = i, Fraction(1, fps)
                 out.mux(vs.encode(frame))
@@ -99,12 +103,15 @@ def make_face_clip(
     mirrored: bool = False,
     blank_from: int | None = None,
     zoom: float = 0.0,
+    rotation: int = 0,
 ) -> Path:
     """A clip of the astronaut's real face (scikit-image, public domain) drifting right by 2 px a frame.
 
     `mirrored`: her mirror image beside her (two faces). `blank_from`: frames from this index
     on show a plain grey picture (no face). `zoom`: the picture grows by this fraction a frame
-    (about its centre) instead of drifting.
+    (about its centre) instead of drifting. `rotation` (a multiple of 90): stored turned the
+    other way and tagged with this display rotation, as a phone records portrait video, so
+    players show her upright at `size` turned.
     """
     from skimage import data
 
@@ -117,7 +124,11 @@ def make_face_clip(
     scene = base.reformat(width=scene_w, height=height).to_ndarray(format="rgb24")
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=30, options={"crf": "18", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        turns = rotation // 90 % 4
+        stream.width, stream.height = (height, width) if turns % 2 else (width, height)
+        stream.pix_fmt = "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         for i in range(frames):
             view = scene[:, 2 * frames - 2 * i : 2 * frames - 2 * i + width]
             if zoom:
@@ -127,7 +138,8 @@ def make_face_clip(
                 view = big[top : top + height, left : left + width]
             if blank_from is not None and i >= blank_from:
                 view = np.full_like(view, 128)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(view), format="rgb24").reformat(format="yuv420p")
+            stored = np.ascontiguousarray(np.rot90(view, -turns))  # players turn it `turns` back
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24").reformat(format="yuv420p")
             frame.pts, frame.time_base = i, Fraction(1, 30)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))

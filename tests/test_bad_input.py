@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from media_kit import cut, make_clip, probe
 
@@ -109,10 +110,15 @@ def test_ten_bit_input_is_converted(tmp_path, caplog):
     assert abs(int(got["first"][..., 0].mean()) - int(want["first"][..., 0].mean())) <= 3
 
 
-def test_rotation_metadata_is_kept(tmp_path, caplog):
-    clip = make_clip(tmp_path / "rot.mp4", rotation=270)
+def test_a_turned_picture_comes_out_upright_as_ffmpeg_writes_it(tmp_path, caplog):
+    """A display matrix of 270° (−90°): players turn the stored picture a quarter clockwise.
+    ffmpeg turns the pixels and writes no turn; so do we, and the file plays the same."""
+    clip = make_clip(tmp_path / "rot.mp4", rotation=270, corner_mark=True)
     assert run_cli(caplog, "--source", str(clip), "--output", str(tmp_path / "o.mkv"))[0] == EXIT_OK
-    assert probe(tmp_path / "o.mkv")["rotation"] % 360 == 270  # -90 and 270 are the same turn
+    got, stored = probe(tmp_path / "o.mkv"), probe(clip)
+    assert got["rotation"] == 0 and got["size"] == (96, 160)
+    upright = np.rot90(stored["first"], -1)  # what a player shows of the input
+    assert np.abs(got["first"].astype(int) - upright).mean() < 4
 
 
 def test_audio_only_and_video_only(tmp_path, caplog):

@@ -50,6 +50,20 @@ def test_the_astronaut_is_found_tracked_and_happy_on_every_frame(tmp_path):
             assert abs(x0 - previous[0]) < 12  # the face drifts 2 px a frame, the box with it
 
 
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_a_face_in_portrait_phone_video_is_found_upright(tmp_path, rotation):
+    """A phone stores portrait video sideways and tags it to be turned: MTCNN finds no sideways
+    face, so the pictures are turned upright as they are decoded, and boxes are where players
+    show the face."""
+    clip = make_face_clip(tmp_path / "phone.mp4", frames=4, size=(240, 320), rotation=rotation)
+    records = run_emotion(clip, tmp_path)
+    for record in records:
+        (face,) = record["faces"]
+        assert face["label"] == "happy"
+        x0, y0, x1, y1 = face["box"]
+        assert 0 <= x0 < x1 <= 240 and 0 <= y0 < y1 <= 320 and y1 < 200  # her face, in the upper part
+
+
 def test_detection_every_third_frame_holds_boxes_and_still_reads_expressions(tmp_path):
     records = run_emotion(make_face_clip(tmp_path / "face.mp4", frames=9), tmp_path, detect_every=3)
     detected = [record["faces"][0]["detected"] for record in records]

@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from media_kit import clip_with_audio, make_clip, probe
@@ -67,12 +68,23 @@ def test_timestamps_survive_including_variable_frame_rate(tmp_path):
     assert seconds == times_ms
 
 
-def test_rotation_and_colour_tags_are_kept(tmp_path):
-    clip = make_clip(tmp_path / "rot.mp4", rotation=90)
+@pytest.mark.parametrize(("rotation", "turns"), [(90, 1), (-90, 3), (180, 2)])
+def test_a_picture_stored_turned_is_turned_upright_as_players_show_it(tmp_path, rotation, turns):
+    """The display matrix's angle is counter-clockwise (ffmpeg's own output for 90°, −90° and
+    180° is `np.rot90(stored, 1, 3, 2)`): the stream has the shown size and no turn left."""
+    clip = make_clip(tmp_path / "rot.mp4", rotation=rotation, corner_mark=True)
+    source = MediaSource(clip)
+    try:
+        assert source.info.rotation == 0
+        assert (source.info.width, source.info.height) == ((96, 160) if turns % 2 else (160, 96))
+    finally:
+        source.close()
     transcode(clip, tmp_path / "out.mp4")
-    got = probe(tmp_path / "out.mp4")
-    assert got["rotation"] == 90
-    assert got["size"] == (160, 96)  # the pixels are not turned; players turn them
+    got, stored = probe(tmp_path / "out.mp4"), probe(clip)
+    assert got["rotation"] == 0
+    upright = np.rot90(stored["first"], turns)
+    assert got["size"] == (upright.shape[1], upright.shape[0])
+    assert np.abs(got["first"].astype(int) - upright).mean() < 4
 
 
 def test_audio_chunks_tile_the_track_without_gaps_and_follow_the_video(tmp_path):

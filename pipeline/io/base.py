@@ -30,7 +30,9 @@ class StreamInfo:
     audio_layout: str | None = None  # FFmpeg's name ("5.1(side)"); None: the usual one for the channel count
     pixel_format: PixelFormat = PixelFormat.YUV420P  # layout of the pixels in each ring slot
     colour: Colour = field(default_factory=Colour)
-    rotation: int = 0  # degrees counter-clockwise a player turns the picture for display
+    # Degrees counter-clockwise a player still has to turn the picture for display: 0 from files,
+    # whose pictures are turned upright as they are decoded (pipeline.io.picture).
+    rotation: int = 0
     frame_count: int | None = None  # frames expected, when known (for progress); None: unknown or endless
     description: str = ""  # one line for logs and the report: decoder, codec, container
     carried: PassThrough | None = None  # the input's other streams, for a sink to copy as they are

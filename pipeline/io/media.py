@@ -38,7 +38,7 @@ from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.io.audio_align import MAX_CHANNELS, AudioAligner, layout_name
 from pipeline.io.base import Source, StreamInfo
 from pipeline.io.passthrough import PassThrough, kept_tags, stream_name
-from pipeline.io.picture import PictureWriter, even_size
+from pipeline.io.picture import PictureWriter, even_size, quarter_turns
 from pipeline.io.timeline import Timeline
 from pipeline.pixels import RANGE_FULL, Colour
 from pipeline.ringbuffer import FullPolicy, RingBuffer, SlotLease
@@ -189,7 +189,10 @@ class MediaSource(Source):
             reason = f": {self.input_error}" if self.input_error else ""
             raise SourceError(f"{self.label}: no video frame could be decoded{reason}")
         self._info = self._stream_info(first)
-        self._writer = PictureWriter(self._info.width, self._info.height, self.device) if first is not None else None
+        self._writer = None
+        if first is not None:
+            stored = even_size(first.width, first.height)
+            self._writer = PictureWriter(*stored, self.device, turns=quarter_turns(first.rotation or 0))
         log.info("%s: %s", self.label, self._info.description)
 
     def _probe_first_picture(self) -> av.VideoFrame | None:
@@ -223,18 +226,22 @@ class MediaSource(Source):
                 transfer=int(first.color_trc),
                 range=RANGE_FULL if first.format.name.startswith("yuvj") else int(first.color_range),
             )
-            rotation = round(first.rotation or 0) % 360
+            # Turned upright as the pictures are copied (see pipeline.io.picture): the stream is
+            # the size players show, and carries no turn left to make.
+            turned = round(first.rotation or 0) % 360
+            if quarter_turns(turned) % 2:
+                width, height = height, width
             frame_count = video.frames or _estimated_frames(video, fps)
             hw = " on NVDEC" if video.codec_context.is_hwaccel else ""
             parts.append(
                 f"video {video.codec_context.name}{hw} {first.width}x{first.height} {first.format.name} "
-                f"{float(fps):.3g} fps{f', rotated {rotation}°' if rotation else ''} ({self._decoder_note})"
+                f"{float(fps):.3g} fps{f', turned upright ({turned}°)' if turned else ''} ({self._decoder_note})"
             )
         else:
             fps = Fraction(AUDIO_ONLY_CHUNK_RATE)
             time_base = 1 / fps
             width = height = 0
-            colour, rotation = Colour(), 0
+            colour = Colour()
             frame_count = None
             if audio is not None and audio.duration and audio.time_base:
                 frame_count = int(audio.duration * audio.time_base * AUDIO_ONLY_CHUNK_RATE) + 1
@@ -251,7 +258,6 @@ class MediaSource(Source):
             audio_channels=self._audio_channels,
             audio_layout=self._audio_layout,
             colour=colour,
-            rotation=rotation,
             frame_count=frame_count,
             description=", ".join(parts) or "empty",
             carried=self._carried,

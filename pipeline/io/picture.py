@@ -5,6 +5,10 @@ codec uses. The common layouts (yuv420p, its full-range twin yuvj420p, and NV12 
 decoders) are copied plane by plane with no colour maths; anything else (10-bit, 4:2:2, 4:4:4,
 RGB) goes through FFmpeg's converter first. Odd sizes lose their last row or column, since
 4:2:0 encoders need even ones.
+
+A picture stored turned (a phone's portrait video: the pixels sideways, a display matrix telling
+players to turn them) is turned upright in the same copy, as ffmpeg does by default: the stages
+see faces the right way up, and the avatar and overlays are drawn upright.
 """
 
 from __future__ import annotations
@@ -28,13 +32,24 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width & ~1, height & ~1
 
 
-class PictureWriter:
-    """Writes decoded `av.VideoFrame`s of any layout into I420 slots of one fixed size."""
+def quarter_turns(rotation: float) -> int:
+    """Quarter turns counter-clockwise (0–3) that show a picture upright, from PyAV's
+    `VideoFrame.rotation` (degrees counter-clockwise; other angles go to the nearest quarter)."""
+    return round(rotation / 90) % 4
 
-    def __init__(self, width: int, height: int, device: torch.device):
+
+class PictureWriter:
+    """Writes decoded `av.VideoFrame`s of any layout into I420 slots of one fixed size.
+
+    `width`×`height` is the size pictures are decoded at; `turns` quarter turns counter-clockwise
+    (`quarter_turns`) make them upright, so an odd number of them gives slots of height×width.
+    """
+
+    def __init__(self, width: int, height: int, device: torch.device, turns: int = 0):
         self.width = width
         self.height = height
         self.device = device
+        self.turns = turns % 4
         self.converted = 0  # pictures that needed FFmpeg's converter (not 4:2:0 8-bit, or resized)
         self._staging: torch.Tensor | None = None  # pinned host buffer for slots on a GPU
         self._resize_logged = False
@@ -58,14 +73,15 @@ class PictureWriter:
             fmt = "yuv420p"
             self.converted += 1
         y, u, v = (plane.numpy() for plane in i420_planes(target))
-        _copy_plane(picture.planes[0], y)
+        turns, rows, cols = self.turns, self.height, self.width
+        y[...] = np.rot90(_plane_rows(picture.planes[0], rows, cols), turns)
         if fmt in PLANAR_420:
-            _copy_plane(picture.planes[1], u)
-            _copy_plane(picture.planes[2], v)
+            u[...] = np.rot90(_plane_rows(picture.planes[1], rows // 2, cols // 2), turns)
+            v[...] = np.rot90(_plane_rows(picture.planes[2], rows // 2, cols // 2), turns)
         else:
-            uv = _plane_rows(picture.planes[1], u.shape[0], 2 * u.shape[1]).reshape(u.shape[0], u.shape[1], 2)
-            u[...] = uv[..., 0]
-            v[...] = uv[..., 1]
+            uv = _plane_rows(picture.planes[1], rows // 2, cols).reshape(rows // 2, cols // 2, 2)
+            u[...] = np.rot90(uv[..., 0], turns)
+            v[...] = np.rot90(uv[..., 1], turns)
         if target is not slot:
             slot.copy_(target)  # pinned → device; synchronous, so the staging buffer is free again
 
@@ -82,7 +98,3 @@ def _plane_rows(plane: av.video.plane.VideoPlane, rows: int, width: int) -> np.n
     """The top-left rows×width bytes of a plane, as a view of the decoder's buffer."""
     buffer = np.frombuffer(plane, dtype=np.uint8)
     return buffer[: rows * plane.line_size].reshape(rows, plane.line_size)[:, :width]
-
-
-def _copy_plane(plane: av.video.plane.VideoPlane, out: np.ndarray) -> None:
-    out[...] = _plane_rows(plane, out.shape[0], out.shape[1])
