@@ -212,6 +212,17 @@ def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
     return config.model_copy(update={"stages": stages})
 
 
+def with_avatar_voice_returned(config: GraphConfig) -> GraphConfig:
+    """`config` with every voice stage handing on the avatar's voice alone (`returns: avatar`),
+    unless the graph says otherwise: a browser page plays the returned sound, and the user must
+    not hear themselves echoed."""
+    stages = [
+        spec.model_copy(update={"options": {"returns": "avatar", **spec.options}}) if spec.type == "voice" else spec
+        for spec in config.stages
+    ]
+    return config.model_copy(update={"stages": stages})
+
+
 def with_ice_servers(config: GraphConfig, servers: list[IceServerConfig]) -> GraphConfig:
     """`config` with `servers` after those its `webrtc.ice_servers` names (the command line's)."""
     webrtc = config.webrtc.model_copy(update={"ice_servers": [*config.webrtc.ice_servers, *servers]})

@@ -70,8 +70,9 @@ class ModelMemoryError(PipelineError):
 
 
 def module_bytes(module: nn.Module) -> int:
-    """Bytes of every tensor in the module's state (parameters, buffers, packed int8 weights)."""
-    total = 0
+    """Bytes of every tensor in the module's state (parameters, buffers, packed int8 weights); a
+    module whose weights live outside torch (a CTranslate2 model) gives them as `weights_bytes`."""
+    total = int(getattr(module, "weights_bytes", 0))
 
     def add(value: Any) -> None:
         nonlocal total

@@ -122,6 +122,7 @@ class SideJobStats:
     waited_s: float = 0.0  # ... and how long, all together
     longest_wait_s: float = 0.0
     rested_s: float = 0.0  # time it rested after its runs, to keep to its share of the wall time
+    worked_s: float = 0.0  # time its runs of work took, all together
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -296,12 +297,14 @@ class SideJob(Generic[Result]):
             stats.longest_wait_s = max(stats.longest_wait_s, waited)
 
     def _run(self, args: tuple[Any, ...]) -> None:
+        started = time.perf_counter()
         try:
             outcome = (True, self._work(*args))
         except Exception as exc:  # reported to the frame that takes it; the job goes on
             outcome = (False, exc)
             self.stats.failed += 1
         with self._changed:
+            self.stats.worked_s += time.perf_counter() - started
             self.stats.run += 1
             if self.kind is JobKind.LATEST and self._finished:  # only the newest is ever taken
                 self.stats.superseded += len(self._finished)

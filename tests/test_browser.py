@@ -84,6 +84,8 @@ def speech_wav(path: Path) -> Path:
     from voice_kit import resample, spoken
 
     speech, _, _ = spoken("Hello there, I am talking to the pipeline from a browser.")
+    # Chromium plays the file in a loop: a pause after it lets each turn end, to be recognised.
+    speech = np.concatenate((speech, np.zeros(24000, np.float32)))
     samples = resample(speech, 16000, 48000)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -133,17 +135,25 @@ def test_the_page_in_chromium_plays_processed_video_and_shows_analytics(tmp_path
                         "[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]"
                     )
                     panel = await page.inner_text("#faces")
+                    # What the microphone said, recognised, in the page's conversation panel.
+                    await page.wait_for_function(
+                        "document.getElementById('transcript').innerText.toLowerCase().includes('browser')",
+                        timeout=30_000,
+                    )
+                    transcript = await page.inner_text("#transcript")
                     ice = await page.evaluate("pc.getConfiguration().iceServers.map((s) => s.urls).flat()")
                     sessions_while = len(server.sessions)
                 finally:
                     await browser.close()
             await asyncio.wait_for(_until(lambda: not server.sessions), 15)
-            return played, message, size, panel, (ice, stun.url), sessions_while, errors
+            return played, message, size, panel, (ice, stun.url), sessions_while, errors, transcript
         finally:
             await server.stop()
             stun.close()
 
-    played, message, size, panel, ice, sessions_while, errors = asyncio.run(scenario())
+    played, message, size, panel, ice, sessions_while, errors, transcript = asyncio.run(scenario())
+    lines = transcript.lower().splitlines()
+    assert any(line.startswith("you:") and "browser" in line for line in lines), transcript
     assert ice[0] == [ice[1]], ice  # the page's peer connection has the server's STUN server
     assert not errors, errors
     assert sessions_while == 1

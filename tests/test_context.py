@@ -15,7 +15,7 @@ from pipeline.frames import Frame
 from pipeline.scratch import ScratchPool
 from pipeline.side_work import SideWork
 from pipeline.stage import StageContext
-from pipeline.stages.context import RULE_LINES, Context, ContextOptions, Rules, valence_arousal
+from pipeline.stages.context import RULE_LINES, Context, ContextOptions, Rules, speech_kind, valence_arousal
 
 CPU = torch.device("cpu")
 
@@ -139,8 +139,9 @@ def test_the_sample_run_greets_the_face_and_the_avatar_says_it(tmp_path):
     assert any(r["voice"]["text"] == greeted[0] for r in records)  # and the avatar speaks it
 
 
-def fake_endpoint(reply: str, *, delay_s: float = 0.0):
-    """A local OpenAI-compatible chat endpoint that answers every request with `reply`."""
+def fake_endpoint(reply: str, *, delay_s: float = 0.0, received: list | None = None):
+    """A local OpenAI-compatible chat endpoint that answers every request with `reply`; each
+    request's body is appended to `received`."""
     import time
     from http.server import BaseHTTPRequestHandler
 
@@ -150,6 +151,8 @@ def fake_endpoint(reply: str, *, delay_s: float = 0.0):
         def do_POST(self):  # the name http.server calls
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert body["messages"][-1]["role"] == "user" and "event" in body["messages"][-1]["content"]
+            if received is not None:
+                received.append(body)
             time.sleep(delay_s)
             data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
             self.send_response(200)
@@ -202,3 +205,64 @@ def test_a_slow_language_model_is_asked_one_thing_at_a_time():
         assert wait_for(lambda: "Hello." in speech.lines)
     finally:
         server.shutdown()
+
+
+def said(text: str, start_s: float = 0.0) -> dict:
+    return {"type": "user_said", "text": text, "start_s": start_s, "end_s": start_s + 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Hello there!", "said_greeting"),
+        ("Hi, good morning.", "said_greeting"),
+        ("How are you doing today?", "said_how_are_you"),
+        ("Hey, how's it going?", "said_how_are_you"),
+        ("What's your name?", "said_name"),
+        ("Who are you?", "said_name"),
+        ("Thanks a lot.", "said_thanks"),
+        ("Okay, goodbye!", "said_goodbye"),
+        ("The weather is nice this week.", "said_other"),
+        ("This is history.", "said_other"),  # "hi" only as a word
+    ],
+)
+def test_the_rules_know_what_kind_of_thing_was_said(text, kind):
+    assert speech_kind(text) == kind
+
+
+def test_the_rules_answer_what_the_user_says_and_never_the_same_line_twice_running():
+    stage, speech = make_stage()
+    frames = [frame(i, voice_events=[said(text, i)]) for i, text in enumerate(["Hello!", "Hello again!", "Bye."])]
+    records = run(stage, frames)
+    assert [e["text"] for e in events_of(records, "user_said")] == ["Hello!", "Hello again!", "Bye."]
+    first, second, third = speech.lines
+    assert first in RULE_LINES["said_greeting"] and second in RULE_LINES["said_greeting"] and first != second
+    assert third in RULE_LINES["said_goodbye"]
+    assert [(line["who"], line["text"]) for line in stage.conversation()] == [
+        ("user", "Hello!"),
+        ("avatar", first),
+        ("user", "Hello again!"),
+        ("avatar", second),
+        ("user", "Bye."),
+        ("avatar", third),
+    ]
+
+
+def test_a_language_model_is_told_what_the_user_said_and_the_conversation_so_far():
+    received: list[dict] = []
+    server, url = fake_endpoint("Paris, of course.", received=received)
+    try:
+        stage, speech = make_stage(llm={"url": url, "model": "test"})
+        run(stage, [frame(0, voice_events=[said("What is the capital of France?", 0.5)])])
+        assert wait_for(lambda: speech.lines == ["Paris, of course."])
+        run(stage, [frame(1, voice_events=[said("And of Spain?", 2.0)])])
+        assert wait_for(lambda: len(received) == 2)
+    finally:
+        server.shutdown()
+    prompt = json.loads(received[1]["messages"][-1]["content"])
+    assert prompt["event"]["type"] == "user_said" and prompt["event"]["text"] == "And of Spain?"
+    assert [(line["who"], line["text"]) for line in prompt["context"]["conversation"]] == [
+        ("user", "What is the capital of France?"),
+        ("avatar", "Paris, of course."),
+        ("user", "And of Spain?"),
+    ]

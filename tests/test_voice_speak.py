@@ -164,3 +164,36 @@ def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps):
     speaking = [stage.compute(Frame(i, i, Fraction(1, fps), 0))["avatar_speaking"] for i in range(10 * fps)]
     duration = EspeakSynthesizer().synthesize("Hello there, how are you?").duration_s
     assert abs(sum(speaking) / fps - duration) <= 2 / fps
+
+
+def test_returning_the_avatar_alone_leaves_the_user_out_of_the_sound(tmp_path):
+    """What a browser page plays: the avatar's voice, never the user's own sound played back. The
+    "user" is a steady 300 Hz tone; mixed, it is there under the voice (ducked), alone it is not."""
+    samples = 3 * RATE
+    tone = (0.5 * np.sin(2 * np.pi * 300 * np.arange(samples) / RATE)).astype(np.float32)
+    clip = speech_clip(tmp_path / "tone.mp4", tone)
+    line = ["Hello there, how are you?"]
+
+    def tone_level(chunks: list[np.ndarray]) -> float:
+        """Magnitude of the 300 Hz bin over `chunks`, per sample (a steady tone stands out of speech)."""
+        sound = np.concatenate([c[0] for c in chunks])
+        return float(np.abs(np.fft.rfft(sound))[round(300 * len(sound) / 48000)]) / len(sound)
+
+    records, alone = run(clip, tmp_path, say=line, returns="avatar", barge_in=False)
+    speaking = [r["avatar_speaking"] for r in records]
+    assert any(speaking) and not all(speaking)
+    assert all(not chunk.any() for chunk, talking in zip(alone, speaking, strict=True) if not talking)  # silence
+    voiced = [chunk for chunk, talking in zip(alone, speaking, strict=True) if talking]
+    assert max(float(np.abs(c).max()) for c in voiced) > 0.1  # the voice
+    records, mixed = run(clip, tmp_path, say=line, returns="mixed", barge_in=False)
+    under = [chunk for chunk, r in zip(mixed, records, strict=True) if r["avatar_speaking"]]
+    assert tone_level(voiced) < 0.1 * tone_level(under)
+
+
+def test_browser_sessions_return_the_avatar_alone_unless_the_graph_says_otherwise():
+    from pipeline.config import load_config, with_avatar_voice_returned
+
+    config = with_avatar_voice_returned(load_config("default"))
+    assert [s.options["returns"] for s in config.stages if s.type == "voice"] == ["avatar"]
+    mixed = parse_config({"name": "m", "stages": [{"name": "v", "type": "voice", "options": {"returns": "mixed"}}]})
+    assert with_avatar_voice_returned(mixed).stages[0].options["returns"] == "mixed"

@@ -43,7 +43,7 @@ def test_speech_in_a_file_is_heard_on_its_frames_with_turn_events(tmp_path):
     records = run_voice(speech_clip(tmp_path / "talk.mp4", placed(speech, at, 5.0)), tmp_path)
     start, end = at + sound_start, at + sound_end
     events = [event for record in records for event in record["voice"]["events"]]
-    assert [e["type"] for e in events] == ["user_started", "user_stopped"]
+    assert [e["type"] for e in events] == ["user_started", "user_stopped", "user_said"]
     assert abs(events[0]["time_s"] - start) <= 0.1
     assert abs(events[1]["time_s"] - end) <= 0.1
     assert abs(events[1]["duration_s"] - (end - start)) <= 0.15
@@ -67,14 +67,15 @@ def test_the_stopped_event_comes_after_the_hangover_on_a_later_frame(tmp_path):
 
 def test_a_live_run_listens_beside_the_frames_and_hears_the_same_turns_on_the_frame_or_after(tmp_path):
     speech, _, _ = spoken("Hello there.")
-    clip = speech_clip(tmp_path / "hello.mp4", placed(speech, 0.5, 2.5))
+    # Time after the speech for its recognition, beside the frames, to land before the clip ends.
+    clip = speech_clip(tmp_path / "hello.mp4", placed(speech, 0.5, 4.0))
     in_line = run_voice(clip, tmp_path)
     beside = run_voice(clip, tmp_path, realtime=True)
 
     def turns(records):
         return [(r["frame"], e) for r in records for e in r["voice"]["events"]]
 
-    assert [e["type"] for _, e in turns(in_line)] == ["user_started", "user_stopped"]
+    assert [e["type"] for _, e in turns(in_line)] == ["user_started", "user_stopped", "user_said"]
     assert [e for _, e in turns(beside)] == [e for _, e in turns(in_line)]  # the same events at the same times
     for (late, _), (first, _) in zip(turns(beside), turns(in_line), strict=True):
         assert first <= late  # on the frame that heard it, or after it

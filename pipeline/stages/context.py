@@ -7,14 +7,19 @@ and turns, the avatar's speaking state. It turns changes into events, each once:
 
 - `face_found` / `face_lost` (a face unseen for `lost_after_s`),
 - `emotion_changed` (a face's label held for `emotion_hold_s`, so a passing flicker is no event),
-- `user_started` / `user_stopped` (from the voice stage),
+- `user_started` / `user_stopped` / `user_said` (from the voice stage: what the user said, once
+  per utterance),
 - `long_silence` (nobody has spoken for `silence_s`; once per silence).
 
+It also keeps the conversation: the user's utterances and the avatar's lines, with their times,
+the last `conversation_lines` of them.
+
 A responder turns events into lines for the avatar: the built-in rules greet a new face, react
-to a smile or a frown, and fill a long silence, with short lines that do not repeat back to
-back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint writes them as a
-side job (`llm_responder.py`). The lines go to the voice stage's speech queue
-(the `speech` service, `StageContext.service`).
+to a smile or a frown, answer what the user says (a greeting, "how are you", "what is your
+name", thanks, goodbye, else a short acknowledgement) and fill a long silence, with short lines
+that do not repeat back to back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint
+writes them as a side job (`llm_responder.py`), its prompt carrying the conversation. The lines
+go to the voice stage's speech queue (the `speech` service, `StageContext.service`).
 
 Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `speaking_ratio`,
 `turns`, `avatar_speaking`, `events` (each with `type`, `time_s`, `frame`, and its details) and
@@ -24,6 +29,8 @@ Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `
 from __future__ import annotations
 
 import random
+import re
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +60,23 @@ RULE_LINES = {
     "surprise": ("Oh! Surprised?", "That caught you off guard!", "Wow, what happened?"),
     "fear": ("It's all right.", "Nothing to worry about.", "You look worried."),
     "long_silence": ("So, what's on your mind?", "Tell me about your day.", "It's quiet here. Shall we chat?"),
+    # What the user said (`user_said`), by `speech_kind`.
+    "said_goodbye": ("Goodbye! It was nice talking to you.", "See you soon!", "Bye for now, take care."),
+    "said_thanks": ("You're welcome!", "Any time.", "Happy to help."),
+    "said_name": ("I'm your avatar. I don't have a name yet.", "You can call me Avatar.", "I'm just Avatar."),
+    "said_how_are_you": ("I'm doing well, thank you! How about you?", "Great, thanks for asking!", "All good here."),
+    "said_greeting": ("Hello! Good to hear you.", "Hi there!", "Hey! How can I help?"),
+    "said_other": ("I see.", "Mm-hm, go on.", "Interesting, tell me more.", "Got it.", "Okay."),
 }
+# What the user said, checked in this order: the first that matches picks the answer.
+SPEECH_KINDS = (
+    ("said_goodbye", re.compile(r"\b(good ?bye|bye|see you|farewell)\b")),
+    ("said_thanks", re.compile(r"\b(thanks|thank you|cheers)\b")),
+    ("said_name", re.compile(r"\b(what'?s|what is|tell me) your name\b|\bwho are you\b")),
+    ("said_how_are_you", re.compile(r"\bhow are (you|things)\b|\bhow'?s it going\b|\bhow do you do\b")),
+    ("said_greeting", re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening)|greetings)\b")),
+)
+CONVERSATION_LINES = 12
 
 
 def valence_arousal(probs: dict[str, float]) -> tuple[float, float]:
@@ -63,8 +86,15 @@ def valence_arousal(probs: dict[str, float]) -> tuple[float, float]:
     return valence, arousal
 
 
+def speech_kind(text: str) -> str:
+    """Which of the rules' answers fits what the user said (`RULE_LINES` key)."""
+    lowered = text.lower().replace("’", "'")
+    return next((kind for kind, pattern in SPEECH_KINDS if pattern.search(lowered)), "said_other")
+
+
 class Rules:
-    """The built-in responder: a short line for greetings, smiles and frowns, and long silences."""
+    """The built-in responder: a short line for greetings, smiles and frowns, what the user says,
+    and long silences."""
 
     def __init__(self, seed: int = 0):
         self._random = random.Random(seed)
@@ -72,7 +102,12 @@ class Rules:
 
     def respond(self, event: dict[str, Any]) -> str | None:
         kind = event["type"]
-        key = event.get("emotion") if kind == "emotion_changed" else kind
+        if kind == "emotion_changed":
+            key = event.get("emotion")
+        elif kind == "user_said":
+            key = speech_kind(event.get("text") or "")
+        else:
+            key = kind
         lines = RULE_LINES.get(key or "")
         if not lines:
             return None
@@ -100,6 +135,7 @@ class ContextOptions(StageOptions):
     respond: bool = True  # send the responder's lines to the voice stage
     seed: int = 0
     llm: LLMOptions | None = None  # a chat endpoint to write the lines instead of the rules
+    conversation_lines: int = Field(CONVERSATION_LINES, ge=0, le=200)  # the user's and the avatar's, kept
 
 
 @register_stage
@@ -127,12 +163,27 @@ class Context(ComputeStage):
                 self.options.llm, deliver=self._send, fallback=self._answer_by_rules, side_job=ctx.side_job
             )
         self._summary_now: dict[str, Any] = {}
+        # The conversation: {"who": "user"|"avatar", "text", "time_s"}; a language model's replies
+        # are added from its thread.
+        self._conversation: deque[dict[str, Any]] = deque(maxlen=self.options.conversation_lines)
+        self._conversation_lock = threading.Lock()
+        self._now_s = 0.0  # the latest frame's time, for the lines sent between frames
 
     def _send(self, line: str) -> None:
         speech = self.ctx.service("speech") if self.ctx is not None else None
         if speech is not None:
             speech.say(line)
             self.lines_sent += 1
+            self._remember("avatar", line, self._now_s)
+
+    def _remember(self, who: str, text: str, time_s: float) -> None:
+        with self._conversation_lock:
+            self._conversation.append({"who": who, "text": text, "time_s": round(time_s, 3)})
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The conversation kept, oldest first."""
+        with self._conversation_lock:
+            return list(self._conversation)
 
     def _answer_by_rules(self, event: dict[str, Any]) -> None:
         line = self._responder.respond(event)
@@ -140,7 +191,7 @@ class Context(ComputeStage):
             self._send(line)
 
     def compute(self, frame: Frame) -> dict[str, Any]:
-        now = frame.time_s
+        now = self._now_s = frame.time_s
         emotion = self.input_annotation(frame, "emotion") or {}
         voice = self.input_annotation(frame, "voice") or {}
         events: list[dict[str, Any]] = []
@@ -200,10 +251,12 @@ class Context(ComputeStage):
         speaking = bool(voice.get("user_speaking"))
         self._speaking.append((now, speaking))
         for event in voice.get("events") or []:
-            if event["type"] in ("user_started", "user_stopped"):
+            if event["type"] in ("user_started", "user_stopped", "user_said"):
                 events.append(dict(event))
                 if event["type"] == "user_started":
                     self._turns.append(event["time_s"])
+                elif event["type"] == "user_said":
+                    self._remember("user", event["text"], event["start_s"])
         if speaking or voice.get("avatar_speaking"):
             self._last_voice_s = now
             self._silence_reported = False
@@ -217,7 +270,7 @@ class Context(ComputeStage):
         for event in events:
             if event["type"] in ("face_lost", "user_stopped", "user_started"):
                 continue  # nothing to say about these
-            if self.llm is not None and self.llm.respond(event, summary):
+            if self.llm is not None and self.llm.respond(event, {**summary, "conversation": self.conversation()}):
                 continue  # its reply goes to the voice when it comes
             line = self._responder.respond(event)
             if line is not None:

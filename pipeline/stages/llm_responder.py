@@ -24,9 +24,10 @@ from pipeline.side_work import JobKind, SideJob
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
-    "You are a friendly animated avatar in a video call. You see the user's face and hear when they speak. "
-    "Given what just happened and the session context as JSON, reply with one short, warm sentence to say aloud. "
-    "No emojis, no stage directions."
+    "You are a friendly animated avatar in a video call. You see the user's face and hear what they say. "
+    "Given what just happened and the session context as JSON (its conversation holds what the user and you "
+    "said, oldest first), reply with one short, warm sentence to say aloud; when the user said something "
+    "(a user_said event), answer it. No emojis, no stage directions."
 )
 MAX_REPLY_CHARS = 200
 

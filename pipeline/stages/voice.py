@@ -10,37 +10,50 @@ job (`pipeline.side_work`): on live runs it runs beside the frames, and a frame 
 heard up to the frame before it and waits for none of it; a machine too slow to listen loses
 the oldest sound past `MAX_BEHIND_S` (counted in the report) rather than the frames.
 
+Hearing what was said: each finished turn's sound (with a little before and after it) goes to
+Whisper (`pipeline.voice.recognizer`), a managed model, as an in-order side job: on live runs
+the text lands on a later frame, on file runs on the frame where the turn's end is known. Only
+the sound of turns is kept or recognised; `asr: false` turns recognition off.
+
 Speaking: lines queued with `say` (the `say` option, `--say` on the command line, other stages)
 are synthesized (eSpeak NG by default), cached, and played out one frame's chunk at a time.
 The frame's audio becomes the user's audio, lowered by `duck_db` while the avatar speaks, plus
 the avatar's voice, through the mixing kernel's soft limiter, so it never clips. When the user
 starts speaking, the avatar stops within that frame (barge-in) and, by default, drops the rest
-of its queue.
+of its queue. With `returns: avatar` the frame's sound becomes the avatar's voice alone (silence
+between its lines): what a browser page plays, which must not play the user back to themselves.
 
 Annotation, under the stage's name: `user_speaking`, `speech_prob` (the frame's highest chunk
 probability; the last one when no chunk completed), `rms_dbfs`, `peak_dbfs`, `clipped` (samples
 at full scale in this frame), `avatar_speaking`, `viseme` (mouth shape), `mouth` (0..1
 openness from the voice's loudness), `text` (being spoken) and `events`:
 `{"type": "user_started", "time_s"}`, `{"type": "user_stopped", "time_s", "duration_s"}`,
-`{"type": "avatar_interrupted", "time_s", "text"}`.
+`{"type": "user_said", "text", "start_s", "end_s"}` (once per utterance; times on the stream's
+clock, the speech's first and last moment), `{"type": "avatar_interrupted", "time_s", "text"}`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from kernels import ops
+from pipeline.errors import one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import front_channels, layout_name
+from pipeline.memory import ModelManager, ModelSpec
 from pipeline.registry import register_stage
 from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
+from pipeline.voice.capture import PREROLL_S, TAIL_S, Clip
 from pipeline.voice.listener import MAX_BEHIND_S, Listener
+from pipeline.voice.recognizer import RecognizerUnavailable, Transcript, default_model_path, load_recognizer
 from pipeline.voice.speaker import Speaker
 from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD
@@ -49,6 +62,9 @@ from pipeline.voice.vad import warm_up as warm_vad
 log = logging.getLogger(__name__)
 
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
+MAX_WAITING_UTTERANCES = 4  # utterances waiting to be recognised, past which the oldest is dropped
+# Recognised once on live runs at set-up, so the user's first words pay no load or warm-up.
+WARM_UP = Clip(np.zeros(16000, np.float32), 0.0, 0.0)
 
 
 class VoiceOptions(StageOptions):
@@ -60,6 +76,14 @@ class VoiceOptions(StageOptions):
     voice_gain_db: float = Field(0.0, ge=-40.0, le=20.0)  # the avatar's level
     barge_in: bool = True  # the user speaking stops the avatar
     barge_in_drops_queue: bool = True  # ... and drops what it had still to say
+    # The frame's sound from here on: the user's with the avatar's voice mixed in (files, recordings),
+    # or the avatar's voice alone (a browser page, which already hears the user).
+    returns: Literal["mixed", "avatar"] = "mixed"
+    asr: bool = True  # recognise what the user says (Whisper)
+    asr_model: str | None = None  # a CTranslate2 Whisper model directory; None: the installed tiny.en
+    asr_threads: int = Field(0, ge=0, le=64)  # CPU threads for recognition; 0: half the cores
+    preroll_s: float = Field(PREROLL_S, ge=0.0, le=2.0)  # sound kept before a turn's start for recognition
+    tail_s: float = Field(TAIL_S, ge=0.0, le=2.0)  # ... and after its end
 
 
 @register_stage
@@ -77,7 +101,24 @@ class Voice(ComputeStage):
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
-        self.listener = Listener(threshold=self.options.threshold, hangover_s=self.options.hangover_s)
+        options = self.options
+        self.recognizer = self._recognizer_model(ctx) if options.asr else None
+        self.listener = Listener(
+            threshold=options.threshold,
+            hangover_s=options.hangover_s,
+            capture=self.recognizer is not None,
+            preroll_s=options.preroll_s,
+            tail_s=options.tail_s,
+        )
+        self.utterances = 0  # recognised with text
+        self.recognition_s = 0.0  # time recognition took, all together
+        self.recognizing = None
+        if self.recognizer is not None:
+            self.recognizing = ctx.side_job(
+                self._recognize, "recognize", kind=JobKind.IN_ORDER, max_lag=MAX_WAITING_UTTERANCES
+            )
+            if self.recognizing.beside:  # live: load and warm it now, not on the user's first words
+                self.recognizing.submit(WARM_UP)
         self.clipped_total = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
         fps = float(ctx.stream.fps) if ctx.stream is not None and ctx.stream.fps else 30.0
@@ -99,6 +140,27 @@ class Voice(ComputeStage):
         for line in self.options.say:
             self.say(line)
         ctx.offer("speech", self)
+
+    def _recognizer_model(self, ctx: StageContext) -> str | None:
+        """The recognizer's name in the model manager (registered there), or None without one."""
+        options = self.options
+        try:
+            path = options.asr_model or str(default_model_path())
+            import faster_whisper  # noqa: F401  (here: a clear line now rather than at the first words)
+        except (RecognizerUnavailable, ImportError) as exc:
+            log.warning("%s: what the user says is not recognised (%s)", self.name, one_line(exc))
+            return None
+        self.models = ctx.models if ctx.models is not None else ModelManager.for_device(ctx.device)
+        name = f"whisper({path})"
+        loader = functools.partial(load_recognizer, path, options.asr_threads)
+        self.models.ensure(ModelSpec(name, loader, "medium"))
+        return name
+
+    def _recognize(self, clip: Clip) -> tuple[Clip, Transcript]:
+        """One utterance through the recognizer (beside the frames on live runs), the model pinned."""
+        assert self.recognizer is not None and self.ctx is not None
+        with self.models.use(self.recognizer) as model:
+            return clip, model.transcribe(clip.samples)
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""
@@ -125,6 +187,7 @@ class Voice(ComputeStage):
             {"type": "user_stopped", "time_s": round(turn.end_s, 3), "duration_s": round(turn.duration_s, 3)}
             for turn in heard.ended
         ]
+        events += self._said(heard.utterances)
         if heard.started and self.options.barge_in and self.speaker is not None and self.speaker.speaking:
             cut = self.speaker.current_text
             self.speaker.stop(drop_queue=self.options.barge_in_drops_queue)
@@ -134,6 +197,24 @@ class Voice(ComputeStage):
         record["events"] = events
         return record
 
+    def _said(self, utterances: list[Clip]) -> list[dict[str, Any]]:
+        """Hands new utterances to the recognizer; `user_said` events for those it has finished."""
+        if self.recognizing is None:
+            return []
+        for clip in utterances:
+            self.recognizing.submit(clip)
+        events = []
+        for clip, transcript in self.recognizing.take():
+            self.recognition_s += transcript.seconds
+            if clip is WARM_UP or not transcript.text:  # no words in it
+                continue
+            self.utterances += 1
+            events.append(
+                {"type": "user_said", "text": transcript.text, "start_s": round(clip.start_s, 3),
+                 "end_s": round(clip.end_s, 3)}
+            )  # fmt: skip
+        return events
+
     def _speak(self, frame: Frame) -> dict[str, Any]:
         """The avatar's part of this frame: its chunk of voice mixed into the frame's audio, and its mouth."""
         if self.speaker is None:
@@ -141,6 +222,7 @@ class Voice(ComputeStage):
         chunk = frame.audio
         count = chunk.samples.shape[-1] if chunk is not None else self._frame_samples
         spoken = self.speaker.next_chunk(count)
+        alone = self.options.returns == "avatar"
         if chunk is not None and count and spoken.text is not None:
             user = chunk.samples.to(torch.float32)
             voice = torch.from_numpy(spoken.samples).to(user.device).expand_as(user)
@@ -151,10 +233,12 @@ class Voice(ComputeStage):
             mixed = ops.mix(
                 user,
                 voice,
-                gain_first=10 ** (-self.options.duck_db / 20),
+                gain_first=0.0 if alone else 10 ** (-self.options.duck_db / 20),
                 gain_second=10 ** (self.options.voice_gain_db / 20),
             )
             frame.audio = AudioChunk(mixed, chunk.sample_rate, chunk.pts)
+        elif chunk is not None and alone:
+            frame.audio = AudioChunk(torch.zeros_like(chunk.samples, dtype=torch.float32), chunk.sample_rate, chunk.pts)
         return {
             "avatar_speaking": spoken.text is not None,
             "viseme": spoken.viseme,

@@ -8,6 +8,9 @@ began or ended) can come a frame late: the events carry their own times on the s
 So the voice stage runs `listen` as an in-order side job (`pipeline.side_work`): on live runs
 beside the frames, and a frame folds in whatever was heard up to then (`fold`); on file runs in
 line, so their annotations are the same on every run.
+
+The listener also cuts each finished turn's sound out (`pipeline.voice.capture`), with a little
+before and after it, for the recognizer: `Heard.utterances`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from pipeline.frames import AudioChunk
 from pipeline.io.audio_align import ChunkResampler
+from pipeline.voice.capture import PREROLL_S, TAIL_S, Clip, UtteranceCapture
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate, Turn
 
 MAX_BEHIND_S = 1.0  # s of sound waiting to be heard, past which the oldest is dropped (a machine too slow)
@@ -31,15 +35,26 @@ class Heard:
     ended: list[Turn] = field(default_factory=list)  # turns that ended
     speaking: bool = False  # the user is speaking as of the last chunk heard
     probability: float = 0.0  # highest chunk probability of the last sound heard (if none completed: the last one)
+    utterances: list[Clip] = field(default_factory=list)  # the sound of turns that ended (or long turns' parts)
 
 
 class Listener:
     """Resampler → Silero VAD → speech gate for one stream: `listen` to each chunk in order (on
     whichever thread listens), `fold` what was heard into a frame's view (the frame's thread)."""
 
-    def __init__(self, *, threshold: float = THRESHOLD, hangover_s: float = HANGOVER_S):
+    def __init__(
+        self,
+        *,
+        threshold: float = THRESHOLD,
+        hangover_s: float = HANGOVER_S,
+        capture: bool = False,
+        preroll_s: float = PREROLL_S,
+        tail_s: float = TAIL_S,
+    ):
         self._vad = SileroVAD()  # a small recurrent model: the CPU is the right place for 32 ms chunks
         self._gate = SpeechGate(threshold=threshold, hangover_s=hangover_s)
+        # The utterances' sound, for a recognizer (`capture`): none is kept without one.
+        self._capture = UtteranceCapture(preroll_s=preroll_s, tail_s=tail_s) if capture else None
         self._resampler = ChunkResampler(VAD_RATE, 1)
         self._origin_s: float | None = None  # stream time of the first 16 kHz sample
         self._last_probability = 0.0  # the last completed chunk's (listening side)
@@ -51,16 +66,26 @@ class Listener:
         mono = self._resampler(chunk)
         if self._origin_s is None:
             self._origin_s = mono.pts / VAD_RATE
-        probabilities = self._vad.push(mono.samples[0].numpy())
+        samples = mono.samples[0].numpy()
+        clips = self._capture.push(samples) if self._capture is not None else []
+        probabilities = self._vad.push(samples)
         if len(probabilities):
             self._last_probability = float(np.max(probabilities))
         started, ended = self._gate.push(probabilities)
+        if self._capture is not None:
+            # In the order they happened: a turn ends before the next begins.
+            for turn in ended:
+                clips.append(self._capture.end(turn.start_s, turn.end_s))
+            if self._gate.speaking and started:
+                self._capture.begin(started[-1])
+            self._capture.trim()
         origin = self._origin_s
         return Heard(
             started=[origin + t for t in started],
             ended=[Turn(origin + turn.start_s, origin + turn.end_s) for turn in ended],
             speaking=self._gate.speaking,
             probability=self._last_probability,
+            utterances=[Clip(clip.samples, origin + clip.start_s, origin + clip.end_s) for clip in clips],
         )
 
     def fold(self, done: list[Heard]) -> Heard:
@@ -70,6 +95,7 @@ class Listener:
         for one in done:
             merged.started += one.started
             merged.ended += one.ended
+            merged.utterances += one.utterances
             merged.speaking = one.speaking
             merged.probability = one.probability
         self._speaking, self._probability = merged.speaking, merged.probability

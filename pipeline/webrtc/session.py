@@ -5,7 +5,9 @@ analytics go back on the same connection. Models are shared with every other ses
 the server's model manager; everything else (tracks, ring buffer, stages' state, context) is
 the session's own and is freed when the peer disconnects, fails or goes silent.
 
-The data channel (label `analytics`, opened by the browser) carries one compact JSON message per
+The returned sound is the avatar's voice alone (`with_avatar_voice_returned`): the page plays it,
+and the user's own voice played back would be an echo. The data channel (label `analytics`,
+opened by the browser) carries one compact JSON message per
 delivered frame, at most `max_messages_per_s`; the events of frames in between (context and
 voice events) are carried by the next message, so none is lost. It takes commands as JSON:
 `{"type": "say", "text": …}`, `{"type": "layout", "layout": "pip"|"replace"|"side"}`,
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from aiortc import RTCPeerConnection
 
-from pipeline.config import GraphConfig
+from pipeline.config import GraphConfig, with_avatar_voice_returned
 from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import one_line
 from pipeline.executor import Pipeline
@@ -131,7 +133,7 @@ class Session:
             first = await first_picture(self._video, self.silence_s)
             source = TrackSource(self._video, self._audio, first, silence_s=self.silence_s)
             self.pipeline = Pipeline(
-                build_graph(self.config),
+                build_graph(with_avatar_voice_returned(self.config)),
                 source,
                 self.sink,
                 device=self.device,

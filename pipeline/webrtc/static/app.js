@@ -7,6 +7,8 @@ const latencies = []; // [time ms, end-to-end ms] over the last 10 s, for the sp
 let pc = null;
 let channel = null;
 let lastMessageAt = 0;
+const heard = new Set(); // user_said events shown in the transcript
+let lastAvatarLine = null; // the avatar's line being spoken, as last shown
 const SILENT_MS = 5000; // connected but no analytics this long: the server is gone
 
 setInterval(() => {
@@ -43,7 +45,10 @@ async function start() {
   const audioId = $("microphone").value;
   const media = await navigator.mediaDevices.getUserMedia({
     video: { deviceId: $("camera").value ? { exact: $("camera").value } : undefined, width: 640, height: 480 },
-    audio: audioId ? { deviceId: { exact: audioId }, echoCancellation: true } : false,
+    // The avatar's voice from the speakers must not be heard as the user.
+    audio: audioId
+      ? { deviceId: { exact: audioId }, echoCancellation: true, noiseSuppression: true, autoGainControl: true }
+      : false,
   });
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -127,11 +132,27 @@ function show(message) {
     const li = document.createElement("li");
     li.textContent = `${event.type}${event.text ? `: ${event.text}` : ""}`;
     $("events").prepend(li);
+    // The voice and context stages both pass on what the user said: one line each.
+    const key = `${event.start_s} ${event.text}`;
+    if (event.type === "user_said" && !heard.has(key)) {
+      heard.add(key);
+      addToTranscript("you", event.text);
+    }
   }
+  if (voice.text && voice.text !== lastAvatarLine) addToTranscript("avatar", voice.text);
+  lastAvatarLine = voice.text || null;
   const now = performance.now();
   latencies.push([now, message.latency_ms]);
   while (latencies.length && latencies[0][0] < now - 10000) latencies.shift();
   drawSparkline();
+}
+
+function addToTranscript(who, text) {
+  const li = document.createElement("li");
+  li.className = who;
+  li.textContent = `${who}: ${text}`;
+  $("transcript").appendChild(li);
+  li.scrollIntoView({ block: "nearest" });
 }
 
 function drawSparkline() {
