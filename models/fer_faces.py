@@ -10,8 +10,8 @@ Only what scikit-image ships, so the pictures are the same wherever they are mad
 
 `models/record_fer_pipeline_reference.py` runs the original pipeline on them once (in an
 environment of its own: TensorFlow); the test runs ours on the same pictures and compares.
-Plain NumPy and scikit-image, nothing of the project: the recording environment has neither
-torch nor the pipeline.
+Plain NumPy and scikit-image, nothing of the pipeline: the recording environment does not
+install the project.
 """
 
 from __future__ import annotations

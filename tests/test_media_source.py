@@ -365,3 +365,13 @@ def test_stream_urls_are_live_whatever_they_state():
     assert is_live_stream("https://cdn/live/index.m3u8", unknown)
     assert not is_live_stream("https://cdn/vod/index.m3u8", known)
     assert not is_live_stream("/videos/talk.mp4", unknown) and not is_live_stream("file:///v/talk.ts", unknown)
+
+
+def test_a_turn_that_is_no_quarter_is_left_to_players_and_said(tmp_path, caplog):
+    clip = make_clip(tmp_path / "tilted.mp4", rotation=45, corner_mark=True)
+    source = MediaSource(clip)
+    try:
+        assert source.info.rotation == 45 and (source.info.width, source.info.height) == (160, 96)
+    finally:
+        source.close()
+    assert "not a multiple of 90°" in caplog.text

@@ -37,3 +37,13 @@ def test_a_long_jump_forward_is_mended_only_where_the_format_allows_jumps():
     hour = 3600 * 30
     assert placed([0, 1, hour, hour + 1], jumps_forward=True) == ([0, 1, 2, 3], 1)
     assert placed([0, 1, hour, hour + 1]) == ([0, 1, hour, hour + 1], 0)  # an mp4's gap is the file's
+
+
+def test_after_a_jump_a_copied_stream_continues_where_its_last_item_ends():
+    """Subtitles: a 4 s line at 100 s, then the clock restarts with 1 s lines. They follow on at
+    104 s (where the long line ends), not over it."""
+    from pipeline.io.timeline import Continuity
+
+    lines = Continuity(Fraction(1, 1000), jumps_forward=False)
+    stamps = [lines.place(ts, duration) for ts, duration in ((100_000, 4_000), (0, 1_000), (3_000, 1_000))]
+    assert stamps == [100_000, 104_000, 107_000] and lines.jumps == 1

@@ -188,12 +188,26 @@ class MediaSource(Source):
         if video is not None and first is None:
             reason = f": {self.input_error}" if self.input_error else ""
             raise SourceError(f"{self.label}: no video frame could be decoded{reason}")
+        self._turns = self._upright_turns(first)
         self._info = self._stream_info(first)
         self._writer = None
         if first is not None:
-            stored = even_size(first.width, first.height)
-            self._writer = PictureWriter(*stored, self.device, turns=quarter_turns(first.rotation or 0))
+            self._writer = PictureWriter(*even_size(first.width, first.height), self.device, turns=self._turns)
         log.info("%s: %s", self.label, self._info.description)
+
+    def _upright_turns(self, first: av.VideoFrame | None) -> int:
+        """Quarter turns that make the pictures upright (as ffmpeg turns them); 0 for an angle
+        that is no multiple of 90°, whose turn is left to players, with a warning."""
+        rotation = first.rotation if first is not None and first.rotation else 0
+        turns = quarter_turns(rotation)
+        if turns is None:
+            log.warning(
+                "%s: the picture is shown turned %s°, not a multiple of 90°: it is kept as stored, with its turn",
+                self.label,
+                rotation,
+            )
+            return 0
+        return turns
 
     def _probe_first_picture(self) -> av.VideoFrame | None:
         """Decode up to the first picture, keeping what came before it, to learn the real size and layout."""
@@ -227,21 +241,22 @@ class MediaSource(Source):
                 range=RANGE_FULL if first.format.name.startswith("yuvj") else int(first.color_range),
             )
             # Turned upright as the pictures are copied (see pipeline.io.picture): the stream is
-            # the size players show, and carries no turn left to make.
-            turned = round(first.rotation or 0) % 360
-            if quarter_turns(turned) % 2:
+            # the size players show, and carries no turn left to make (but one that is no quarter).
+            if self._turns % 2:
                 width, height = height, width
+            turned = 90 * self._turns
+            rotation = 0 if turned or not first.rotation else round(first.rotation) % 360
             frame_count = video.frames or _estimated_frames(video, fps)
             hw = " on NVDEC" if video.codec_context.is_hwaccel else ""
             parts.append(
                 f"video {video.codec_context.name}{hw} {first.width}x{first.height} {first.format.name} "
-                f"{float(fps):.3g} fps{f', turned upright ({turned}°)' if turned else ''} ({self._decoder_note})"
+                f"{float(fps):.3g} fps{f', turned {turned}° upright' if turned else ''} ({self._decoder_note})"
             )
         else:
             fps = Fraction(AUDIO_ONLY_CHUNK_RATE)
             time_base = 1 / fps
             width = height = 0
-            colour = Colour()
+            colour, rotation = Colour(), 0
             frame_count = None
             if audio is not None and audio.duration and audio.time_base:
                 frame_count = int(audio.duration * audio.time_base * AUDIO_ONLY_CHUNK_RATE) + 1
@@ -258,6 +273,7 @@ class MediaSource(Source):
             audio_channels=self._audio_channels,
             audio_layout=self._audio_layout,
             colour=colour,
+            rotation=rotation,
             frame_count=frame_count,
             description=", ".join(parts) or "empty",
             carried=self._carried,

@@ -32,10 +32,17 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width & ~1, height & ~1
 
 
-def quarter_turns(rotation: float) -> int:
+QUARTER_TOLERANCE = 1.0  # degrees: an angle this near a multiple of 90° is that many quarter turns
+
+
+def quarter_turns(rotation: float) -> int | None:
     """Quarter turns counter-clockwise (0–3) that show a picture upright, from PyAV's
-    `VideoFrame.rotation` (degrees counter-clockwise; other angles go to the nearest quarter)."""
-    return round(rotation / 90) % 4
+    `VideoFrame.rotation` (degrees counter-clockwise); None for an angle that is no multiple of
+    90° (a picture cannot be turned that way by moving whole pixels)."""
+    quarters = rotation / 90
+    if abs(quarters - round(quarters)) * 90 > QUARTER_TOLERANCE:
+        return None
+    return round(quarters) % 4
 
 
 class PictureWriter:

@@ -29,28 +29,32 @@ BACK_JUMP_S = 0.5
 
 class Continuity:
     """One stream's timestamps (in its time base) carried on past jumps: from each jump on, an
-    offset puts the next timestamp one duration after the last, and the rest follow it. The
-    pictures (`Timeline`) and the streams copied as they are (`passthrough`) both use it."""
+    offset puts the next item where the items before it end, and the rest follow it. The
+    pictures (`Timeline`) and the streams copied as they are (`passthrough`: sound, subtitles,
+    data, whose items last as long as they say) both use it."""
 
     def __init__(self, time_base: Fraction, *, jumps_forward: bool, step: int = 1):
         self.back_limit = round(BACK_JUMP_S / time_base)
         self.forward_limit = round(FORWARD_JUMP_S / time_base) if jumps_forward else None
-        self.step = step  # what follows the last timestamp after a jump, when the item states no duration
+        self.step = step  # how long an item that states no duration lasts
         self.offset = 0  # added to every timestamp from the last jump on
         self.last: int | None = None  # the latest timestamp placed
+        self.end: int | None = None  # where the items placed so far end
         self.jumps = 0
 
     def place(self, ts: int, duration: int = 0) -> int:
-        """`ts` on the continued timeline."""
+        """`ts` on the continued timeline; `duration`: how long its item lasts (0: `step`)."""
         placed = ts + self.offset
-        if self.last is not None:
+        if self.last is not None and self.end is not None:
             back = self.last - placed > self.back_limit
             forward = self.forward_limit is not None and placed - self.last > self.forward_limit
             if back or forward:
-                self.offset += self.last + (duration or self.step) - placed
+                self.offset += self.end - placed
                 self.jumps += 1
                 placed = ts + self.offset
         self.last = placed if self.last is None else max(placed, self.last)
+        ends = placed + (duration or self.step)
+        self.end = ends if self.end is None else max(ends, self.end)
         return placed
 
 
