@@ -218,6 +218,7 @@ def said(text: str, start_s: float = 0.0) -> dict:
         ("Hi, good morning.", "said_greeting"),
         ("How are you doing today?", "said_how_are_you"),
         ("Hey, how's it going?", "said_how_are_you"),
+        ("How is it going?", "said_how_are_you"),
         ("What's your name?", "said_name"),
         ("Who are you?", "said_name"),
         ("Thanks a lot.", "said_thanks"),

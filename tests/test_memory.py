@@ -604,6 +604,30 @@ def test_every_shipped_profile_loads_and_its_zones_fit_its_memory():
         assert sum(profile.zones.values()) + profile.reserved_mb <= profile.memory_mb
 
 
+def test_the_default_graphs_models_fit_every_shipped_profile_the_recognizer_included():
+    """The plan: the detector and the expression model (high) and Whisper (medium, flexible) are
+    placed on the device of every profile, the smallest card included, none on the CPU fallback."""
+    pytest.importorskip("faster_whisper", reason="speech recognition needs faster-whisper")
+    from models.fer import load_fer
+    from models.mtcnn import load_mtcnn
+    from pipeline.voice.recognizer import load_recognizer
+
+    specs = [
+        ModelSpec("mtcnn", load_mtcnn, "high"),
+        ModelSpec("fer", load_fer, "high"),
+        ModelSpec("whisper", load_recognizer, "medium"),
+    ]
+    for name in profile_names():
+        manager = ModelManager.from_profile(load_profile(name), torch.device("cpu"))
+        for model in specs:
+            manager.register(model)
+            with manager.use(model.name):
+                pass
+        placed = {model.name: manager.entries[model.name].level for model in specs}
+        assert placed == dict.fromkeys(placed, "device"), (name, placed)
+        assert manager.entries["whisper"].zone == "flexible" and manager.entries["whisper"].nbytes > 50 * MB
+
+
 def test_profiles_are_picked_by_gpu_name_then_by_memory():
     profiles = [load_profile(name) for name in profile_names()]
     assert pick_profile("NVIDIA GeForce RTX 3060 Laptop GPU", 6144, profiles).name == "rtx3060-laptop-6gb"

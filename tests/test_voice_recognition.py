@@ -43,6 +43,15 @@ def run_graph(clip, tmp_path, stages: list[dict], *, name: str = "run") -> tuple
     return [json.loads(line) for line in analytics.read_text().splitlines()], report
 
 
+def live_voice_run(clip, tmp_path) -> tuple[list[dict], Pipeline]:
+    """A voice stage on the clip paced as live (recognition beside the frames): its records."""
+    config = parse_config({"name": "live", "quality": {"mode": "off"}, "stages": [{"name": "voice", "type": "voice"}]})
+    analytics = tmp_path / "live.jsonl"
+    pipeline = Pipeline(build_graph(config), MediaSource(clip, realtime=True), AnalyticsSink(NullSink(), analytics))
+    asyncio.run(pipeline.run())
+    return [json.loads(line)["voice"] for line in analytics.read_text().splitlines()], pipeline
+
+
 VOICE_AND_CONTEXT = [
     {"name": "emotion", "type": "emotion", "options": {"detect_every": 30}},  # the context's other input
     {"name": "voice", "type": "voice"},
@@ -117,3 +126,38 @@ def test_a_clip_holds_the_turn_with_its_preroll_and_tail_and_a_long_turn_comes_i
     last = capture.end(4.5, 8.75)
     assert (last.start_s, last.end_s) == (8.5, 8.75)  # what came after the last part
     assert last.samples[0] == 8.5 * RATE and last.samples[-1] == 8.875 * RATE - 1
+
+
+def test_a_pause_is_reported_once_as_the_turn_so_far_and_the_end_is_the_same_turn():
+    from pipeline.voice.vad import CHUNK_S, SpeechGate
+
+    gate = SpeechGate(hangover_s=10 * CHUNK_S, pause_s=3 * CHUNK_S)
+    # speech, a 2-chunk dip (no pause), speech, then silence until the turn ends
+    started, ended = gate.push(np.array([0.9] * 5 + [0.1] * 2 + [0.9] * 5 + [0.1] * 12))
+    assert started == [0.0] and len(ended) == 1
+    assert gate.pauses == ended  # one pause, reported as the turn it turned out to be
+
+
+def test_on_a_live_run_the_text_is_read_at_the_pause_and_ready_when_the_turn_ends(tmp_path):
+    speech, _, sound_end = spoken("What is your name?")
+    clip = speech_clip(tmp_path / "name.mp4", placed(speech, 0.5, 4.0))
+    records, pipeline = live_voice_run(clip, tmp_path)
+    said = [e for r in records for e in r["events"] if e["type"] == "user_said"]
+    assert [words(e["text"]) for e in said] == [["what", "is", "your", "name"]]
+    assert abs(said[0]["end_s"] - (0.5 + sound_end)) <= TIMES_WITHIN_S
+    assert pipeline.stages_of("voice")[0].early == 1  # read at the pause, not again at the end
+
+
+def test_on_a_live_run_the_text_so_far_shows_while_the_user_is_still_speaking(tmp_path):
+    first, _, first_end = spoken("What is your name")
+    second, second_start, _ = spoken("and where do you live?")
+    gap = 0.18  # a pause: longer than `pause_s`, shorter than the hangover
+    audio = placed(first, 0.5, 6.0)
+    audio += placed(second, 0.5 + first_end + gap - second_start, 6.0)
+    clip = speech_clip(tmp_path / "two.mp4", audio)
+    records, _ = live_voice_run(clip, tmp_path)
+    partial = [r["partial"] for r in records if r["partial"]]
+    said = [e["text"] for r in records for e in r["events"] if e["type"] == "user_said"]
+    assert partial and words(partial[0]) == ["what", "is", "your", "name"], partial
+    assert all(r["user_speaking"] for r in records if r["partial"])
+    assert len(said) == 1 and words(said[0])[:4] == ["what", "is", "your", "name"] and "live" in words(said[0]), said

@@ -52,8 +52,16 @@ def run(clip, tmp_path, **options):
     return [json.loads(line)["voice"] for line in analytics.read_text().splitlines()], audio.chunks
 
 
-def test_a_line_plays_out_chunk_by_chunk_then_silence_and_is_cached():
-    speaker = Speaker(EspeakSynthesizer(), 48000)
+def synthesizers():
+    """Both voices the avatar can have: Piper's natural one (the default) and eSpeak NG's."""
+    from pipeline.voice.piper_synth import shared_piper
+
+    return [pytest.param(shared_piper, id="piper"), pytest.param(EspeakSynthesizer, id="espeak")]
+
+
+@pytest.mark.parametrize("make", synthesizers())
+def test_a_line_plays_out_chunk_by_chunk_with_its_mouth_shapes_then_silence_and_is_cached(make):
+    speaker = Speaker(make(), 48000)
     speaker.say("Hello there.")
     speaker.say("Hello there.")
     assert speaker.synthesized == 1  # the second one came from the cache
@@ -64,9 +72,35 @@ def test_a_line_plays_out_chunk_by_chunk_then_silence_and_is_cached():
     assert len(spoken_shapes) >= 4 and spoken_shapes <= set(VISEMES)
     assert max(c.mouth for c in chunks) > 0.3 and chunks[-1].mouth == 0.0
     voiced = np.concatenate([c.samples for c in chunks if c.text])
-    utterance = EspeakSynthesizer().synthesize("Hello there.")
-    expected = 2 * round(utterance.duration_s * 48000)  # said twice, back to back
+    expected = 2 * round(speaker.cached("Hello there.").duration_s * 48000)  # said twice, back to back
     assert abs(len(voiced) - expected) <= 2 * 1600
+
+
+def test_a_line_is_said_sentence_by_sentence_and_the_first_plays_before_the_rest_is_made():
+    made: list = []
+    speaker = Speaker(EspeakSynthesizer(), 48000, prepare=made.append)  # sentences wait to be made
+    speaker.say("Hello there. How are you? I am fine!")
+    assert [line.text for line in made] == ["Hello there.", "How are you?", "I am fine!"]
+    assert speaker.next_chunk(1600).text is None  # nothing made yet: silence
+    speaker.prepare(made[0])
+    assert speaker.next_chunk(1600).text == "Hello there."  # the first plays; the others are still waiting
+    speaker.stop()  # barge-in: the rest is dropped, and not made
+    speaker.prepare(made[1])
+    assert made[1].ready is None and not speaker.speaking
+
+
+def test_piper_times_each_phoneme_and_each_sound_has_a_mouth_shape():
+    from pipeline.voice.piper_synth import _by_energy, shared_piper
+
+    piper = shared_piper()
+    utterance = piper.synthesize("Hello there! How are you today?")
+    starts = [p.start_s for p in utterance.phonemes]
+    assert starts == sorted(starts) and starts[0] >= 0 and starts[-1] < utterance.duration_s
+    sounds = [p.symbol for p in utterance.phonemes if p.symbol != "_"]
+    assert len(sounds) >= 15 and all(viseme(symbol) != "sil" for symbol in sounds), sounds
+    # Without timing from the voice, phonemes share the sound's energy: none starts in a pause.
+    sound = np.concatenate((np.zeros(1000, np.float32), np.ones(1000, np.float32)))
+    assert [start for start, _ in _by_energy(["h", "ˈ", "a", " ", "i"], sound)] == [1000, 1333, 1666]
 
 
 def test_visemes_for_known_phonemes():
@@ -75,11 +109,12 @@ def test_visemes_for_known_phonemes():
     assert viseme("_:") == viseme(None) == viseme("?!") == "sil"
 
 
-def test_barge_in_stops_the_avatar_when_the_user_starts(tmp_path):
+@pytest.mark.parametrize("tts", ["piper", "espeak"])
+def test_barge_in_stops_the_avatar_when_the_user_starts(tmp_path, tts):
     speech, sound_start, _ = spoken("Wait, stop please.")
     at = 1.5
     clip = speech_clip(tmp_path / "user.mp4", placed(speech, at, 4.0))
-    records, _ = run(clip, tmp_path, say=[LONG_LINE])
+    records, _ = run(clip, tmp_path, say=[LONG_LINE], tts=tts)
     talking = [r["avatar_speaking"] for r in records]
     cut = [e for r in records for e in r["events"] if e["type"] == "avatar_interrupted"]
     assert talking[0] and cut, "the avatar was speaking and was interrupted"
@@ -143,8 +178,9 @@ def test_say_on_the_command_line_gives_the_avatar_its_lines(tmp_path):
     assert main(["--source", "sample", "--frames", "2", "--config", "passthrough", "--say", "Hi."]) == EXIT_USAGE
 
 
+@pytest.mark.parametrize("tts", ["piper", "espeak"])
 @pytest.mark.parametrize("fps", [30, 60])
-def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps):
+def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps, tts):
     """No audio to mix into, but the mouth must keep time with the picture: one frame's worth of voice per frame."""
     from fractions import Fraction
 
@@ -158,11 +194,11 @@ def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps):
     from pipeline.stages.voice import Voice, VoiceOptions
 
     cpu = torch.device("cpu")
-    stage = Voice("voice", options=VoiceOptions(say=("Hello there, how are you?",)))
+    stage = Voice("voice", options=VoiceOptions(say=("Hello there, how are you?",), tts=tts))
     info = StreamInfo(160, 96, Fraction(fps), Fraction(1, fps))  # video only
     stage.setup(StageContext("voice", cpu, Lane("voice", cpu), ScratchPool(cpu), stream=info))
     speaking = [stage.compute(Frame(i, i, Fraction(1, fps), 0))["avatar_speaking"] for i in range(10 * fps)]
-    duration = EspeakSynthesizer().synthesize("Hello there, how are you?").duration_s
+    duration = stage.speaker.cached("Hello there, how are you?").duration_s
     assert abs(sum(speaking) / fps - duration) <= 2 / fps
 
 

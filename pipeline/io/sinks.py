@@ -96,10 +96,9 @@ class FileSink(Sink):
     they sit in the ring (I420), so a plain transcode converts no colour. Timestamps are the
     source's, counted from its first frame (variable frame rate survives; a recording that starts
     an hour in starts at 0, as ffmpeg writes it); so are its colour tags. Pictures stored turned
-come upright from the source, as ffmpeg turns them, so no rotation is written unless the
-source's turn was no quarter turn (kept for players). Dropped
-    frames leave a gap in the video (players hold the previous picture) while their audio is
-    still written, so sound never skips.
+    come upright from the source, as ffmpeg turns them, so no rotation is written unless the
+    source's turn was no quarter turn (kept for players). Dropped frames leave a gap in the video
+    (players hold the previous picture) while their audio is still written, so sound never skips.
     """
 
     container_format: str | None = None  # None: from the file extension

@@ -73,7 +73,7 @@ SPEECH_KINDS = (
     ("said_goodbye", re.compile(r"\b(good ?bye|bye|see you|farewell)\b")),
     ("said_thanks", re.compile(r"\b(thanks|thank you|cheers)\b")),
     ("said_name", re.compile(r"\b(what'?s|what is|tell me) your name\b|\bwho are you\b")),
-    ("said_how_are_you", re.compile(r"\bhow are (you|things)\b|\bhow'?s it going\b|\bhow do you do\b")),
+    ("said_how_are_you", re.compile(r"\bhow are (you|things)\b|\bhow('?s| is) it going\b|\bhow do you do\b")),
     ("said_greeting", re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening)|greetings)\b")),
 )
 CONVERSATION_LINES = 12
@@ -168,6 +168,11 @@ class Context(ComputeStage):
         self._conversation: deque[dict[str, Any]] = deque(maxlen=self.options.conversation_lines)
         self._conversation_lock = threading.Lock()
         self._now_s = 0.0  # the latest frame's time, for the lines sent between frames
+        speech = ctx.service("speech")
+        if self.options.respond and self.llm is None and speech is not None and hasattr(speech, "prepare_ahead"):
+            # The rules answer from a fixed set of lines: the voice makes them ahead (on live runs,
+            # while it has nothing else to do), so an answer starts as soon as it is chosen.
+            speech.prepare_ahead([line for lines in RULE_LINES.values() for line in lines])
 
     def _send(self, line: str) -> None:
         speech = self.ctx.service("speech") if self.ctx is not None else None

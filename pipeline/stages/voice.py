@@ -16,7 +16,9 @@ the text lands on a later frame, on file runs on the frame where the turn's end 
 the sound of turns is kept or recognised; `asr: false` turns recognition off.
 
 Speaking: lines queued with `say` (the `say` option, `--say` on the command line, other stages)
-are synthesized (eSpeak NG by default), cached, and played out one frame's chunk at a time.
+are cut into sentences, synthesized (Piper's natural voice by default, eSpeak NG as the light
+option: `tts`) as an in-order side job, so the first sentence plays while the rest are made,
+cached, and played out one frame's chunk at a time with the mouth shape of the phoneme sounding.
 The frame's audio becomes the user's audio, lowered by `duck_db` while the avatar speaks, plus
 the avatar's voice, through the mixing kernel's soft limiter, so it never clips. When the user
 starts speaking, the avatar stops within that frame (barge-in) and, by default, drops the rest
@@ -24,7 +26,8 @@ of its queue. With `returns: avatar` the frame's sound becomes the avatar's voic
 between its lines): what a browser page plays, which must not play the user back to themselves.
 
 Annotation, under the stage's name: `user_speaking`, `speech_prob` (the frame's highest chunk
-probability; the last one when no chunk completed), `rms_dbfs`, `peak_dbfs`, `clipped` (samples
+probability; the last one when no chunk completed), `partial` (live runs: the text of the turn
+the user is still speaking, as read at its last pause; null otherwise), `rms_dbfs`, `peak_dbfs`, `clipped` (samples
 at full scale in this frame), `avatar_speaking`, `viseme` (mouth shape), `mouth` (0..1
 openness from the voice's loudness), `text` (being spoken) and `events`:
 `{"type": "user_started", "time_s"}`, `{"type": "user_stopped", "time_s", "duration_s"}`,
@@ -34,8 +37,11 @@ clock, the speech's first and last moment), `{"type": "avatar_interrupted", "tim
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
+from collections import deque
 from typing import Any, Literal
 
 import numpy as np
@@ -51,11 +57,12 @@ from pipeline.registry import register_stage
 from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
-from pipeline.voice.capture import PREROLL_S, TAIL_S, Clip
-from pipeline.voice.listener import MAX_BEHIND_S, Listener
+from pipeline.voice.capture import PAUSE_S, PREROLL_S, TAIL_S, Clip
+from pipeline.voice.listener import MAX_BEHIND_S, Heard, Listener
+from pipeline.voice.piper_synth import LazyPiper, onnx_cuda, shared_piper
 from pipeline.voice.recognizer import RecognizerUnavailable, Transcript, default_model_path, load_recognizer
-from pipeline.voice.speaker import Speaker
-from pipeline.voice.synth import DEFAULT_VOICE, EspeakSynthesizer, SynthesisError
+from pipeline.voice.speaker import Line, Speaker, sentences
+from pipeline.voice.synth import EspeakSynthesizer, SynthesisError, Synthesizer
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD
 from pipeline.voice.vad import warm_up as warm_vad
 
@@ -63,15 +70,19 @@ log = logging.getLogger(__name__)
 
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
 MAX_WAITING_UTTERANCES = 4  # utterances waiting to be recognised, past which the oldest is dropped
+MAX_WAITING_SENTENCES = 64  # sentences waiting to be synthesized, past which the oldest is dropped
 # Recognised once on live runs at set-up, so the user's first words pay no load or warm-up.
 WARM_UP = Clip(np.zeros(16000, np.float32), 0.0, 0.0)
+WARM_UP_LINE = "Hello."  # made once on live runs at set-up (into the cache), so the voice is loaded
 
 
 class VoiceOptions(StageOptions):
     threshold: float = Field(THRESHOLD, gt=0.0, lt=1.0)  # speech probability that starts a turn
     hangover_s: float = Field(HANGOVER_S, ge=0.0, le=5.0)  # silence that ends one
     say: tuple[str, ...] = ()  # lines the avatar speaks from the start, in order
-    voice: str = DEFAULT_VOICE  # the synthesizer's voice name
+    tts: Literal["piper", "espeak"] = "piper"  # the avatar's voice: Piper's natural one, or eSpeak NG's light one
+    # Piper: a voice model's .onnx path (None: en_US-joe-medium); eSpeak NG: a voice name (None: en-us).
+    voice: str | None = None
     duck_db: float = Field(12.0, ge=0.0, le=60.0)  # how far the user's audio is lowered under the avatar's voice
     voice_gain_db: float = Field(0.0, ge=-40.0, le=20.0)  # the avatar's level
     barge_in: bool = True  # the user speaking stops the avatar
@@ -81,9 +92,12 @@ class VoiceOptions(StageOptions):
     returns: Literal["mixed", "avatar"] = "mixed"
     asr: bool = True  # recognise what the user says (Whisper)
     asr_model: str | None = None  # a CTranslate2 Whisper model directory; None: the installed tiny.en
-    asr_threads: int = Field(0, ge=0, le=64)  # CPU threads for recognition; 0: half the cores
+    asr_threads: int = Field(0, ge=0, le=64)  # CPU threads for recognition; 0: all the cores
     preroll_s: float = Field(PREROLL_S, ge=0.0, le=2.0)  # sound kept before a turn's start for recognition
     tail_s: float = Field(TAIL_S, ge=0.0, le=2.0)  # ... and after its end
+    # Live runs: a pause this long in the user's speech starts reading the turn so far, so its
+    # text is ready sooner if the turn ends there (at `hangover_s`). At least `tail_s`.
+    pause_s: float = Field(PAUSE_S, gt=0.0, le=5.0)
 
 
 @register_stage
@@ -98,28 +112,48 @@ class Voice(ComputeStage):
     @classmethod
     def warm_up(cls, device: torch.device) -> None:
         warm_vad("cpu")  # where SileroVAD runs, whatever the graph's device
+        # The natural voice takes a second or two to load: once per process, before any session (one
+        # that cannot have it says so when it sets up).
+        with contextlib.suppress(SynthesisError):
+            shared_piper(None, device.type == "cuda" and onnx_cuda())
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
         options = self.options
         self.recognizer = self._recognizer_model(ctx) if options.asr else None
+        self.utterances = 0  # recognised with text
+        self.recognition_s = 0.0  # time recognition took, all together
+        self.early = 0  # utterances whose text was ready when their turn ended (read at a pause)
+        self.recognizing = None
+        if self.recognizer is not None:
+            # Started at once, not between frames: the user is waiting for the answer.
+            self.recognizing = ctx.side_job(
+                self._recognize,
+                "recognize",
+                kind=JobKind.IN_ORDER,
+                max_lag=MAX_WAITING_UTTERANCES,
+                between_frames=False,
+            )
+            if self.recognizing.beside:  # live: load and warm it now, not on the user's first words
+                self.recognizing.submit(WARM_UP, False)
+        # Live runs read the turn so far at each pause (`pause_s`): when the turn ends there, its
+        # text is ready or on the way. Files gain nothing from it (they run in line).
+        early = self.recognizing is not None and self.recognizing.beside
         self.listener = Listener(
             threshold=options.threshold,
             hangover_s=options.hangover_s,
             capture=self.recognizer is not None,
             preroll_s=options.preroll_s,
             tail_s=options.tail_s,
+            pause_s=options.pause_s if early else None,
         )
-        self.utterances = 0  # recognised with text
-        self.recognition_s = 0.0  # time recognition took, all together
-        self.recognizing = None
-        if self.recognizer is not None:
-            self.recognizing = ctx.side_job(
-                self._recognize, "recognize", kind=JobKind.IN_ORDER, max_lag=MAX_WAITING_UTTERANCES
-            )
-            if self.recognizing.beside:  # live: load and warm it now, not on the user's first words
-                self.recognizing.submit(WARM_UP)
+        self._read_early: dict[
+            tuple[float, float], Transcript | None
+        ] = {}  # pause clips: their text, or None while read
+        self._awaited: set[tuple[float, float]] = set()  # turns that ended at a pause still being read
+        self._partial: str | None = None  # the open turn's text so far (live runs, from its pauses)
         self.clipped_total = 0
+        self.sentences_failed = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
         fps = float(ctx.stream.fps) if ctx.stream is not None and ctx.stream.fps else 30.0
         # One request a frame's sound: at most `MAX_BEHIND_S` of it waits to be heard.
@@ -132,14 +166,53 @@ class Voice(ComputeStage):
         channels = stream.audio_channels if stream is not None else 0
         layout = (stream.audio_layout or layout_name(channels)) if stream is not None and channels else "mono"
         self._voice_channels = front_channels(layout)
-        try:
-            self.speaker: Speaker | None = Speaker(EspeakSynthesizer(), rate, voice=self.options.voice)
-        except SynthesisError as exc:
-            log.warning("%s: the avatar stays silent (%s)", self.name, exc)
-            self.speaker = None
+        self._ahead: deque[str] = deque()  # sentences to synthesize ahead, while synthesis is idle
+        self._ahead_lock = threading.Lock()
+        synthesizer = self._synthesizer(ctx)
+        self.speaker: Speaker | None = None
+        self.synthesizing = None
+        if synthesizer is not None:
+            # Sentences are made beside the frames on live runs (at once, not between frames: the
+            # user is waiting for the first one), in line on file runs.
+            self.synthesizing = ctx.side_job(
+                self._make_sentence, "speak", kind=JobKind.IN_ORDER, max_lag=MAX_WAITING_SENTENCES, between_frames=False
+            )
+            voice = self.options.voice if self.options.tts == "espeak" else None
+            self.speaker = Speaker(synthesizer, rate, voice=voice, prepare=self.synthesizing.submit)
+            if self.synthesizing.beside and not self.options.say:  # live: load the voice now, beside
+                self.synthesizing.submit(Line(WARM_UP_LINE))
         for line in self.options.say:
             self.say(line)
         ctx.offer("speech", self)
+
+    def _synthesizer(self, ctx: StageContext) -> Synthesizer | None:
+        """The avatar's voice: Piper, else eSpeak NG, else none (said once, in one line)."""
+        reasons = []
+        if self.options.tts == "piper":
+            try:
+                return LazyPiper(self.options.voice, use_cuda=ctx.device.type == "cuda" and onnx_cuda())
+            except SynthesisError as exc:
+                reasons.append(str(exc))
+        try:
+            synthesizer = EspeakSynthesizer()
+        except SynthesisError as exc:
+            reasons.append(str(exc))
+            log.warning("%s: the avatar stays silent (%s)", self.name, "; ".join(reasons))
+            return None
+        if reasons:
+            log.warning("%s: the avatar speaks with eSpeak NG (%s)", self.name, reasons[0])
+        return synthesizer
+
+    def _make_sentence(self, line: Line) -> None:
+        """One sentence synthesized (a side job's work); a sentence that fails is skipped, and said once."""
+        assert self.speaker is not None
+        try:
+            self.speaker.prepare(line)
+        except Exception as exc:
+            line.dropped = True
+            self.sentences_failed += 1
+            if self.sentences_failed == 1:
+                log.warning("%s: could not say %r (%s)", self.name, line.text[:40], one_line(exc))
 
     def _recognizer_model(self, ctx: StageContext) -> str | None:
         """The recognizer's name in the model manager (registered there), or None without one."""
@@ -156,11 +229,20 @@ class Voice(ComputeStage):
         self.models.ensure(ModelSpec(name, loader, "medium"))
         return name
 
-    def _recognize(self, clip: Clip) -> tuple[Clip, Transcript]:
-        """One utterance through the recognizer (beside the frames on live runs), the model pinned."""
+    def _recognize(self, clip: Clip, early: bool) -> tuple[Clip, bool, Transcript]:
+        """One utterance (or the turn so far, at a pause: `early`) through the recognizer, beside
+        the frames on live runs, the model pinned."""
         assert self.recognizer is not None and self.ctx is not None
         with self.models.use(self.recognizer) as model:
-            return clip, model.transcribe(clip.samples)
+            return clip, early, model.transcribe(clip.samples)
+
+    def prepare_ahead(self, lines: list[str]) -> None:
+        """Synthesize `lines` into the cache, one sentence at a time while synthesis has nothing
+        else to do, on live runs: lines the avatar is likely to say (the rules' answers) then
+        start as soon as they are said. Any thread."""
+        if self.speaker is not None and self.synthesizing is not None and self.synthesizing.beside:
+            with self._ahead_lock:
+                self._ahead.extend(sentence for line in lines for sentence in sentences(line))
 
     def say(self, text: str) -> None:
         """Queue a line for the avatar (any thread)."""
@@ -187,25 +269,62 @@ class Voice(ComputeStage):
             {"type": "user_stopped", "time_s": round(turn.end_s, 3), "duration_s": round(turn.duration_s, 3)}
             for turn in heard.ended
         ]
-        events += self._said(heard.utterances)
+        events += self._said(heard)
         if heard.started and self.options.barge_in and self.speaker is not None and self.speaker.speaking:
             cut = self.speaker.current_text
             self.speaker.stop(drop_queue=self.options.barge_in_drops_queue)
             events.append({"type": "avatar_interrupted", "time_s": round(heard.started[0], 3), "text": cut})
-        record |= {"user_speaking": heard.speaking, "speech_prob": round(heard.probability, 4)}
+        if heard.started or not heard.speaking:
+            self._partial = None  # a new turn, or the turn is over (its text came as user_said)
+        record |= {
+            "user_speaking": heard.speaking,
+            "speech_prob": round(heard.probability, 4),
+            "partial": self._partial,
+        }
         record |= self._speak(frame)
         record["events"] = events
         return record
 
-    def _said(self, utterances: list[Clip]) -> list[dict[str, Any]]:
-        """Hands new utterances to the recognizer; `user_said` events for those it has finished."""
+    def _said(self, heard: Heard) -> list[dict[str, Any]]:
+        """Hands new utterances (and turns so far, at pauses) to the recognizer; `user_said` events
+        for the utterances whose text is ready.
+
+        A turn that ends where it paused has the clip that pause had: its text was read then, and
+        is used (at once if ready, else when it comes) instead of reading it again. A pause read
+        while another is still waiting is skipped: reading it would only delay the turn's end."""
         if self.recognizing is None:
             return []
-        for clip in utterances:
-            self.recognizing.submit(clip)
-        events = []
-        for clip, transcript in self.recognizing.take():
+        ready: list[tuple[Clip, Transcript]] = []
+        for clip in heard.pauses:
+            if None not in self._read_early.values():
+                self._read_early[_key(clip)] = None
+                self.recognizing.submit(clip, True)
+        for clip in heard.utterances:
+            key = _key(clip)
+            if key in self._read_early and self._read_early[key] is not None:
+                ready.append((clip, self._read_early.pop(key)))
+                self.early += 1
+            elif key in self._read_early:
+                self._awaited.add(key)
+            else:
+                self.recognizing.submit(clip, False)
+        for clip, early, transcript in self.recognizing.take():
             self.recognition_s += transcript.seconds
+            key = _key(clip)
+            if not early:
+                ready.append((clip, transcript))
+            elif key in self._awaited:
+                self._awaited.discard(key)
+                self._read_early.pop(key, None)
+                ready.append((clip, transcript))
+                self.early += 1
+            else:  # the turn went on, or has not ended yet: kept until it does (the last few)
+                self._read_early[key] = transcript
+                self._partial = transcript.text or self._partial  # what was said so far, shown meanwhile
+                while len(self._read_early) > MAX_WAITING_UTTERANCES:
+                    del self._read_early[next(iter(self._read_early))]
+        events = []
+        for clip, transcript in ready:
             if clip is WARM_UP or not transcript.text:  # no words in it
                 continue
             self.utterances += 1
@@ -217,6 +336,13 @@ class Voice(ComputeStage):
 
     def _speak(self, frame: Frame) -> dict[str, Any]:
         """The avatar's part of this frame: its chunk of voice mixed into the frame's audio, and its mouth."""
+        if self.synthesizing is not None:
+            self.synthesizing.take()  # the sentences made since the last frame (each failure was said once)
+            if self._ahead and not self.synthesizing.busy:
+                with self._ahead_lock:
+                    ahead = self._ahead.popleft() if self._ahead else None
+                if ahead is not None:
+                    self.synthesizing.submit(Line(ahead))
         if self.speaker is None:
             return {"avatar_speaking": False, "viseme": "sil", "mouth": 0.0, "text": None}
         chunk = frame.audio
@@ -245,3 +371,8 @@ class Voice(ComputeStage):
             "mouth": spoken.mouth,
             "text": spoken.text,
         }
+
+
+def _key(clip: Clip) -> tuple[float, float]:
+    """A clip's turn, by where its speech starts and ends (a turn ending at a pause has that pause's clip)."""
+    return round(clip.start_s, 4), round(clip.end_s, 4)

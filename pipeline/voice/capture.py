@@ -18,7 +18,8 @@ import numpy as np
 
 RATE = 16000  # Hz
 PREROLL_S = 0.3
-TAIL_S = 0.2
+TAIL_S = 0.1
+PAUSE_S = 0.1  # a pause this long is read as the turn so far (live runs; see the voice stage)
 MAX_S = 28.0
 
 
@@ -75,6 +76,13 @@ class UtteranceCapture:
             start, preroll = self._open, 0
         self._open, self._split = None, False
         return self._clip(start, end, start - preroll, end + self.tail)
+
+    def so_far(self, start_s: float, end_s: float) -> Clip:
+        """The clip `end` would give for the open turn if it ended at `end_s`; the turn stays open."""
+        open_, split = self._open, self._split
+        clip = self.end(start_s, end_s)
+        self._open, self._split = open_, split
+        return clip
 
     def _clip(self, start: int, end: int, cut_from: int, cut_to: int) -> Clip:
         lo = max(cut_from, self._first) - self._first

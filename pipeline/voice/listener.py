@@ -36,6 +36,7 @@ class Heard:
     speaking: bool = False  # the user is speaking as of the last chunk heard
     probability: float = 0.0  # highest chunk probability of the last sound heard (if none completed: the last one)
     utterances: list[Clip] = field(default_factory=list)  # the sound of turns that ended (or long turns' parts)
+    pauses: list[Clip] = field(default_factory=list)  # the sound of open turns so far, at a pause in them
 
 
 class Listener:
@@ -50,9 +51,12 @@ class Listener:
         capture: bool = False,
         preroll_s: float = PREROLL_S,
         tail_s: float = TAIL_S,
+        pause_s: float | None = None,
     ):
         self._vad = SileroVAD()  # a small recurrent model: the CPU is the right place for 32 ms chunks
-        self._gate = SpeechGate(threshold=threshold, hangover_s=hangover_s)
+        # A pause is cut once its tail is in, so its clip is the one the turn's end would give.
+        pause_s = max(pause_s, tail_s) if pause_s is not None and capture else None
+        self._gate = SpeechGate(threshold=threshold, hangover_s=hangover_s, pause_s=pause_s)
         # The utterances' sound, for a recognizer (`capture`): none is kept without one.
         self._capture = UtteranceCapture(preroll_s=preroll_s, tail_s=tail_s) if capture else None
         self._resampler = ChunkResampler(VAD_RATE, 1)
@@ -72,13 +76,17 @@ class Listener:
         if len(probabilities):
             self._last_probability = float(np.max(probabilities))
         started, ended = self._gate.push(probabilities)
+        pauses = []
         if self._capture is not None:
             # In the order they happened: a turn ends before the next begins.
             for turn in ended:
                 clips.append(self._capture.end(turn.start_s, turn.end_s))
             if self._gate.speaking and started:
                 self._capture.begin(started[-1])
+            if self._gate.speaking:  # a pause in the open turn (one in a turn that ended is that end)
+                pauses = [self._capture.so_far(turn.start_s, turn.end_s) for turn in self._gate.pauses[-1:]]
             self._capture.trim()
+        self._gate.pauses.clear()
         origin = self._origin_s
         return Heard(
             started=[origin + t for t in started],
@@ -86,6 +94,7 @@ class Listener:
             speaking=self._gate.speaking,
             probability=self._last_probability,
             utterances=[Clip(clip.samples, origin + clip.start_s, origin + clip.end_s) for clip in clips],
+            pauses=[Clip(clip.samples, origin + clip.start_s, origin + clip.end_s) for clip in pauses],
         )
 
     def fold(self, done: list[Heard]) -> Heard:
@@ -96,6 +105,7 @@ class Listener:
             merged.started += one.started
             merged.ended += one.ended
             merged.utterances += one.utterances
+            merged.pauses += one.pauses
             merged.speaking = one.speaking
             merged.probability = one.probability
         self._speaking, self._probability = merged.speaking, merged.probability

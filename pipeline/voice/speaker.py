@@ -1,24 +1,35 @@
-"""The avatar's voice over time: a queue of utterances played out chunk by chunk, with barge-in.
+"""The avatar's voice over time: a queue of sentences played out chunk by chunk, with barge-in.
 
-Text is synthesized once per (text, voice) and kept in an LRU cache, resampled to the output
-rate, and queued. Each video frame asks for its chunk of audio (`next_chunk`): the current
-utterance plays on, the next one starts right after it, and silence fills the gaps. `stop`
-cuts the current utterance at once (barge-in) and may drop the rest of the queue.
+A line is split into sentences, each synthesized once per (text, voice) and kept in an LRU cache,
+resampled to the output rate. Synthesis goes through `prepare`: the voice stage hands each
+sentence to a side job, so the frames never wait for it and the first sentence plays while the
+rest are made; without one, `say` synthesizes at once. Each video frame asks for its chunk of
+audio (`next_chunk`): the current sentence plays on, the next one starts right after it once it
+is ready, and silence fills the gaps. `stop` cuts the current sentence at once (barge-in) and
+may drop the rest of the queue, sentences still being made included.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
-from pipeline.voice.synth import DEFAULT_VOICE, Synthesizer, Utterance
+from pipeline.voice.synth import Synthesizer, Utterance
 from pipeline.voice.visemes import SILENCE, viseme
 
-CACHE_SIZE = 64  # utterances kept synthesized
+CACHE_SIZE = 64  # sentences kept synthesized
+SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """`text` cut after each . ! ? or … that a space follows."""
+    return [part.strip() for part in SENTENCE_END.split(text.strip()) if part.strip()]
 
 
 @dataclass
@@ -29,10 +40,19 @@ class _Playing:
     position: int = 0
 
 
+@dataclass
+class Line:
+    """One sentence queued to be said: made (`ready`) by `Speaker.prepare`, perhaps on another thread."""
+
+    text: str
+    ready: _Playing | None = None
+    dropped: bool = False  # barge-in dropped it: no need to make it
+
+
 @dataclass(frozen=True)
 class SpokenChunk:
     samples: np.ndarray  # float32 mono at the output rate, silence where nothing is said
-    text: str | None  # the utterance this chunk is part of
+    text: str | None  # the sentence this chunk is part of
     viseme: str  # the mouth shape at the chunk's middle
     mouth: float  # 0..1, from the chunk's loudness
 
@@ -41,14 +61,22 @@ class Speaker:
     """Plays queued utterances at `rate` Hz; one chunk per video frame."""
 
     def __init__(
-        self, synthesizer: Synthesizer, rate: int, *, voice: str = DEFAULT_VOICE, cache_size: int = CACHE_SIZE
+        self,
+        synthesizer: Synthesizer,
+        rate: int,
+        *,
+        voice: str | None = None,
+        cache_size: int = CACHE_SIZE,
+        prepare: Callable[[Line], None] | None = None,
     ):
         self.synthesizer = synthesizer
         self.rate = rate
         self.voice = voice
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, str], _Playing] = OrderedDict()
-        self._queue: deque[_Playing] = deque()
+        # How a sentence gets made: handed to `prepare` (a side job that calls `self.prepare`), or now.
+        self._schedule = prepare or self.prepare
+        self._cache: OrderedDict[tuple[str, str | None], _Playing] = OrderedDict()
+        self._queue: deque[Line] = deque()
         self._current: _Playing | None = None
         self.synthesized = 0  # utterances synthesized (cache misses)
         self.interrupted = 0  # utterances cut by barge-in
@@ -64,20 +92,39 @@ class Speaker:
         return current.utterance.text if current is not None else None
 
     def say(self, text: str) -> None:
-        """Queue `text` to be spoken after whatever is queued already."""
-        text = text.strip()
-        if text:
-            prepared = self._prepared(text)
-            with self._lock:
-                self._queue.append(prepared)
+        """Queue `text` to be spoken after whatever is queued already, sentence by sentence."""
+        lines = [Line(sentence) for sentence in sentences(text)]
+        with self._lock:
+            self._queue.extend(lines)
+            for line in lines:
+                cached = self._cache.get((line.text, self.voice))
+                if cached is not None:
+                    self._cache.move_to_end((line.text, self.voice))
+                    line.ready = _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
+        for line in lines:
+            if line.ready is None:
+                self._schedule(line)
+
+    def cached(self, text: str) -> Utterance | None:
+        """The sentence as it was synthesized, if it still is in the cache."""
+        with self._lock:
+            playing = self._cache.get((text, self.voice))
+        return playing.utterance if playing is not None else None
+
+    def prepare(self, line: Line) -> None:
+        """Make a queued sentence (on whichever thread synthesizes), unless barge-in dropped it."""
+        if not line.dropped and line.ready is None:
+            line.ready = self._prepared(line.text)
 
     def stop(self, *, drop_queue: bool = True) -> None:
-        """Barge-in: end the current utterance now; with `drop_queue`, forget the rest too."""
+        """Barge-in: end the current sentence now; with `drop_queue`, forget the rest too."""
         with self._lock:
             if self._current is not None:
                 self.interrupted += 1
                 self._current = None
             if drop_queue:
+                for line in self._queue:
+                    line.dropped = True
                 self._queue.clear()
 
     def next_chunk(self, count: int) -> SpokenChunk:
@@ -91,9 +138,11 @@ class Speaker:
         text, shape = None, SILENCE
         while filled < count:
             if self._current is None:
-                if not self._queue:
-                    break
-                self._current = self._queue.popleft()
+                while self._queue and self._queue[0].dropped:  # a sentence that could not be made
+                    self._queue.popleft()
+                if not self._queue or self._queue[0].ready is None:
+                    break  # nothing queued, or the next sentence is still being made
+                self._current = self._queue.popleft().ready
                 self._current.position = 0
             playing = self._current
             take = min(count - filled, len(playing.samples) - playing.position)

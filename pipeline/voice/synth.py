@@ -55,7 +55,7 @@ class Utterance:
 
 
 class Synthesizer(Protocol):
-    def synthesize(self, text: str, voice: str = DEFAULT_VOICE) -> Utterance: ...
+    def synthesize(self, text: str, voice: str | None = None) -> Utterance: ...
 
 
 class _EspeakEvent(ctypes.Structure):
@@ -124,8 +124,9 @@ class EspeakSynthesizer:
                 raise SynthesisError(f"eSpeak NG did not start (data in {data})")
             cls._library, cls._sample_rate = library, rate
 
-    def synthesize(self, text: str, voice: str = DEFAULT_VOICE) -> Utterance:
+    def synthesize(self, text: str, voice: str | None = None) -> Utterance:
         """The whole utterance, synthesized now (eSpeak runs several times faster than real time)."""
+        voice = voice or DEFAULT_VOICE
         library = self._library
         assert library is not None
         chunks: list[np.ndarray] = []

@@ -15,7 +15,9 @@ of it (about 10 ms): the copy keeps the optimized plan and has its own state.
 `SpeechGate` adds hysteresis and hangover: speech starts when the probability reaches
 `threshold`, and ends only after it has stayed below `threshold − 0.15` for `hangover_s`, so
 the short pauses inside a sentence do not split a turn. A turn is reported from its first to
-its last chunk at or above the threshold.
+its last chunk at or above the threshold. With `pause_s` (shorter than the hangover), each pause
+that lasts that long is reported too (`pauses`), once, as the turn would end if the user said no
+more: a recognizer can start on it and have the text when the turn does end.
 """
 
 from __future__ import annotations
@@ -124,10 +126,13 @@ class Turn:
 class SpeechGate:
     """Chunk probabilities → speaking or not, with hysteresis and hangover; finished turns as they end."""
 
-    def __init__(self, *, threshold: float = THRESHOLD, hangover_s: float = HANGOVER_S):
+    def __init__(self, *, threshold: float = THRESHOLD, hangover_s: float = HANGOVER_S, pause_s: float | None = None):
         self.threshold = threshold
         self.release = max(0.0, threshold - RELEASE_GAP)
         self.hangover_chunks = max(1, round(hangover_s / CHUNK_S))
+        # Pauses this long (in chunks) are reported as the turn so far; None: none are.
+        self.pause_chunks = max(1, round(pause_s / CHUNK_S)) if pause_s is not None else None
+        self.pauses: list[Turn] = []  # reported since the caller last emptied it
         self.speaking = False
         self._start_chunk = 0
         self._last_speech_chunk = 0  # last chunk above the release level: keeps the turn open
@@ -150,6 +155,8 @@ class SpeechGate:
                 elif self._index - self._last_speech_chunk >= self.hangover_chunks:
                     self.speaking = False
                     ended.append(self._turn())
+                elif self._index - self._last_speech_chunk == self.pause_chunks:
+                    self.pauses.append(self._turn())
             self._index += 1
         return started, ended
 

@@ -141,6 +141,8 @@ function show(message) {
   }
   if (voice.text && voice.text !== lastAvatarLine) addToTranscript("avatar", voice.text);
   lastAvatarLine = voice.text || null;
+  // What the user is saying, as far as it has been heard: one line under the transcript.
+  $("partial").textContent = voice.user_speaking && voice.partial ? `you: ${voice.partial}…` : "";
   const now = performance.now();
   latencies.push([now, message.latency_ms]);
   while (latencies.length && latencies[0][0] < now - 10000) latencies.shift();
