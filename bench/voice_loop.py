@@ -19,7 +19,11 @@ noise at 10 dB SNR. Words are compared lower-cased, without punctuation.
 **The voices.** Time to first audio of a short sentence and the real-time factor (seconds of
 compute per second of speech) of Piper, with eSpeak NG measured beside it in the same run.
 
-    python bench/voice_loop.py [--utterances 12] [--skip-loop] [--skip-wer]
+    python bench/voice_loop.py [--utterances 12] [--skip-loop] [--skip-wer] [--hangovers]
+
+**The hangover** (`--hangovers`): for each hangover, how many of the sentences here (three voices
+each) the VAD's gate cuts into more than one turn, and how long after the speech ends it knows the
+turn is over; the voice stage's `hangover_s` is the shortest that cuts none.
 
 Targets (the issue's): voice-to-voice median ≤ 800 ms on a 2-core CPU (≤ 300 ms on a GPU); WER
 ≤ 10% clean, ≤ 20% noisy; Piper's first audio ≤ 150 ms for a short sentence.
@@ -175,6 +179,49 @@ def word_error_rates() -> dict[str, Any]:
     rates = {k: round(sum(e for e, _ in v) / sum(t for _, t in v), 4) for k, v in rows.items()}
     worst.sort(reverse=True)
     return {"sentences": len(SENTENCES), "clips": {k: len(v) for k, v in rows.items()}, **rates, "worst": worst[:5]}
+
+
+# ----------------------------------------------------------------- the hangover
+
+
+HANGOVERS = (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+def hangover_sweep() -> list[dict[str, Any]]:
+    """For each hangover: how many utterances (every sentence here, three voices each, commas and
+    all) the gate cuts into more than one turn, and how long after the speech ends it knows."""
+    from pipeline.voice.vad import CHUNK_S, SileroVAD, SpeechGate
+
+    voices = ("espeak:en-us", "espeak:en", "espeak:en-us+f3", "piper:1.0", "piper:0.85", "piper:1.2")
+    scored = []
+    for index, text in enumerate([*SENTENCES, *(t for t, _ in LOOP)]):
+        for voice in voices[index % 2 :: 2]:
+            speech = speak(text, voice)
+            end = (RATE + np.flatnonzero(np.abs(speech) > SPEECH_LEVEL)[-1] + 1) / RATE
+            audio = np.concatenate((np.zeros(RATE, np.float32), speech, np.zeros(RATE, np.float32)))
+            scored.append((SileroVAD().push(audio), end))
+    rows = []
+    for hangover in HANGOVERS:
+        split, delays = 0, []
+        for probabilities, end in scored:
+            gate, turns, known = SpeechGate(hangover_s=hangover), 0, None
+            for index, probability in enumerate(probabilities):
+                ended = gate.push(np.array([probability]))[1]
+                turns += len(ended)
+                if ended and known is None:
+                    known = (index + 1) * CHUNK_S
+            split += turns + len(gate.finish()) > 1
+            if known is not None:
+                delays.append(1000 * (known - end))
+        rows.append(
+            {
+                "hangover_s": hangover,
+                "utterances": len(scored),
+                "split": split,
+                "end_known_ms": {"median": round(statistics.median(delays)), "p95": round(_p95(delays))},
+            }
+        )
+    return rows
 
 
 # ----------------------------------------------------------------- the voices' speed
@@ -338,8 +385,19 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=len(LOOP), help=f"default {len(LOOP)}")
     parser.add_argument("--skip-loop", action="store_true", help="skip voice-to-voice (it runs in real time)")
     parser.add_argument("--skip-wer", action="store_true", help="skip the word error rates")
+    parser.add_argument("--hangovers", action="store_true", help="also sweep the VAD's hangover (splits, delay)")
     args = parser.parse_args()
     result: dict[str, Any] = {}
+    if args.hangovers:
+        result["hangovers"] = sweep = hangover_sweep()
+        print("the VAD's hangover: utterances cut into more than one turn, and when the end is known")
+        for row in sweep:
+            known = row["end_known_ms"]
+            print(
+                f"  {row['hangover_s']:.2f} s: split {row['split']:>3}/{row['utterances']}"
+                f"   end known {known['median']:>4} ms after the speech (p95 {known['p95']})"
+            )
+        print()
     result["voices"] = voices = voice_speed()
     print("voices: time to first audio of a short sentence, real-time factor")
     for name, row in voices.items():

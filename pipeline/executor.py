@@ -191,10 +191,23 @@ class Pipeline:
             scratch={name: r.scratch.stats() for name, r in self._running.items()},
             quality=self.scheduler.report() if self.scheduler is not None else {"enabled": False},
             side_work=self.side_work.report(),
+            stage_counters=self._stage_counters(),
             models=self.models.status(),
             device_profile=self.profile.name,
             cpu_threads=torch.get_num_threads(),  # torch's threads per op: the cores this run kept to
         )
+
+    def _stage_counters(self) -> dict[str, dict[str, Any]]:
+        """Each stage's own counters (`Stage.counters`), for those that keep any."""
+        counters = {}
+        for name, running in self._running.items():
+            try:
+                kept = running.runner.stage.counters()
+            except Exception as exc:  # a report never fails for a stage's counters
+                kept = {"error": f"{type(exc).__name__}: {exc}"}
+            if kept:
+                counters[name] = kept
+        return counters
 
     def _start_stages(self) -> None:
         nodes = list(self.graph.nodes.values())

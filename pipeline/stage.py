@@ -145,6 +145,11 @@ class Stage:
         """Acquire what the stage needs (models, buffers). Runs once, before the first frame."""
         self.ctx = ctx
 
+    def counters(self) -> dict[str, Any]:
+        """What the stage did over the run, for the report (`stage_counters`): JSON-able numbers
+        a user would ask about (utterances heard, lines said); none by default."""
+        return {}
+
     async def process(self, frame: Frame) -> dict[str, Any] | None:
         """Look at (or draw into) the frame; return this stage's annotation, or None."""
         raise NotImplementedError

@@ -78,7 +78,9 @@ def test_each_utterance_lands_once_as_user_said_with_its_words_and_times(tmp_pat
     assert sum(e["type"] == "user_said" for r in records for e in r["voice"]["events"]) == 2
     recognize = report["side_work"]["voice.recognize"]
     assert recognize["run"] == 2 and recognize["dropped"] == 0 and recognize["worked_s"] > 0
-    assert report["side_work"]["voice.listen"]["dropped"] == 0
+    counted = report["stage_counters"]["voice"]
+    assert counted["utterances"] == 2 and counted["recognition_s"] > 0 and counted["sound_dropped"] == 0
+    assert report["stage_counters"]["context"]["events"] >= 6  # started, stopped, said: twice
 
 
 def test_silence_and_tones_give_no_user_said(tmp_path):

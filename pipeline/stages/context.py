@@ -174,6 +174,9 @@ class Context(ComputeStage):
             # while it has nothing else to do), so an answer starts as soon as it is chosen.
             speech.prepare_ahead([line for lines in RULE_LINES.values() for line in lines])
 
+    def counters(self) -> dict[str, Any]:
+        return {"events": self.events_total, "lines_sent": self.lines_sent}
+
     def _send(self, line: str) -> None:
         speech = self.ctx.service("speech") if self.ctx is not None else None
         if speech is not None:

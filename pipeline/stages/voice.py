@@ -236,6 +236,20 @@ class Voice(ComputeStage):
         with self.models.use(self.recognizer) as model:
             return clip, early, model.transcribe(clip.samples)
 
+    def counters(self) -> dict[str, Any]:
+        """What was heard and said over the run."""
+        speaker = self.speaker
+        return {
+            "utterances": self.utterances,  # recognised with words
+            "read_at_pause": self.early,  # of them, with the text read at the pause they ended at
+            "recognition_s": round(self.recognition_s, 3),  # all recognition work, pauses' readings included
+            "sound_dropped": self.listening.stats.dropped,  # frames' sound the VAD fell too far behind to hear
+            "sentences_synthesized": speaker.synthesized if speaker is not None else 0,
+            "sentences_interrupted": speaker.interrupted if speaker is not None else 0,
+            "sentences_failed": self.sentences_failed,
+            "clipped_samples": self.clipped_total,
+        }
+
     def prepare_ahead(self, lines: list[str]) -> None:
         """Synthesize `lines` into the cache, one sentence at a time while synthesis has nothing
         else to do, on live runs: lines the avatar is likely to say (the rules' answers) then

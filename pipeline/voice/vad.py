@@ -38,7 +38,7 @@ CHUNK = 512  # samples per call (32 ms); the model rejects other sizes at 16 kHz
 CHUNK_S = CHUNK / VAD_RATE
 THRESHOLD = 0.5
 RELEASE_GAP = 0.15  # the probability must fall this far below the threshold to count as silence
-HANGOVER_S = 0.3  # silence shorter than this does not end a turn
+HANGOVER_S = 0.3  # silence shorter than this does not end a turn: the shortest that split no test utterance
 WARM_CALLS = 3  # calls that take the executor through profiling to its optimized plan
 
 
