@@ -227,15 +227,19 @@ def hangover_sweep() -> list[dict[str, Any]]:
 # ----------------------------------------------------------------- the voices' speed
 
 
+SHORT = ("Hello there!", "Hi, how are you?", "Good morning!", "Nice to see you.", "Welcome back!", "See you soon!")
+
+
 def voice_speed() -> dict[str, Any]:
-    short, longer = "Hello there!", " ".join(SENTENCES[:6])
+    """Short sentences each said once (Piper keeps what it has made: a repeat costs nothing)."""
+    longer = " ".join(SENTENCES[:6])
     piper = shared_piper()
     espeak = EspeakSynthesizer()
     result = {}
     for name, synthesize in (("piper", piper.synthesize), ("espeak", espeak.synthesize)):
         synthesize("Warm up.")
         firsts = []
-        for _ in range(7):
+        for short in SHORT:
             started = time.perf_counter()
             synthesize(short)
             firsts.append(time.perf_counter() - started)

@@ -339,10 +339,13 @@ class SideWork:
         stage_nice: int = 0,
         max_lag: int = DEFAULT_MAX_LAG,
         between_frames: bool = True,
+        share: float | None = None,
     ) -> SideJob[Result]:
         """A side job for `stage`, whose lane runs at `stage_nice`. `between_frames`: the work shares
         the CPU with the frames, so its runs start between them and a latest-wins one keeps to
-        `CPU_SHARE` of the wall time (False for work on a GPU stream, or waiting on a network)."""
+        `CPU_SHARE` of the wall time (False for work on a GPU stream, or waiting on a network).
+        `share`: a latest-wins job's share of the wall time where it shares the CPU, if not
+        `CPU_SHARE` (work nobody waits for can take less)."""
         if any(job.name == name for _, job in self._jobs):
             raise ValueError(f"side job {name!r} already exists")
         waits = self.beside and self._live and between_frames
@@ -355,7 +358,7 @@ class SideWork:
             max_lag=max_lag,
             nice=background_nice(stage_nice),
             device=self._device,
-            share=CPU_SHARE if waits and kind is JobKind.LATEST else 1.0,
+            share=(share or CPU_SHARE) if waits and kind is JobKind.LATEST else 1.0,
         )
         self._jobs.append((stage, job))
         return job

@@ -84,6 +84,7 @@ class StageContext:
         kind: JobKind,
         max_lag: int = DEFAULT_MAX_LAG,
         between_frames: bool = True,
+        share: float | None = None,
     ) -> SideJob[Any]:
         """A job beside this stage's frames (or in line, as the graph says), named `<stage>.<what>`,
         its thread behind the stage's lane. See `pipeline.side_work.SideWork.job`."""
@@ -95,6 +96,7 @@ class StageContext:
             stage_nice=self.lane.cpu_nice,
             max_lag=max_lag,
             between_frames=between_frames,
+            share=share,
         )
 
 

@@ -77,6 +77,7 @@ SPEECH_KINDS = (
     ("said_greeting", re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening)|greetings)\b")),
 )
 CONVERSATION_LINES = 12
+AHEAD = ("face_found", *(key for key in RULE_LINES if key.startswith("said_")))  # answers made ahead
 
 
 def valence_arousal(probs: dict[str, float]) -> tuple[float, float]:
@@ -170,9 +171,10 @@ class Context(ComputeStage):
         self._now_s = 0.0  # the latest frame's time, for the lines sent between frames
         speech = ctx.service("speech")
         if self.options.respond and self.llm is None and speech is not None and hasattr(speech, "prepare_ahead"):
-            # The rules answer from a fixed set of lines: the voice makes them ahead (on live runs,
-            # while it has nothing else to do), so an answer starts as soon as it is chosen.
-            speech.prepare_ahead([line for lines in RULE_LINES.values() for line in lines])
+            # The rules answer from a fixed set of lines: the voice makes the greetings and the
+            # answers to what the user says ahead (on live runs, as side work that gives way to the
+            # frames), so an answer starts as soon as it is chosen.
+            speech.prepare_ahead([line for key in AHEAD for line in RULE_LINES[key]])
 
     def counters(self) -> dict[str, Any]:
         return {"events": self.events_total, "lines_sent": self.lines_sent}

@@ -70,8 +70,10 @@ log = logging.getLogger(__name__)
 
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
 MAX_WAITING_UTTERANCES = 4  # utterances waiting to be recognised, past which the oldest is dropped
+AHEAD_SHARE = 0.1  # of the wall time, for lines made ahead: nobody waits for them (Piper uses every core)
 MAX_WAITING_SENTENCES = 64  # sentences waiting to be synthesized, past which the oldest is dropped
-# Recognised once on live runs at set-up, so the user's first words pay no load or warm-up.
+# Recognised once on live runs when the user first starts speaking (not at set-up, where every
+# model of the graph loads at once): the load and the first call's cost are paid while they talk.
 WARM_UP = Clip(np.zeros(16000, np.float32), 0.0, 0.0)
 WARM_UP_LINE = "Hello."  # made once on live runs at set-up (into the cache), so the voice is loaded
 
@@ -134,8 +136,7 @@ class Voice(ComputeStage):
                 max_lag=MAX_WAITING_UTTERANCES,
                 between_frames=False,
             )
-            if self.recognizing.beside:  # live: load and warm it now, not on the user's first words
-                self.recognizing.submit(WARM_UP, False)
+        self._warm_on_speech = self.recognizing is not None and self.recognizing.beside
         # Live runs read the turn so far at each pause (`pause_s`): when the turn ends there, its
         # text is ready or on the way. Files gain nothing from it (they run in line).
         early = self.recognizing is not None and self.recognizing.beside
@@ -170,7 +171,7 @@ class Voice(ComputeStage):
         self._ahead_lock = threading.Lock()
         synthesizer = self._synthesizer(ctx)
         self.speaker: Speaker | None = None
-        self.synthesizing = None
+        self.synthesizing = self.preparing = None
         if synthesizer is not None:
             # Sentences are made beside the frames on live runs (at once, not between frames: the
             # user is waiting for the first one), in line on file runs.
@@ -181,6 +182,9 @@ class Voice(ComputeStage):
             self.speaker = Speaker(synthesizer, rate, voice=voice, prepare=self.synthesizing.submit)
             if self.synthesizing.beside and not self.options.say:  # live: load the voice now, beside
                 self.synthesizing.submit(Line(WARM_UP_LINE))
+            # Lines made ahead (`prepare_ahead`) are side work that must give way to the frames:
+            # latest wins, started between frames and kept to its share of the wall time.
+            self.preparing = ctx.side_job(self._make_sentence, "speak_ahead", kind=JobKind.LATEST, share=AHEAD_SHARE)
         for line in self.options.say:
             self.say(line)
         ctx.offer("speech", self)
@@ -234,6 +238,8 @@ class Voice(ComputeStage):
         the frames on live runs, the model pinned."""
         assert self.recognizer is not None and self.ctx is not None
         with self.models.use(self.recognizer) as model:
+            if clip is WARM_UP and model.warm:  # another session of this process warmed it
+                return clip, early, Transcript("", 0.0)
             return clip, early, model.transcribe(clip.samples)
 
     def counters(self) -> dict[str, Any]:
@@ -251,9 +257,9 @@ class Voice(ComputeStage):
         }
 
     def prepare_ahead(self, lines: list[str]) -> None:
-        """Synthesize `lines` into the cache, one sentence at a time while synthesis has nothing
-        else to do, on live runs: lines the avatar is likely to say (the rules' answers) then
-        start as soon as they are said. Any thread."""
+        """Synthesize `lines` into the cache on live runs, one sentence at a time as side work that
+        gives way to the frames and to the lines being said: lines the avatar is likely to say
+        (the rules' answers) then start as soon as they are said. Any thread."""
         if self.speaker is not None and self.synthesizing is not None and self.synthesizing.beside:
             with self._ahead_lock:
                 self._ahead.extend(sentence for line in lines for sentence in sentences(line))
@@ -308,6 +314,9 @@ class Voice(ComputeStage):
         while another is still waiting is skipped: reading it would only delay the turn's end."""
         if self.recognizing is None:
             return []
+        if heard.started and self._warm_on_speech:
+            self._warm_on_speech = False
+            self.recognizing.submit(WARM_UP, False)
         ready: list[tuple[Clip, Transcript]] = []
         for clip in heard.pauses:
             if None not in self._read_early.values():
@@ -352,11 +361,13 @@ class Voice(ComputeStage):
         """The avatar's part of this frame: its chunk of voice mixed into the frame's audio, and its mouth."""
         if self.synthesizing is not None:
             self.synthesizing.take()  # the sentences made since the last frame (each failure was said once)
-            if self._ahead and not self.synthesizing.busy:
+        if self.preparing is not None:
+            self.preparing.take()
+            if self._ahead and not self.preparing.busy and not self.synthesizing.busy:
                 with self._ahead_lock:
                     ahead = self._ahead.popleft() if self._ahead else None
                 if ahead is not None:
-                    self.synthesizing.submit(Line(ahead))
+                    self.preparing.submit(Line(ahead))
         if self.speaker is None:
             return {"avatar_speaking": False, "viseme": "sil", "mouth": 0.0, "text": None}
         chunk = frame.audio

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipeline.voice.synth import Phoneme, SynthesisError, Utterance
 
 log = logging.getLogger(__name__)
 
+KEPT = 256  # sentences kept made, per voice, for the whole process
 VOLUME = 0.5  # Piper scales each sentence to full scale; this leaves the mix headroom
 STRESS = frozenset("ˈˌ")
 GOES_ON = frozenset(" ː")  # a word gap and a length mark: the phoneme before them goes on
@@ -66,9 +68,27 @@ class PiperSynthesizer:
         self.sample_rate = int(self._voice.config.sample_rate)
         self._lock = threading.Lock()  # one ONNX Runtime session: calls take turns
         self.timed_by_energy = 0  # sentences whose phonemes were spread by loudness (no timing given)
+        # Sentences made before, for every session of the process: the same lines (a greeting,
+        # the rules' answers) are said again and again, and each costs tens of milliseconds of
+        # both cores.
+        self._made: OrderedDict[str, Utterance] = OrderedDict()
 
     def synthesize(self, text: str, voice: str | None = None) -> Utterance:
-        """The whole text, sentence after sentence, with each phoneme's start."""
+        """The whole text, sentence after sentence, with each phoneme's start (made once per text
+        and kept, the last `KEPT` of them)."""
+        with self._lock:
+            made = self._made.get(text)
+            if made is not None:
+                self._made.move_to_end(text)
+                return made
+        made = self._synthesize(text, voice)
+        with self._lock:
+            self._made[text] = made
+            while len(self._made) > KEPT:
+                self._made.popitem(last=False)
+        return made
+
+    def _synthesize(self, text: str, voice: str | None) -> Utterance:
         parts: list[np.ndarray] = []
         phonemes: list[Phoneme] = []
         offset = 0

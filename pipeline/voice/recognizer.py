@@ -76,6 +76,7 @@ class WhisperRecognizer(nn.Module):
         self._device = torch.device(device)
         self._model = self._load(self._device)
         self.english_only = not self._model.model.is_multilingual  # the .en models: no language to detect
+        self.warm = False  # has transcribed once where it is loaded (the first call costs more)
 
     def _load(self, device: torch.device):  # -> faster_whisper.WhisperModel
         try:
@@ -97,6 +98,7 @@ class WhisperRecognizer(nn.Module):
             with self._lock:
                 self._model = self._load(torch.device(device))
                 self._device = torch.device(device)
+                self.warm = False
         return self
 
     def transcribe(self, samples: np.ndarray) -> Transcript:
@@ -117,6 +119,7 @@ class WhisperRecognizer(nn.Module):
                 for segment in segments
                 if not (segment.no_speech_prob > NO_SPEECH and segment.avg_logprob < LOW_LOGPROB)
             ]
+            self.warm = True
         text = " ".join(part for part in kept if part)
         if not LETTERS.search(text):
             text = ""
