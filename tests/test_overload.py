@@ -73,5 +73,10 @@ def test_at_three_times_capacity_the_default_graph_keeps_delivering_frames():
     why = f"capacity {capacity:.0f} fps; delivered {len(times)} at 3x, {len(at_capacity)} at 1x; {report['quality']}"
     assert max(gaps) <= 1.0, f"a {max(gaps):.2f} s gap with no frame delivered ({why})"
     assert len(times) >= len(at_capacity) / 5, why
-    for name, job in report["side_work"].items():  # the side work ran, and is accounted for
-        assert job["run"] >= 1 and job["beside"], f"{name}: {job}"
+    jobs = report["side_work"]
+    # The side work ran beside the frames: what always has work (the faces, the listening), and
+    # every job that was given any (recognition is given none: the test signal says nothing).
+    for name in ("emotion.detect", "emotion.read", "voice.listen"):
+        assert jobs[name]["run"] >= 1, f"{name}: {jobs[name]}"
+    for name, job in jobs.items():
+        assert job["beside"] and (job["submitted"] == 0 or job["run"] >= 1), f"{name}: {job}"
