@@ -163,3 +163,15 @@ def test_on_a_live_run_the_text_so_far_shows_while_the_user_is_still_speaking(tm
     assert partial and words(partial[0]) == ["what", "is", "your", "name"], partial
     assert all(r["user_speaking"] for r in records if r["partial"])
     assert len(said) == 1 and words(said[0])[:4] == ["what", "is", "your", "name"] and "live" in words(said[0]), said
+
+
+def test_a_recognizer_that_fails_is_counted_and_never_fails_a_frame(tmp_path, monkeypatch):
+    def broken(self, samples):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(WhisperRecognizer, "transcribe", broken)
+    speech, _, _ = spoken("Hello there.")
+    clip = speech_clip(tmp_path / "hello.mp4", placed(speech, 0.5, 3.0))
+    records, report = run_graph(clip, tmp_path, [{"name": "voice", "type": "voice"}])
+    assert [e["type"] for r in records for e in r["voice"]["events"]] == ["user_started", "user_stopped"]
+    assert report["stage_counters"]["voice"]["recognition_failed"] == 1

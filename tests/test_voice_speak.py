@@ -233,3 +233,28 @@ def test_browser_sessions_return_the_avatar_alone_unless_the_graph_says_otherwis
     assert [s.options["returns"] for s in config.stages if s.type == "voice"] == ["avatar"]
     mixed = parse_config({"name": "m", "stages": [{"name": "v", "type": "voice", "options": {"returns": "mixed"}}]})
     assert with_avatar_voice_returned(mixed).stages[0].options["returns"] == "mixed"
+
+
+def test_a_piper_voice_that_will_not_load_falls_back_to_espeak_said_once(tmp_path, caplog):
+    import shutil
+
+    from pipeline.voice.piper_synth import LazyPiper, default_voice_path
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    shutil.copy(f"{default_voice_path()}.json", f"{broken}.json")
+    voice = LazyPiper(broken)
+    first, second = voice.synthesize("Hello there."), voice.synthesize("Goodbye.")
+    assert first.voice == second.voice == "en-us" and len(first.samples) and len(second.samples)
+    assert caplog.text.count("the avatar speaks with eSpeak NG") == 1
+
+
+def test_a_flood_of_sentences_is_refused_past_the_queue_never_left_half_made():
+    from pipeline.voice.speaker import MAX_QUEUED
+
+    made: list = []
+    speaker = Speaker(EspeakSynthesizer(), 48000, prepare=made.append)
+    speaker.say(" ".join(f"Line {i}." for i in range(MAX_QUEUED + 40)))
+    assert len(made) == MAX_QUEUED and speaker.refused == 40
+    speaker.prepare(made[0])
+    assert speaker.next_chunk(1600).text == "Line 0."

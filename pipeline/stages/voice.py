@@ -61,7 +61,7 @@ from pipeline.voice.capture import PAUSE_S, PREROLL_S, TAIL_S, Clip
 from pipeline.voice.listener import MAX_BEHIND_S, Heard, Listener
 from pipeline.voice.piper_synth import LazyPiper, onnx_cuda, shared_piper
 from pipeline.voice.recognizer import RecognizerUnavailable, Transcript, default_model_path, load_recognizer
-from pipeline.voice.speaker import Line, Speaker, sentences
+from pipeline.voice.speaker import MAX_QUEUED, Line, Speaker, sentences
 from pipeline.voice.synth import EspeakSynthesizer, SynthesisError, Synthesizer
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD
 from pipeline.voice.vad import warm_up as warm_vad
@@ -71,7 +71,9 @@ log = logging.getLogger(__name__)
 FULL_SCALE = 0.999  # a sample this close to ±1 counts as clipped
 MAX_WAITING_UTTERANCES = 4  # utterances waiting to be recognised, past which the oldest is dropped
 AHEAD_SHARE = 0.1  # of the wall time, for lines made ahead: nobody waits for them (Piper uses every core)
-MAX_WAITING_SENTENCES = 64  # sentences waiting to be synthesized, past which the oldest is dropped
+# Sentences waiting to be synthesized: more than the speaker ever queues (`MAX_QUEUED`), so none
+# is dropped here (a dropped one would hold the queue up).
+MAX_WAITING_SENTENCES = 2 * MAX_QUEUED
 # Recognised once on live runs when the user first starts speaking (not at set-up, where every
 # model of the graph loads at once): the load and the first call's cost are paid while they talk.
 WARM_UP = Clip(np.zeros(16000, np.float32), 0.0, 0.0)
@@ -153,6 +155,9 @@ class Voice(ComputeStage):
         ] = {}  # pause clips: their text, or None while read
         self._awaited: set[tuple[float, float]] = set()  # turns that ended at a pause still being read
         self._partial: str | None = None  # the open turn's text so far (live runs, from its pauses)
+        self._open_start = -1.0  # where the latest turn began (stream seconds), for its partial text
+        self._warming = False  # the warm-up is being read (a pause may wait behind it)
+        self.recognition_failed = 0
         self.clipped_total = 0
         self.sentences_failed = 0
         rate = ctx.stream.audio_rate if ctx.stream is not None and ctx.stream.audio_rate else 48000
@@ -233,14 +238,21 @@ class Voice(ComputeStage):
         self.models.ensure(ModelSpec(name, loader, "medium"))
         return name
 
-    def _recognize(self, clip: Clip, early: bool) -> tuple[Clip, bool, Transcript]:
+    def _recognize(self, clip: Clip, early: bool) -> tuple[Clip, bool, Transcript | None]:
         """One utterance (or the turn so far, at a pause: `early`) through the recognizer, beside
-        the frames on live runs, the model pinned."""
+        the frames on live runs, the model pinned. None when it failed (counted, said once): a
+        frame never fails for it."""
         assert self.recognizer is not None and self.ctx is not None
-        with self.models.use(self.recognizer) as model:
-            if clip is WARM_UP and model.warm:  # another session of this process warmed it
-                return clip, early, Transcript("", 0.0)
-            return clip, early, model.transcribe(clip.samples)
+        try:
+            with self.models.use(self.recognizer) as model:
+                if clip is WARM_UP and model.warm:  # another session of this process warmed it
+                    return clip, early, Transcript("", 0.0)
+                return clip, early, model.transcribe(clip.samples)
+        except Exception as exc:
+            self.recognition_failed += 1
+            if self.recognition_failed == 1:
+                log.warning("%s: could not recognise what was said (%s)", self.name, one_line(exc))
+            return clip, early, None
 
     def counters(self) -> dict[str, Any]:
         """What was heard and said over the run."""
@@ -249,17 +261,20 @@ class Voice(ComputeStage):
             "utterances": self.utterances,  # recognised with words
             "read_at_pause": self.early,  # of them, with the text read at the pause they ended at
             "recognition_s": round(self.recognition_s, 3),  # all recognition work, pauses' readings included
+            "recognition_failed": self.recognition_failed,
             "sound_dropped": self.listening.stats.dropped,  # frames' sound the VAD fell too far behind to hear
             "sentences_synthesized": speaker.synthesized if speaker is not None else 0,
             "sentences_interrupted": speaker.interrupted if speaker is not None else 0,
             "sentences_failed": self.sentences_failed,
+            "sentences_refused": speaker.refused if speaker is not None else 0,
             "clipped_samples": self.clipped_total,
         }
 
     def prepare_ahead(self, lines: list[str]) -> None:
         """Synthesize `lines` into the cache on live runs, one sentence at a time as side work that
-        gives way to the frames and to the lines being said: lines the avatar is likely to say
-        (the rules' answers) then start as soon as they are said. Any thread."""
+        gives way to the frames (and never starts while a line being said is made; one said while
+        an early sentence is being made waits for it, tens of milliseconds): lines the avatar is
+        likely to say (the rules' answers) then start as soon as they are said. Any thread."""
         if self.speaker is not None and self.synthesizing is not None and self.synthesizing.beside:
             with self._ahead_lock:
                 self._ahead.extend(sentence for line in lines for sentence in sentences(line))
@@ -311,46 +326,57 @@ class Voice(ComputeStage):
 
         A turn that ends where it paused has the clip that pause had: its text was read then, and
         is used (at once if ready, else when it comes) instead of reading it again. A pause read
-        while another is still waiting is skipped: reading it would only delay the turn's end."""
+        while something else is being read is skipped: reading it would only delay the turn's end.
+        A reading that fails is counted and lost; a turn that was waiting on it is read again."""
         if self.recognizing is None:
             return []
         if heard.started and self._warm_on_speech:
             self._warm_on_speech = False
+            self._warming = True
             self.recognizing.submit(WARM_UP, False)
-        ready: list[tuple[Clip, Transcript]] = []
-        for clip in heard.pauses:
-            if None not in self._read_early.values():
+        ready: list[tuple[Clip, Transcript, bool]] = []  # (clip, its text, read at a pause)
+        if heard.started:
+            self._open_start = heard.started[-1]
+        for clip in heard.pauses[-1:]:  # the latest pause, when nothing else (but the warm-up) is read
+            if not self.recognizing.busy or (self._warming and not self.recognizing.waiting):
                 self._read_early[_key(clip)] = None
                 self.recognizing.submit(clip, True)
         for clip in heard.utterances:
             key = _key(clip)
-            if key in self._read_early and self._read_early[key] is not None:
-                ready.append((clip, self._read_early.pop(key)))
-                self.early += 1
+            if self._read_early.get(key) is not None:
+                ready.append((clip, self._read_early.pop(key), True))
             elif key in self._read_early:
                 self._awaited.add(key)
             else:
                 self.recognizing.submit(clip, False)
         for clip, early, transcript in self.recognizing.take():
-            self.recognition_s += transcript.seconds
+            self._warming = self._warming and clip is not WARM_UP
             key = _key(clip)
+            if transcript is None:  # the reading failed (counted): a turn waiting on it is read again
+                self._read_early.pop(key, None)
+                if key in self._awaited:
+                    self._awaited.discard(key)
+                    self.recognizing.submit(clip, False)
+                continue
+            self.recognition_s += transcript.seconds
             if not early:
-                ready.append((clip, transcript))
+                ready.append((clip, transcript, False))
             elif key in self._awaited:
                 self._awaited.discard(key)
                 self._read_early.pop(key, None)
-                ready.append((clip, transcript))
-                self.early += 1
+                ready.append((clip, transcript, True))
             else:  # the turn went on, or has not ended yet: kept until it does (the last few)
                 self._read_early[key] = transcript
-                self._partial = transcript.text or self._partial  # what was said so far, shown meanwhile
+                if transcript.text and abs(clip.start_s - self._open_start) < 1e-3:
+                    self._partial = transcript.text  # what the user has said so far in this turn
                 while len(self._read_early) > MAX_WAITING_UTTERANCES:
                     del self._read_early[next(iter(self._read_early))]
         events = []
-        for clip, transcript in ready:
+        for clip, transcript, early in ready:
             if clip is WARM_UP or not transcript.text:  # no words in it
                 continue
             self.utterances += 1
+            self.early += early
             events.append(
                 {"type": "user_said", "text": transcript.text, "start_s": round(clip.start_s, 3),
                  "end_s": round(clip.end_s, 3)}

@@ -58,6 +58,8 @@ def voice_model(model: Path | str | None) -> Path:
     path = Path(model) if model is not None else default_voice_path()
     if not path.is_file():
         raise SynthesisError(f"{path}: no Piper voice model there")
+    if not Path(f"{path}.json").is_file():
+        raise SynthesisError(f"{path}.json: the voice model's config is missing")
     return path
 
 
@@ -85,13 +87,12 @@ class PiperSynthesizer:
     def synthesize(self, text: str, voice: str | None = None) -> Utterance:
         """The whole text, sentence after sentence, with each phoneme's start (made once per text
         and kept, the last `KEPT` of them)."""
-        with self._lock:
+        with self._lock:  # held while it is made: a second ask for the same text waits, then finds it
             made = self._made.get(text)
             if made is not None:
                 self._made.move_to_end(text)
                 return made
-        made = self._synthesize(text, voice)
-        with self._lock:
+            made = self._synthesize(text, voice)
             self._made[text] = made
             while len(self._made) > KEPT:
                 self._made.popitem(last=False)
@@ -101,8 +102,7 @@ class PiperSynthesizer:
         parts: list[np.ndarray] = []
         phonemes: list[Phoneme] = []
         offset = 0
-        with self._lock:
-            chunks = list(self._voice.synthesize(text, self._config, include_alignments=True))
+        chunks = list(self._voice.synthesize(text, self._config, include_alignments=True))
         for chunk in chunks:
             samples = np.asarray(chunk.audio_float_array, dtype=np.float32).reshape(-1)
             timed = _aligned(chunk.phoneme_alignments) if chunk.phoneme_alignments else None
@@ -180,10 +180,20 @@ class LazyPiper:
         voice_model(model)
         self.model = str(model) if model is not None else None
         self.use_cuda = use_cuda
+        self._instead: Any = None  # eSpeak NG, once Piper has failed to load
 
     @property
     def loaded(self) -> PiperSynthesizer:
         return shared_piper(self.model, self.use_cuda)
 
     def synthesize(self, text: str, voice: str | None = None) -> Utterance:
-        return self.loaded.synthesize(text, voice)
+        """With Piper; if it cannot load the voice, with eSpeak NG from then on (said once)."""
+        if self._instead is None:
+            try:
+                return self.loaded.synthesize(text, voice)
+            except SynthesisError as exc:
+                from pipeline.voice.synth import EspeakSynthesizer
+
+                self._instead = EspeakSynthesizer()  # without it: the SynthesisError, and silence
+                log.warning("Piper could not load its voice (%s): the avatar speaks with eSpeak NG", exc)
+        return self._instead.synthesize(text)

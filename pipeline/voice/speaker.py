@@ -24,6 +24,7 @@ from pipeline.voice.synth import Synthesizer, Utterance
 from pipeline.voice.visemes import SILENCE, viseme
 
 CACHE_SIZE = 64  # sentences kept synthesized
+MAX_QUEUED = 256  # sentences waiting to be said; more are refused (counted), not queued
 SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
@@ -80,6 +81,7 @@ class Speaker:
         self._current: _Playing | None = None
         self.synthesized = 0  # utterances synthesized (cache misses)
         self.interrupted = 0  # utterances cut by barge-in
+        self.refused = 0  # sentences not queued: `MAX_QUEUED` were waiting
         self._lock = threading.Lock()  # `say` may come from other threads (stages, the WebRTC client)
 
     @property
@@ -95,6 +97,9 @@ class Speaker:
         """Queue `text` to be spoken after whatever is queued already, sentence by sentence."""
         lines = [Line(sentence) for sentence in sentences(text)]
         with self._lock:
+            room = max(0, MAX_QUEUED - len(self._queue))
+            self.refused += max(0, len(lines) - room)
+            lines = lines[:room]
             self._queue.extend(lines)
             for line in lines:
                 cached = self._cache.get((line.text, self.voice))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import math
 import threading
 import warnings
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ class SpeechGate:
         self.release = max(0.0, threshold - RELEASE_GAP)
         self.hangover_chunks = max(1, round(hangover_s / CHUNK_S))
         # Pauses this long (in chunks) are reported as the turn so far; None: none are.
-        self.pause_chunks = max(1, round(pause_s / CHUNK_S)) if pause_s is not None else None
+        self.pause_chunks = max(1, math.ceil(pause_s / CHUNK_S - 1e-9)) if pause_s is not None else None
         self.pauses: list[Turn] = []  # reported since the caller last emptied it
         self.speaking = False
         self._start_chunk = 0
