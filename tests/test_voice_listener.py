@@ -131,3 +131,16 @@ def test_a_chunk_that_fails_to_be_heard_raises_on_the_frame_that_takes_it(talk):
         assert not job.busy
     finally:
         job.close()
+
+
+def test_sound_that_never_came_is_heard_as_silence_so_later_turns_keep_their_times(talk):
+    """Chunks dropped before the speech (a listener that fell behind, a gap in a stream): the turn
+    is still placed where it is on the stream's clock, within one VAD chunk."""
+    whole, gappy = Listener(), Listener()
+    heard = whole.fold([whole.listen(chunk) for chunk in talk])
+    kept = talk[:3] + talk[9:]  # 0.2 s of the silence before the speech missing
+    with_gap = gappy.fold([gappy.listen(chunk) for chunk in kept])
+    assert len(heard.started) == len(with_gap.started) == 1
+    assert abs(with_gap.started[0] - heard.started[0]) <= 0.032
+    assert abs(with_gap.ended[0].end_s - heard.ended[0].end_s) <= 0.032
+    assert gappy.silence_added_s == pytest.approx(0.2, abs=0.001) and whole.silence_added_s == 0

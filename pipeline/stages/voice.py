@@ -263,6 +263,7 @@ class Voice(ComputeStage):
             "recognition_s": round(self.recognition_s, 3),  # all recognition work, pauses' readings included
             "recognition_failed": self.recognition_failed,
             "sound_dropped": self.listening.stats.dropped,  # frames' sound the VAD fell too far behind to hear
+            "silence_added_s": round(self.listener.silence_added_s, 3),  # sound missing, heard as silence
             "sentences_synthesized": speaker.synthesized if speaker is not None else 0,
             "sentences_interrupted": speaker.interrupted if speaker is not None else 0,
             "sentences_failed": self.sentences_failed,

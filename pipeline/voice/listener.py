@@ -16,6 +16,7 @@ before and after it, for the recognizer: `Heard.utterances`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from pipeline.io.audio_align import ChunkResampler
 from pipeline.voice.capture import PREROLL_S, TAIL_S, Clip, UtteranceCapture
 from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate, Turn
 
+GAP_TOLERANCE_S = Fraction(1, 100)  # a chunk starting later than this after the last one's end: a gap
 MAX_BEHIND_S = 1.0  # s of sound waiting to be heard, past which the oldest is dropped (a machine too slow)
 
 
@@ -61,16 +63,23 @@ class Listener:
         self._capture = UtteranceCapture(preroll_s=preroll_s, tail_s=tail_s) if capture else None
         self._resampler = ChunkResampler(VAD_RATE, 1)
         self._origin_s: float | None = None  # stream time of the first 16 kHz sample
+        self._expected_s: Fraction | None = None  # stream time where the sound heard so far ends
+        self.silence_added_s = 0.0  # sound that was missing, heard as silence
         self._last_probability = 0.0  # the last completed chunk's (listening side)
         self._speaking = False  # as of the last `fold` (frame side)
         self._probability = 0.0
 
     def listen(self, chunk: AudioChunk) -> Heard:
-        """One chunk through the resampler, the VAD and the gate."""
+        """One chunk through the resampler, the VAD and the gate. Sound missing before it (chunks
+        dropped because listening fell behind, a gap in a network stream) is heard as silence, so
+        the times of what comes after stay on the stream's clock."""
+        missing = self._missing_before(chunk)
         mono = self._resampler(chunk)
         if self._origin_s is None:
             self._origin_s = mono.pts / VAD_RATE
         samples = mono.samples[0].numpy()
+        if missing:
+            samples = np.concatenate((np.zeros(missing, dtype=np.float32), samples))
         clips = self._capture.push(samples) if self._capture is not None else []
         probabilities = self._vad.push(samples)
         if len(probabilities):
@@ -96,6 +105,16 @@ class Listener:
             utterances=[Clip(clip.samples, origin + clip.start_s, origin + clip.end_s) for clip in clips],
             pauses=[Clip(clip.samples, origin + clip.start_s, origin + clip.end_s) for clip in pauses],
         )
+
+    def _missing_before(self, chunk: AudioChunk) -> int:
+        """16 kHz samples of silence that stand for the sound missing between the last chunk and this one."""
+        start = Fraction(chunk.pts, chunk.sample_rate)
+        end = start + Fraction(chunk.samples.shape[-1], chunk.sample_rate)
+        expected, self._expected_s = self._expected_s, end if self._expected_s is None else max(end, self._expected_s)
+        if expected is None or start - expected <= GAP_TOLERANCE_S:
+            return 0
+        self.silence_added_s += float(start - expected)
+        return round((start - expected) * VAD_RATE)
 
     def fold(self, done: list[Heard]) -> Heard:
         """`done` (heard since the last call, in order) merged; `speaking` and `probability` as of
