@@ -27,8 +27,8 @@ between its lines): what a browser page plays, which must not play the user back
 
 Annotation, under the stage's name: `user_speaking`, `speech_prob` (the frame's highest chunk
 probability; the last one when no chunk completed), `partial` (live runs: the text of the turn
-the user is still speaking, as read at its last pause; null otherwise), `rms_dbfs`, `peak_dbfs`, `clipped` (samples
-at full scale in this frame), `avatar_speaking`, `viseme` (mouth shape), `mouth` (0..1
+the user is still speaking, as read at its last pause; null otherwise), `rms_dbfs`,
+`peak_dbfs`, `clipped` (samples at full scale in this frame), `avatar_speaking`, `viseme` (mouth shape), `mouth` (0..1
 openness from the voice's loudness), `text` (being spoken) and `events`:
 `{"type": "user_started", "time_s"}`, `{"type": "user_stopped", "time_s", "duration_s"}`,
 `{"type": "user_said", "text", "start_s", "end_s"}` (once per utterance; times on the stream's
@@ -138,21 +138,21 @@ class Voice(ComputeStage):
                 max_lag=MAX_WAITING_UTTERANCES,
                 between_frames=False,
             )
-        self._warm_on_speech = self.recognizing is not None and self.recognizing.beside
         # Live runs read the turn so far at each pause (`pause_s`): when the turn ends there, its
-        # text is ready or on the way. Files gain nothing from it (they run in line).
-        early = self.recognizing is not None and self.recognizing.beside
+        # text is ready or on the way. Files gain nothing from it (they run in line). They also
+        # warm the recognizer when the user first speaks.
+        live = self.recognizing is not None and self.recognizing.beside
+        self._warm_on_speech = live
         self.listener = Listener(
             threshold=options.threshold,
             hangover_s=options.hangover_s,
             capture=self.recognizer is not None,
             preroll_s=options.preroll_s,
             tail_s=options.tail_s,
-            pause_s=options.pause_s if early else None,
+            pause_s=options.pause_s if live else None,
         )
-        self._read_early: dict[
-            tuple[float, float], Transcript | None
-        ] = {}  # pause clips: their text, or None while read
+        # Clips read at pauses, by their turn: the text, or None while it is being read.
+        self._read_early: dict[tuple[float, float], Transcript | None] = {}
         self._awaited: set[tuple[float, float]] = set()  # turns that ended at a pause still being read
         self._partial: str | None = None  # the open turn's text so far (live runs, from its pauses)
         self._open_start = -1.0  # where the latest turn began (stream seconds), for its partial text

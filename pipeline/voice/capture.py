@@ -70,19 +70,17 @@ class UtteranceCapture:
 
     def end(self, start_s: float, end_s: float) -> Clip:
         """The turn that began at `start_s` ended at `end_s`: its clip (or the last part's)."""
+        clip = self.so_far(start_s, end_s)
+        self._open, self._split = None, False
+        return clip
+
+    def so_far(self, start_s: float, end_s: float) -> Clip:
+        """The clip `end` would give for the open turn if it ended at `end_s`; the turn stays open."""
         start, end = round(start_s * RATE), round(end_s * RATE)
         preroll = self.preroll
         if self._open is not None and self._split:  # a long turn: what came after its last part
             start, preroll = self._open, 0
-        self._open, self._split = None, False
         return self._clip(start, end, start - preroll, end + self.tail)
-
-    def so_far(self, start_s: float, end_s: float) -> Clip:
-        """The clip `end` would give for the open turn if it ended at `end_s`; the turn stays open."""
-        open_, split = self._open, self._split
-        clip = self.end(start_s, end_s)
-        self._open, self._split = open_, split
-        return clip
 
     def _clip(self, start: int, end: int, cut_from: int, cut_to: int) -> Clip:
         lo = max(cut_from, self._first) - self._first

@@ -125,9 +125,6 @@ class WhisperRecognizer(nn.Module):
             text = ""
         return Transcript(text, time.perf_counter() - started)
 
-    def forward(self, samples: np.ndarray) -> Transcript:
-        return self.transcribe(samples)
-
 
 def load_recognizer(path: Path | str | None = None, threads: int = 0) -> WhisperRecognizer:
     """The model manager's loader: the recognizer on the CPU (the manager moves it)."""

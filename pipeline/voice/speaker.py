@@ -102,10 +102,7 @@ class Speaker:
             lines = lines[:room]
             self._queue.extend(lines)
             for line in lines:
-                cached = self._cache.get((line.text, self.voice))
-                if cached is not None:
-                    self._cache.move_to_end((line.text, self.voice))
-                    line.ready = _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
+                line.ready = self._from_cache(line.text)
         for line in lines:
             if line.ready is None:
                 self._schedule(line)
@@ -169,22 +166,30 @@ class Speaker:
             return SILENCE
         return viseme(playing.utterance.phonemes[index].symbol)
 
-    def _prepared(self, text: str) -> _Playing:
+    def _from_cache(self, text: str) -> _Playing | None:
+        """A playing copy of the cached sentence (its own position), marked recently used; the lock held."""
         key = (text, self.voice)
-        with self._lock:
-            cached = self._cache.get(key)
+        cached = self._cache.get(key)
         if cached is None:
-            utterance = self.synthesizer.synthesize(text, self.voice)
-            self.synthesized += 1
-            samples = resample_mono(utterance.samples, utterance.sample_rate, self.rate)
-            starts = np.array([round(p.start_s * self.rate) for p in utterance.phonemes], dtype=np.int64)
-            cached = _Playing(utterance, samples, starts)
+            return None
+        self._cache.move_to_end(key)
+        return _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
+
+    def _prepared(self, text: str) -> _Playing:
         with self._lock:
-            self._cache[key] = cached
-            self._cache.move_to_end(key)
+            playing = self._from_cache(text)
+        if playing is not None:
+            return playing
+        utterance = self.synthesizer.synthesize(text, self.voice)
+        self.synthesized += 1
+        samples = resample_mono(utterance.samples, utterance.sample_rate, self.rate)
+        starts = np.array([round(p.start_s * self.rate) for p in utterance.phonemes], dtype=np.int64)
+        made = _Playing(utterance, samples, starts)
+        with self._lock:
+            self._cache[(text, self.voice)] = made
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return _Playing(cached.utterance, cached.samples, cached.phoneme_starts)
+        return _Playing(made.utterance, made.samples, made.phoneme_starts)
 
 
 def resample_mono(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
