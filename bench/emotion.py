@@ -35,7 +35,7 @@ import av
 import numpy as np
 import torch
 
-import pipeline.stages.emotion as emotion_module
+import pipeline.stages.emotion.stage as emotion_module
 from bench.emotion_agreement import compare, describe
 from kernels import ops
 from kernels.colour import rgb_to_i420

@@ -51,11 +51,11 @@ from models.fer_faces import face_at, is_the_face, pictures
 from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.io.base import StreamInfo
-from pipeline.memory import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.ringbuffer import RingBuffer
 from pipeline.scratch import ScratchPool
 from pipeline.stage import StageContext
-from pipeline.stages.emotion import Emotion, EmotionOptions
+from pipeline.stages.emotion.stage import Emotion, EmotionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = {

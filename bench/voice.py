@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kernels import ops
-from pipeline.voice.vad import CHUNK, CHUNK_S, SileroVAD
+from pipeline.stages.voice.vad import CHUNK, CHUNK_S, SileroVAD
 
 SENTENCES = (
     "Hello! I am the avatar, and I am happy to see you.",
@@ -62,7 +62,7 @@ def main() -> None:
     rows = [("VAD (Silero)", vad_ms), ("levels (RMS, peak)", levels_ms), ("mix + limiter", mix_ms)]
     rtf = None
     try:
-        from pipeline.voice.synth import EspeakSynthesizer
+        from pipeline.stages.voice.synth import EspeakSynthesizer
 
         synthesizer = EspeakSynthesizer()
         compute, speech = 0.0, 0.0

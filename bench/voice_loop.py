@@ -56,10 +56,10 @@ from pipeline.frames import Frame
 from pipeline.graph import build_graph
 from pipeline.io.base import Sink, StreamInfo
 from pipeline.io.media import MediaSource
-from pipeline.voice.piper_synth import shared_piper
-from pipeline.voice.recognizer import WhisperRecognizer
-from pipeline.voice.speaker import resample_mono
-from pipeline.voice.synth import EspeakSynthesizer
+from pipeline.stages.voice.piper_synth import shared_piper
+from pipeline.stages.voice.recognizer import WhisperRecognizer
+from pipeline.stages.voice.speaker import resample_mono
+from pipeline.stages.voice.synth import EspeakSynthesizer
 
 RATE = 16000  # the test speech, as the recognizer takes it
 OUT_RATE = 48000  # the file's sound
@@ -190,7 +190,7 @@ HANGOVERS = (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 def hangover_sweep() -> list[dict[str, Any]]:
     """For each hangover: how many utterances (every sentence here, three voices each, commas and
     all) the gate cuts into more than one turn, and how long after the speech ends it knows."""
-    from pipeline.voice.vad import CHUNK_S, SileroVAD, SpeechGate
+    from pipeline.stages.voice.vad import CHUNK_S, SileroVAD, SpeechGate
 
     voices = ("espeak:en-us", "espeak:en", "espeak:en-us+f3", "piper:1.0", "piper:0.85", "piper:1.2")
     scored = []

@@ -14,19 +14,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
-from pipeline.quality import DEFAULT_LADDER, check_ladder
-from pipeline.scheduler import (
-    CLIMB_AFTER_S,
-    CLIMB_BUSY,
-    CLIMB_MARGIN,
-    CONTROL_PERIOD_S,
-    DOWN_COOLDOWN_S,
-    WINDOW_S,
-)
+from pipeline.scheduling.ladder import DEFAULT_LADDER, check_ladder
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_QUEUE_SIZE = 4  # frames waiting in front of each stage (batch mode)
 DEFAULT_RING_SLOTS = 8  # frames in flight at once, all stages together
+
+# The frame scheduler's controller (`pipeline.scheduling.controller`): defaults of `quality:`.
+CONTROL_PERIOD_S = 0.25  # how often `decide` runs in a pipeline
+WINDOW_S = 2.0  # the sliding window the p95 is taken over
+DOWN_COOLDOWN_S = 0.5  # at least this long between two steps down (the last one must take effect)
+CLIMB_AFTER_S = 3.0  # sustained margin needed before a step up
+CLIMB_MARGIN = 0.7  # "margin" is a p95 below this fraction of the budget
+CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
 
 
 class _Strict(BaseModel):
@@ -51,7 +51,7 @@ class QualityConfig(_Strict):
 
     # live: on for live (and --realtime) runs, off for files; auto: always on; off: never.
     mode: Literal["live", "auto", "off"] = "live"
-    ladder: tuple[str, ...] = DEFAULT_LADDER  # rung names in order, from `full` down (pipeline.quality)
+    ladder: tuple[str, ...] = DEFAULT_LADDER  # rung names in order, from `full` down (pipeline.scheduling.ladder)
     control_period_s: float = Field(CONTROL_PERIOD_S, gt=0.0, le=10.0)
     window_s: float = Field(WINDOW_S, gt=0.0, le=60.0)  # the p95 is taken over this much recent time
     down_cooldown_s: float = Field(DOWN_COOLDOWN_S, ge=0.0, le=60.0)

@@ -21,14 +21,14 @@ import torch
 from pipeline.device import Lane, configure_cpu_threads, cpu_nice, cuda_stream_priority
 from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import PipelineError, SinkError, SourceError
-from pipeline.frame_scheduler import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.frames import Frame
 from pipeline.gpu_health import GpuHealth
 from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
-from pipeline.memory import ModelManager
 from pipeline.metrics import QueueStats, RunMetrics
+from pipeline.model_manager import ModelManager
 from pipeline.ringbuffer import FullPolicy, RingBuffer
+from pipeline.scheduling.runner import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.scratch import ScratchPool
 from pipeline.side_work import FramesInFlight, SideWork
 from pipeline.stage import ComputeStage, StageContext, StageRunner

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from pipeline.config import GraphConfig, StageSpec
 from pipeline.errors import ConfigError
-from pipeline.registry import stage_types
+from pipeline.registry import stage_type
 from pipeline.stage import Stage, StageOptions
 
 
@@ -111,18 +111,21 @@ def _ancestors(name: str, specs: Mapping[str, StageSpec]) -> list[str]:
 
 
 def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = None) -> Graph:
-    """Check the wiring and options of `config` and return the graph, or raise ConfigError."""
-    types = stage_types() if types is None else types
+    """Check the wiring and options of `config` and return the graph, or raise ConfigError.
+    `types`: stage types to find by name before the registry's (`pipeline.registry`)."""
+    extra = types or {}
     specs: dict[str, StageSpec] = {}
     for spec in config.stages:
         if spec.name in specs:
             raise ConfigError(f"stage {spec.name!r}: key 'name': used by more than one stage")
         specs[spec.name] = spec
 
+    found: dict[str, type[Stage]] = {}
     for spec in specs.values():
-        if spec.type not in types:
-            known = ", ".join(sorted(types))
-            raise ConfigError(f"stage {spec.name!r}: key 'type': unknown stage type {spec.type!r} (known: {known})")
+        try:
+            found[spec.name] = extra[spec.type] if spec.type in extra else stage_type(spec.type)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {spec.name!r}: key 'type': {exc}") from None
         for parent in spec.after:
             if parent == spec.name:
                 raise ConfigError(f"stage {spec.name!r}: key 'after': a stage cannot run after itself")
@@ -136,9 +139,9 @@ def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = N
     nodes: dict[str, Node] = {}
     for name in order:
         spec = specs[name]
-        stage_type = types[spec.type]
+        stage_class = found[name]
         try:
-            options = stage_type.Options.model_validate(spec.options)
+            options = stage_class.Options.model_validate(spec.options)
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(part) for part in first["loc"]) or "options"
@@ -146,7 +149,7 @@ def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = N
             raise ConfigError(f"stage {name!r}: option {key!r}: {message}") from None
         inputs: dict[str, str] = {}
         upstream = _ancestors(name, specs)
-        for port in stage_type.inputs:
+        for port in stage_class.inputs:
             feeding = [node for node in upstream if specs[node].type == port]
             if not feeding:
                 raise ConfigError(
@@ -157,7 +160,7 @@ def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = N
                     f"stage {name!r}: input {port!r}: several upstream stages of that type ({', '.join(feeding)})"
                 )
             inputs[port] = feeding[0]
-        nodes[name] = Node(spec=spec, stage_type=stage_type, options=options, parents=tuple(spec.after), inputs=inputs)
+        nodes[name] = Node(spec=spec, stage_type=stage_class, options=options, parents=tuple(spec.after), inputs=inputs)
 
     for node in nodes.values():
         for parent in node.parents:

@@ -36,7 +36,7 @@ from pipeline.io.factory import (
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import EncoderSettings
 from pipeline.io.window import WINDOW, WindowSink
-from pipeline.memory import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")

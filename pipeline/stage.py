@@ -27,7 +27,7 @@ from pipeline.side_work import DEFAULT_MAX_LAG, JobKind, SideJob, SideWork
 
 if TYPE_CHECKING:
     from pipeline.io.base import StreamInfo
-    from pipeline.quality import QualitySettings
+    from pipeline.scheduling.ladder import QualitySettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class StageContext:
     services: dict[str, str] = field(default_factory=dict)
     # What the run's stages offer, by (node name, service), the same dict for every stage of a run.
     offered: dict[tuple[str, str], Any] = field(default_factory=dict)
-    # The model manager (pipeline.memory.ModelManager) stages get their models from; shared by
+    # The model manager (pipeline.model_manager.ModelManager) stages get their models from; shared by
     # every session of the process. None: a stage on its own makes one for its device.
     models: Any = None
     # A live source (camera, peer, stream): frames have deadlines.

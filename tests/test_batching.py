@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from pipeline.batching import Batcher
+from pipeline.model_manager.batching import Batcher
 
 
 class Model:

@@ -15,7 +15,7 @@ from pipeline.frames import Frame
 from pipeline.scratch import ScratchPool
 from pipeline.side_work import SideWork
 from pipeline.stage import StageContext
-from pipeline.stages.context import RULE_LINES, Context, ContextOptions, Rules, speech_kind, valence_arousal
+from pipeline.stages.context.stage import RULE_LINES, Context, ContextOptions, Rules, speech_kind, valence_arousal
 
 CPU = torch.device("cpu")
 

@@ -115,7 +115,7 @@ def test_a_face_that_leaves_is_dropped_after_the_allowed_misses(tmp_path):
 
 
 def test_a_frame_without_pixels_is_marked_missing():
-    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.emotion.stage import Emotion
 
     class Dropped:
         index = 0
@@ -155,7 +155,7 @@ def test_the_detection_size_can_be_turned_down_at_run_time():
     from pipeline.io.base import StreamInfo
     from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
-    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.emotion.stage import Emotion
 
     cpu = torch.device("cpu")
     stage = Emotion("emotion")
@@ -191,7 +191,7 @@ def test_several_frames_per_call_give_what_one_at_a_time_gives(tmp_path):
 
 def test_a_stage_behind_takes_the_frames_waiting_in_one_call(tmp_path):
     """In a file run the executor hands a batching stage whatever is queued (never waiting to fill a batch)."""
-    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.emotion.stage import Emotion
 
     calls = []
     original = Emotion.compute_batch
@@ -211,7 +211,7 @@ def test_a_stage_behind_takes_the_frames_waiting_in_one_call(tmp_path):
 def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precision(tmp_path):
     """At the `lower_precision` rung (every 3rd frame, half the detector width, int8 on a CPU) the face is
     still found and read; the frames between carry the last result; back at `full`, all is restored."""
-    from pipeline.quality import DEFAULT_LADDER, FULL, settings_at
+    from pipeline.scheduling.ladder import DEFAULT_LADDER, FULL, settings_at
 
     settings = settings_at(DEFAULT_LADDER, DEFAULT_LADDER.index("lower_precision"))
     config = parse_config({"name": "emotion-test", "stages": [{"name": "emotion", "type": "emotion"}]})
@@ -259,7 +259,7 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
 
 
 def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tmp_path):
-    from pipeline.memory import ModelManager
+    from pipeline.model_manager import ModelManager
 
     config = parse_config(
         {
@@ -273,7 +273,7 @@ def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tm
     assert report["stages"]["emotion"]["errors"] == 0
     batcher = models.status()["batchers"]["fer"]
     assert batcher["wait_ms"] == 7.5 and batcher["max_rows"] == 3 and batcher["calls"] >= 1
-    from pipeline.stages.emotion import EmotionOptions
+    from pipeline.stages.emotion.stage import EmotionOptions
 
     defaults = EmotionOptions()
     assert (defaults.batch_wait_ms, defaults.batch_rows) == (2.0, 64)  # unchanged when not given
@@ -285,7 +285,7 @@ def test_at_every_2nd_frame_a_source_thinned_to_odd_frames_is_still_read(tmp_pat
     from conftest import RecordingSink
 
     from pipeline.io.synthetic import SyntheticSource
-    from pipeline.quality import DEFAULT_LADDER, settings_at
+    from pipeline.scheduling.ladder import DEFAULT_LADDER, settings_at
 
     config = parse_config(
         {
@@ -325,7 +325,7 @@ def test_on_a_live_run_no_frame_waits_for_the_detector(monkeypatch, side_work):
 
     from models.mtcnn import MTCNN
     from pipeline.io.synthetic import SyntheticSource
-    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.emotion.stage import Emotion
 
     slow_ms = 150.0
     detect = MTCNN.detect
@@ -376,7 +376,7 @@ def test_on_a_live_run_expressions_are_read_beside_the_frames(monkeypatch, side_
     from conftest import RecordingSink
 
     from pipeline.io.synthetic import SyntheticSource
-    from pipeline.stages.emotion import Emotion
+    from pipeline.stages.emotion.stage import Emotion
 
     slow_ms = 200.0
     classify = Emotion._classify
@@ -419,8 +419,8 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
     next reading starts on this frame's faces (copies: the tracker moves them on meanwhile)."""
     import numpy as np
 
-    from pipeline.stages.emotion import Emotion
-    from pipeline.stages.face_tracker import FaceTracker, Track
+    from pipeline.stages.emotion.face_tracker import FaceTracker, Track
+    from pipeline.stages.emotion.stage import Emotion
 
     class Reader:
         beside, busy = True, False
@@ -449,7 +449,7 @@ def test_readings_from_beside_reach_only_the_faces_still_tracked():
 
 
 def test_the_expression_crop_is_the_original_pipelines_whole_pixel_square_grown_by_its_margin():
-    from pipeline.stages.emotion import expression_crops
+    from pipeline.stages.emotion.stage import expression_crops
 
     # 80.5 wide, 100.2 tall (taller than wide, as MTCNN boxes): fer cuts it to whole pixels
     # (100, 50)–(180, 150), squares it to 100 about its centre (x from 90) and adds 10 px around.
@@ -479,7 +479,7 @@ def test_past_the_pictures_edge_the_crop_reads_the_pictures_own_grey_not_black()
     from pipeline.ringbuffer import RingBuffer
     from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
-    from pipeline.stages.emotion import Emotion, EmotionOptions
+    from pipeline.stages.emotion.stage import Emotion, EmotionOptions
 
     device = torch.device("cpu")
     info = StreamInfo(160, 120, Fraction(30), Fraction(1, 30))

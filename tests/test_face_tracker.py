@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.stages.face_tracker import FaceTracker, box_iou
+from pipeline.stages.emotion.face_tracker import FaceTracker, box_iou
 
 
 def boxes(*rows: tuple[float, float, float, float]) -> np.ndarray:

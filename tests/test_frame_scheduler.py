@@ -20,12 +20,12 @@ from conftest import IndexSource, RecordingSink
 from stage_kit import graph_of
 
 from pipeline.executor import Pipeline
-from pipeline.frame_scheduler import LATE, MISS_FACTOR, OVER_TARGET, THINNED, FrameScheduler, source_rate_growth
 from pipeline.frames import AudioChunk, Frame
 from pipeline.gpu_health import GpuReading, pressure
 from pipeline.metrics import RunMetrics
-from pipeline.quality import DEFAULT_LADDER, check_ladder, effective_ladder, settings_at
 from pipeline.ringbuffer import RingBuffer
+from pipeline.scheduling.ladder import DEFAULT_LADDER, check_ladder, effective_ladder, settings_at
+from pipeline.scheduling.runner import LATE, MISS_FACTOR, OVER_TARGET, THINNED, FrameScheduler, source_rate_growth
 from pipeline.stage import Stage, StageRunner
 
 FPS = 50

@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.device_profiles import MB, detect_profile, load_profile, pick_profile, profile_names
 from pipeline.errors import ConfigError
-from pipeline.memory import DevicePool, ModelManager, ModelMemoryError, ModelSpec, module_bytes
+from pipeline.model_manager import DevicePool, ModelManager, ModelMemoryError, ModelSpec, module_bytes
 
 SIDE_1MB = 512  # 512 × 512 float32 = 1 MiB
 
@@ -447,7 +447,7 @@ class FakeCuda:
     `free` bytes, a copy that raises out-of-memory `ooms` times, per-device cache figures."""
 
     def __init__(self, monkeypatch, *, free: int, total: int = 64 * MB):
-        from pipeline import memory
+        from pipeline.model_manager import manager as memory
 
         self.free, self.total, self.ooms = free, total, 0
         self.moved: list[str] = []
@@ -610,7 +610,7 @@ def test_the_default_graphs_models_fit_every_shipped_profile_the_recognizer_incl
     pytest.importorskip("faster_whisper", reason="speech recognition needs faster-whisper")
     from models.fer import load_fer
     from models.mtcnn import load_mtcnn
-    from pipeline.voice.recognizer import load_recognizer
+    from pipeline.stages.voice.recognizer import load_recognizer
 
     specs = [
         ModelSpec("mtcnn", load_mtcnn, "high"),

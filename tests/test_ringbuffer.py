@@ -10,8 +10,8 @@ from conftest import IndexSource, RecordingSink
 from stage_kit import graph_of
 
 from pipeline.executor import Pipeline
-from pipeline.frame_scheduler import LATE, OVER_TARGET, THINNED
 from pipeline.ringbuffer import RING_FULL, RingBuffer
+from pipeline.scheduling.runner import LATE, OVER_TARGET, THINNED
 
 
 def test_slots_are_allocated_once_and_leases_view_them():

@@ -14,14 +14,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.scheduler import (
-    CLIMB_AFTER_S,
-    CLIMB_WAIT_RESET_S,
-    CONTROL_PERIOD_S,
-    DEFAULT_LADDER,
-    MAX_CLIMB_WAIT_S,
-    QualityController,
-)
+from pipeline.config import CLIMB_AFTER_S, CONTROL_PERIOD_S
+from pipeline.scheduling.controller import CLIMB_WAIT_RESET_S, MAX_CLIMB_WAIT_S, QualityController
+from pipeline.scheduling.ladder import DEFAULT_LADDER
 
 FPS = 30
 BUDGET_MS = 50.0

@@ -13,7 +13,7 @@ pytest.importorskip("espeakng_loader", reason="the test speech is made with eSpe
 
 from voice_kit import RATE, placed, spoken
 
-from pipeline.voice.vad import CHUNK, VAD_RATE, SileroVAD, SpeechGate, model_path
+from pipeline.stages.voice.vad import CHUNK, VAD_RATE, SileroVAD, SpeechGate, model_path
 
 TOLERANCE_S = 0.1
 

@@ -17,7 +17,7 @@ from voice_kit import placed, resample, spoken
 
 from pipeline.frames import AudioChunk
 from pipeline.side_work import JobKind, SideJob
-from pipeline.voice.listener import Listener
+from pipeline.stages.voice.listener import Listener
 
 RATE, FPS = 48000, 30
 

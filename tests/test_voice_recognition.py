@@ -23,8 +23,8 @@ from pipeline.graph import build_graph
 from pipeline.io.analytics import AnalyticsSink
 from pipeline.io.media import MediaSource
 from pipeline.io.sinks import NullSink
-from pipeline.voice.capture import UtteranceCapture
-from pipeline.voice.recognizer import WhisperRecognizer
+from pipeline.stages.voice.capture import UtteranceCapture
+from pipeline.stages.voice.recognizer import WhisperRecognizer
 
 TIMES_WITHIN_S = 0.3  # a user_said's start and end against where the speech's sound was placed
 
@@ -131,7 +131,7 @@ def test_a_clip_holds_the_turn_with_its_preroll_and_tail_and_a_long_turn_comes_i
 
 
 def test_a_pause_is_reported_once_as_the_turn_so_far_and_the_end_is_the_same_turn():
-    from pipeline.voice.vad import CHUNK_S, SpeechGate
+    from pipeline.stages.voice.vad import CHUNK_S, SpeechGate
 
     gate = SpeechGate(hangover_s=10 * CHUNK_S, pause_s=3 * CHUNK_S)
     # speech, a 2-chunk dip (no pause), speech, then silence until the turn ends

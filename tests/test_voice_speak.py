@@ -18,9 +18,9 @@ from pipeline.graph import build_graph
 from pipeline.io.analytics import AnalyticsSink
 from pipeline.io.base import Sink
 from pipeline.io.media import MediaSource
-from pipeline.voice.speaker import Speaker
-from pipeline.voice.synth import EspeakSynthesizer
-from pipeline.voice.visemes import VISEMES, viseme
+from pipeline.stages.voice.speaker import Speaker
+from pipeline.stages.voice.synth import EspeakSynthesizer
+from pipeline.stages.voice.visemes import VISEMES, viseme
 
 LONG_LINE = "I am going to keep talking for quite a while, so that you have plenty of time to interrupt me."
 
@@ -54,7 +54,7 @@ def run(clip, tmp_path, **options):
 
 def synthesizers():
     """Both voices the avatar can have: Piper's natural one (the default) and eSpeak NG's."""
-    from pipeline.voice.piper_synth import shared_piper
+    from pipeline.stages.voice.piper_synth import shared_piper
 
     return [pytest.param(shared_piper, id="piper"), pytest.param(EspeakSynthesizer, id="espeak")]
 
@@ -90,7 +90,7 @@ def test_a_line_is_said_sentence_by_sentence_and_the_first_plays_before_the_rest
 
 
 def test_piper_times_each_phoneme_and_each_sound_has_a_mouth_shape():
-    from pipeline.voice.piper_synth import _by_energy, shared_piper
+    from pipeline.stages.voice.piper_synth import _by_energy, shared_piper
 
     piper = shared_piper()
     utterance = piper.synthesize("Hello there! How are you today?")
@@ -191,7 +191,7 @@ def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps, tts
     from pipeline.io.base import StreamInfo
     from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
-    from pipeline.stages.voice import Voice, VoiceOptions
+    from pipeline.stages.voice.stage import Voice, VoiceOptions
 
     cpu = torch.device("cpu")
     stage = Voice("voice", options=VoiceOptions(say=("Hello there, how are you?",), tts=tts))
@@ -238,7 +238,7 @@ def test_browser_sessions_return_the_avatar_alone_unless_the_graph_says_otherwis
 def test_a_piper_voice_that_will_not_load_falls_back_to_espeak_said_once(tmp_path, caplog):
     import shutil
 
-    from pipeline.voice.piper_synth import LazyPiper, default_voice_path
+    from pipeline.stages.voice.piper_synth import LazyPiper, default_voice_path
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
@@ -250,7 +250,7 @@ def test_a_piper_voice_that_will_not_load_falls_back_to_espeak_said_once(tmp_pat
 
 
 def test_a_flood_of_sentences_is_refused_past_the_queue_never_left_half_made():
-    from pipeline.voice.speaker import MAX_QUEUED
+    from pipeline.stages.voice.speaker import MAX_QUEUED
 
     made: list = []
     speaker = Speaker(EspeakSynthesizer(), 48000, prepare=made.append)

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.config import load_config
 from pipeline.device_profiles import MB
-from pipeline.memory import DevicePool, ModelManager, ModelSpec
+from pipeline.model_manager import DevicePool, ModelManager, ModelSpec
 from pipeline.webrtc.hosting import SessionHost
 
 PERIOD_S = 0.01  # between housekeeping rounds: short, so the test is quick
@@ -54,7 +54,7 @@ def test_each_stage_type_warms_up_once_before_the_first_session_and_a_failure_is
     """The host asks every stage type in its graph, once per type, to warm what its sessions share;
     one that fails is logged (its sessions' setup will report it) and the others still warm up."""
     from pipeline.stages.avatar import Avatar
-    from pipeline.stages.voice import Voice
+    from pipeline.stages.voice.stage import Voice
 
     warmed: list[str] = []
 
@@ -72,8 +72,8 @@ def test_each_stage_type_warms_up_once_before_the_first_session_and_a_failure_is
 
 def test_the_voice_stage_warms_its_model_once_per_process():
     """(Each stream then gets a copy with its own state: tests/test_voice_listen.py.)"""
-    from pipeline.stages.voice import Voice
-    from pipeline.voice import vad
+    from pipeline.stages.voice import vad
+    from pipeline.stages.voice.stage import Voice
 
     Voice.warm_up(torch.device("cpu"))
     warmed = vad.warm_up("cpu")

@@ -13,7 +13,7 @@ from aiortc import RTCPeerConnection
 
 from pipeline.config import load_config
 from pipeline.frames import Frame
-from pipeline.memory import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.webrtc.session import MAX_PENDING_EVENTS, Session, parse_targets
 
 

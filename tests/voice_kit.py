@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from media_kit import clip_with_audio
 
-from pipeline.voice.speaker import resample_mono
-from pipeline.voice.synth import EspeakSynthesizer
+from pipeline.stages.voice.speaker import resample_mono
+from pipeline.stages.voice.synth import EspeakSynthesizer
 
 RATE = 16000
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from pipeline.frames import Frame
-from pipeline.registry import register_stage
 from pipeline.stage import Stage
 
 SILENCE_DBFS = -120.0  # floor for digital silence, so the annotation stays a finite number
@@ -15,7 +14,6 @@ def to_dbfs(amplitude: float) -> float:
     return round(max(SILENCE_DBFS, 20.0 * math.log10(amplitude)) if amplitude > 0 else SILENCE_DBFS, 2)
 
 
-@register_stage
 class AudioLevel(Stage):
     """Annotation: `rms_dbfs`, `peak_dbfs` of the chunk; None for both on a frame with no audio.
 

@@ -37,7 +37,6 @@ from kernels import ops
 from kernels.colour import i420_planes
 from models.avatar import THEMES, FaceSprites, FaceState
 from pipeline.frames import Frame
-from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
 BLINK_S = 0.15  # how long the eyes stay shut
@@ -101,7 +100,6 @@ class AvatarOptions(StageOptions):
     redraw_hz: float = Field(30.0, ge=0.0, le=1000.0)  # the face is drawn at most this often (0: any frame)
 
 
-@register_stage
 class Avatar(ComputeStage):
     """Draws the avatar into the frame; annotation: the face's parameters and where it was drawn."""
 

@@ -21,7 +21,6 @@ from pydantic import Field
 from kernels.colour import i420_planes
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat, fill_rect, paint_value
-from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
 # 5×7 glyphs, one string of five characters per row ('#' lit).
@@ -86,7 +85,6 @@ class FaceOverlayOptions(StageOptions):
     show_probability: bool = True  # "happy 93%" rather than "happy"
 
 
-@register_stage
 class FaceOverlay(ComputeStage):
     """Annotation: `faces`, how many faces were drawn."""
 

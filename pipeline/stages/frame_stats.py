@@ -13,7 +13,6 @@ from pydantic import Field
 
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat, luma_plane
-from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
 BT601_LUMA = (0.299, 0.587, 0.114)  # R, G, B weights of Y'
@@ -23,7 +22,6 @@ class FrameStatsOptions(StageOptions):
     downscale: int = Field(4, ge=1, le=64)  # read every Nth pixel in each direction
 
 
-@register_stage
 class FrameStats(ComputeStage):
     """Annotation: `luma` (mean, 0..1) and `motion` (mean absolute luma change since the last frame, 0..1)."""
 

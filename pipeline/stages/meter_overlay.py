@@ -13,7 +13,6 @@ from pydantic import Field
 
 from pipeline.frames import Frame
 from pipeline.pixels import Colour, PixelFormat, fill_rect, paint_value, picture_size
-from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
 
 LEVEL_FLOOR_DBFS = -60.0  # an empty level bar
@@ -29,7 +28,6 @@ class MeterOverlayOptions(StageOptions):
     width_fraction: float = Field(0.3, gt=0.0, le=1.0)  # of the frame width, for a full bar
 
 
-@register_stage
 class MeterOverlay(ComputeStage):
     """Annotation: `level` and `motion`, the bar fills drawn (0..1)."""
 

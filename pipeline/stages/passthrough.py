@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pipeline.frames import Frame
-from pipeline.registry import register_stage
 from pipeline.stage import Stage
 
 
-@register_stage
 class PassThrough(Stage):
     type_name = "passthrough"
 

@@ -22,8 +22,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
-from pipeline.memory import ModelManager
-from pipeline.registry import stage_types
+from pipeline.model_manager import ModelManager
+from pipeline.registry import stage_type
 from pipeline.webrtc import receive
 from pipeline.webrtc.ice import rtc_ice_servers
 from pipeline.webrtc.prometheus import Counters, Retired
@@ -83,13 +83,9 @@ class SessionHost:
         """Each stage type in the graph loads and warms what its sessions share (blocking: run it
         off the event loop, before the first offer). A type that fails here is left to fail, and
         be reported, in its sessions' own setup."""
-        types = stage_types()
         for kind in dict.fromkeys(spec.type for spec in self.config.stages):
-            stage = types.get(kind)
-            if stage is None:
-                continue
             try:
-                stage.warm_up(self.device)
+                stage_type(kind).warm_up(self.device)
             except Exception as exc:  # the session's setup reports it, with the stage's name
                 log.warning("warming up %s failed: %s", kind, one_line(exc))
 

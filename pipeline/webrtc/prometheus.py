@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from pipeline.metrics import BUCKET_COUNT, LatencyHistogram, RunMetrics, bucket_floor
-from pipeline.scheduler import CHANGE_REASONS
+from pipeline.scheduling.controller import CHANGE_REASONS
 
 if TYPE_CHECKING:
     from pipeline.webrtc.server import Server

@@ -36,8 +36,8 @@ from pipeline.errors import one_line
 from pipeline.executor import Pipeline
 from pipeline.frames import Frame
 from pipeline.graph import build_graph
-from pipeline.memory import ModelManager
 from pipeline.metrics import RecentRate
+from pipeline.model_manager import ModelManager
 from pipeline.webrtc.tracks import SILENCE_S, PeerSink, TrackSource, first_picture
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ after each utterance, on a thread niced behind the frames', while the user waits
 Whisper makes text up from silence and music ("Thank you.", "♪"): a result it itself rates as
 probably not speech, or that holds no letters, is no utterance.
 
-The model is a managed model (`pipeline.memory`): `WhisperRecognizer` is an `nn.Module` whose
+The model is a managed model (`pipeline.model_manager`): `WhisperRecognizer` is an `nn.Module` whose
 weights live in CTranslate2, not in torch tensors, so it reports their size itself
 (`weights_bytes`) and moving it (`to`) loads it again on the other device.
 """

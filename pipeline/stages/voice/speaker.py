@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from pipeline.voice.synth import Synthesizer, Utterance
-from pipeline.voice.visemes import SILENCE, viseme
+from pipeline.stages.voice.synth import Synthesizer, Utterance
+from pipeline.stages.voice.visemes import SILENCE, viseme
 
 CACHE_SIZE = 64  # sentences kept synthesized
 MAX_QUEUED = 256  # sentences waiting to be said; more are refused (counted), not queued

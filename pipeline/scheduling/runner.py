@@ -1,6 +1,6 @@
 """The scheduler inside a run: deadlines on arrival, age-based drops, and the 250 ms control loop.
 
-`QualityController` (pipeline.scheduler) decides; this module measures for it and carries out
+`QualityController` (`pipeline.scheduling.controller`) decides; this module measures for it and carries out
 what it decides, so the executor only calls four hooks:
 
 - `admit(frame)` on arrival: the frame's deadline (capture time + the latency budget), its
@@ -51,9 +51,9 @@ from pipeline.frames import AudioChunk, Frame, joined
 from pipeline.gpu_health import GpuHealth, pressure
 from pipeline.graph import Graph
 from pipeline.metrics import RunMetrics
-from pipeline.quality import FULL, QualitySettings, effective_ladder, settings_at
 from pipeline.ringbuffer import RING_FULL
-from pipeline.scheduler import QualityController
+from pipeline.scheduling.controller import QualityController
+from pipeline.scheduling.ladder import FULL, QualitySettings, effective_ladder, settings_at
 from pipeline.side_work import SideWork
 from pipeline.stage import StageRunner
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.voice.synth import Phoneme, SynthesisError, Utterance
+from pipeline.stages.voice.synth import Phoneme, SynthesisError, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class LazyPiper:
             try:
                 return self.loaded.synthesize(text, voice)
             except SynthesisError as exc:
-                from pipeline.voice.synth import EspeakSynthesizer
+                from pipeline.stages.voice.synth import EspeakSynthesizer
 
                 self._instead = EspeakSynthesizer()  # without it: the SynthesisError, and silence
                 log.warning("Piper could not load its voice (%s): the avatar speaks with eSpeak NG", exc)

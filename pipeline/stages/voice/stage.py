@@ -2,7 +2,7 @@
 
 Each frame's audio is resampled to 16 kHz mono (FFmpeg's resampler, state kept across frames)
 and fed to Silero VAD in 32 ms chunks; a speech gate with hysteresis and hangover turns the
-chunk probabilities into turns (`pipeline.voice.listener`). Levels come from the audio kernels
+chunk probabilities into turns (`pipeline.stages.voice.listener`). Levels come from the audio kernels
 on the frame's own audio. Turn events carry their time on the stream's clock (the audio's pts),
 so they line up with video frames; a turn's end is known only after the hangover, so
 `user_stopped` arrives on a later frame than the one it names. The listening is an in-order side
@@ -11,7 +11,7 @@ heard up to the frame before it and waits for none of it; a machine too slow to 
 the oldest sound past `MAX_BEHIND_S` (counted in the report) rather than the frames.
 
 Hearing what was said: each finished turn's sound (with a little before and after it) goes to
-Whisper (`pipeline.voice.recognizer`), a managed model, as an in-order side job: on live runs
+Whisper (`pipeline.stages.voice.recognizer`), a managed model, as an in-order side job: on live runs
 the text lands on a later frame, on file runs on the frame where the turn's end is known. Only
 the sound of turns is kept or recognised; `asr: false` turns recognition off.
 
@@ -52,19 +52,18 @@ from kernels import ops
 from pipeline.errors import one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import front_channels, layout_name
-from pipeline.memory import ModelManager, ModelSpec
-from pipeline.registry import register_stage
+from pipeline.model_manager import ModelManager, ModelSpec
 from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
-from pipeline.voice.capture import PAUSE_S, PREROLL_S, TAIL_S, Clip
-from pipeline.voice.listener import MAX_BEHIND_S, Heard, Listener
-from pipeline.voice.piper_synth import LazyPiper, onnx_cuda, shared_piper
-from pipeline.voice.recognizer import RecognizerUnavailable, Transcript, default_model_path, load_recognizer
-from pipeline.voice.speaker import MAX_QUEUED, Line, Speaker, sentences
-from pipeline.voice.synth import EspeakSynthesizer, SynthesisError, Synthesizer
-from pipeline.voice.vad import HANGOVER_S, THRESHOLD
-from pipeline.voice.vad import warm_up as warm_vad
+from pipeline.stages.voice.capture import PAUSE_S, PREROLL_S, TAIL_S, Clip
+from pipeline.stages.voice.listener import MAX_BEHIND_S, Heard, Listener
+from pipeline.stages.voice.piper_synth import LazyPiper, onnx_cuda, shared_piper
+from pipeline.stages.voice.recognizer import RecognizerUnavailable, Transcript, default_model_path, load_recognizer
+from pipeline.stages.voice.speaker import MAX_QUEUED, Line, Speaker, sentences
+from pipeline.stages.voice.synth import EspeakSynthesizer, SynthesisError, Synthesizer
+from pipeline.stages.voice.vad import HANGOVER_S, THRESHOLD
+from pipeline.stages.voice.vad import warm_up as warm_vad
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,6 @@ class VoiceOptions(StageOptions):
     pause_s: float = Field(PAUSE_S, gt=0.0, le=5.0)
 
 
-@register_stage
 class Voice(ComputeStage):
     """Annotation: the user's speech (VAD), levels, clipping and turn events, per frame."""
 

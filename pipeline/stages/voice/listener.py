@@ -9,7 +9,7 @@ So the voice stage runs `listen` as an in-order side job (`pipeline.side_work`):
 beside the frames, and a frame folds in whatever was heard up to then (`fold`); on file runs in
 line, so their annotations are the same on every run.
 
-The listener also cuts each finished turn's sound out (`pipeline.voice.capture`), with a little
+The listener also cuts each finished turn's sound out (`pipeline.stages.voice.capture`), with a little
 before and after it, for the recognizer: `Heard.utterances`.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 
 from pipeline.frames import AudioChunk
 from pipeline.io.audio_align import ChunkResampler
-from pipeline.voice.capture import PREROLL_S, TAIL_S, Clip, UtteranceCapture
-from pipeline.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate, Turn
+from pipeline.stages.voice.capture import PREROLL_S, TAIL_S, Clip, UtteranceCapture
+from pipeline.stages.voice.vad import HANGOVER_S, THRESHOLD, VAD_RATE, SileroVAD, SpeechGate, Turn
 
 GAP_TOLERANCE_S = Fraction(1, 100)  # a chunk starting later than this after the last one's end: a gap
 MAX_BEHIND_S = 1.0  # s of sound waiting to be heard, past which the oldest is dropped (a machine too slow)

@@ -1,7 +1,7 @@
 """What each rung of the quality ladder does: rung names in, knob settings out.
 
 The ladder is cumulative: rung k applies every step from rung 1 to rung k, so moving one rung
-changes one thing. The controller (`pipeline.scheduler`) only moves along names; this module
+changes one thing. The controller (`pipeline.scheduling.controller`) only moves along names; this module
 turns the current name into `QualitySettings`, which the executor hands to every stage
 (`Stage.apply_quality`), to the sink (output size) and to its own admission (source rate,
 shedding).

@@ -48,14 +48,13 @@ from kernels import ops
 from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS
-from pipeline.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
 from pipeline.frames import Frame
-from pipeline.memory import ModelManager, ModelSpec
-from pipeline.quality import QualitySettings
-from pipeline.registry import register_stage
+from pipeline.model_manager import ModelManager, ModelSpec
+from pipeline.model_manager.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
+from pipeline.scheduling.ladder import QualitySettings
 from pipeline.side_work import JobKind, SideJob
 from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
-from pipeline.stages.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
+from pipeline.stages.emotion.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
 # The crop the expression model reads: the original `fer` pipeline's, its box squared and grown by
@@ -93,7 +92,6 @@ class EmotionOptions(StageOptions):
     crop_shift: float = Field(0.0, ge=-0.5, le=0.5)
 
 
-@register_stage
 class Emotion(ComputeStage):
     """Annotation: every tracked face's box, landmarks, detector score, expression probabilities and label."""
 

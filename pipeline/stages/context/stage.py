@@ -38,9 +38,8 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.frames import Frame
-from pipeline.registry import register_stage
 from pipeline.stage import ComputeStage, StageContext, StageOptions
-from pipeline.stages.llm_responder import LLMOptions, LLMResponder
+from pipeline.stages.context.responder import LLMOptions, LLMResponder
 
 # (valence, arousal) of each expression, −1..1 (Russell's circumplex, as commonly placed).
 CIRCUMPLEX = {
@@ -139,7 +138,6 @@ class ContextOptions(StageOptions):
     conversation_lines: int = Field(CONVERSATION_LINES, ge=0, le=200)  # the user's and the avatar's, kept
 
 
-@register_stage
 class Context(ComputeStage):
     """Annotation: the rolling session context and this frame's events."""
 

@@ -38,19 +38,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.quality import DEFAULT_LADDER
+from pipeline.config import (
+    CLIMB_AFTER_S,
+    CLIMB_BUSY,
+    CLIMB_MARGIN,
+    DOWN_COOLDOWN_S,
+    WINDOW_S,
+)
+from pipeline.scheduling.ladder import DEFAULT_LADDER
 
-CONTROL_PERIOD_S = 0.25  # how often `decide` runs in a pipeline
-WINDOW_S = 2.0  # the sliding window the p95 is taken over
 MIN_SAMPLES = 8  # fewer frames than this in the window: no decision yet
-DOWN_COOLDOWN_S = 0.5  # at least this long between two steps down (the last one must take effect)
-CLIMB_AFTER_S = 3.0  # sustained margin needed before a step up
-CLIMB_MARGIN = 0.7  # "margin" is a p95 below this fraction of the budget
 TAIL_SHARE = 0.01  # more than this share of the window's frames over the budget is over budget (a p99 target)
 IMPROVING = 0.9  # a p95 below this fraction of the last decision's counts as getting better
 FAILED_CLIMB_S = 10.0  # a step down this soon after climbing into the rung undoes that climb
 PRESSURE_COOLDOWN_S = 5.0  # between two steps down forced by GPU memory or temperature
-CLIMB_BUSY = 0.6  # climb only while the busiest stage needs less than this share of each frame's time
 MAX_CLIMB_WAIT_S = 30.0  # the doubled wait before retrying a failed climb stops growing here
 CLIMB_WAIT_RESET_S = 60.0  # this long without a step down: failed climbs are forgotten
 

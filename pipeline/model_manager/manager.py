@@ -52,10 +52,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipeline.batching import Batcher
 from pipeline.device_profiles import MB, DeviceProfile
 from pipeline.errors import PipelineError
 from pipeline.gpu_health import GpuHealth
+from pipeline.model_manager.batching import Batcher
 
 log = logging.getLogger(__name__)
 

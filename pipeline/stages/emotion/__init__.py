@@ -1,0 +1,1 @@
+"""The emotion stage (`stage`) and what it alone uses: the face tracker."""
