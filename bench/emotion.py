@@ -39,12 +39,11 @@ import pipeline.stages.emotion.stage as emotion_module
 from bench.emotion_agreement import compare, describe
 from kernels import ops
 from kernels.colour import rgb_to_i420
-from pipeline.device import Lane, configure_cpu_threads
+from pipeline.device import configure_cpu_threads
 from pipeline.frames import Frame
 from pipeline.io.base import StreamInfo
 from pipeline.io.synthetic import FACE_PICTURE
 from pipeline.ringbuffer import RingBuffer
-from pipeline.scratch import ScratchPool
 from pipeline.stage import StageContext
 
 SIZES = ((640, 480), (1280, 720))
@@ -88,7 +87,7 @@ def run(width: int, height: int, faces: int, cadence: tuple[int, int], frames: i
     info = StreamInfo(width, height, Fraction(30), Fraction(1, 30))
     options = emotion_module.EmotionOptions(detect_every=detect_every, search_every=search_every)
     stage = emotion_module.Emotion("emotion", options=options)
-    stage.setup(StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info))
+    stage.setup(StageContext.standalone(stage, device, stream=info))
     totals: dict[str, float] = defaultdict(float)
     # The stage's own run's models: its manager holds them resident (there is room), so these are
     # the objects every frame gets.

@@ -48,12 +48,10 @@ import torch
 from kernels.colour import rgb_to_i420
 from models.fer import LABELS
 from models.fer_faces import face_at, is_the_face, pictures
-from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.io.base import StreamInfo
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.ringbuffer import RingBuffer
-from pipeline.scratch import ScratchPool
 from pipeline.stage import StageContext
 from pipeline.stages.emotion.stage import Emotion, EmotionOptions
 
@@ -84,9 +82,7 @@ def our_faces(
     height, width = rgb.shape[:2]
     info = StreamInfo(width, height, Fraction(30), Fraction(1, 30))
     stage = Emotion("emotion", options=EmotionOptions())
-    stage.setup(
-        StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info, models=models)
-    )
+    stage.setup(StageContext.standalone(stage, device, stream=info, models=models))
     ring = RingBuffer(1, info.frame_shape, device=device)
     picture = rgb_to_i420(torch.from_numpy(rgb)).to(device)
     record: dict[str, Any] = {"faces": []}

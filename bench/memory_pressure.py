@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.device_profiles import MB  # noqa: E402
-from pipeline.model_manager import DevicePool, ModelManager, ModelMemoryError, ModelSpec, Priority  # noqa: E402
+from pipeline.model_manager.accounting import DevicePool, ModelSpec  # noqa: E402
+from pipeline.model_manager.eviction import Priority  # noqa: E402
+from pipeline.model_manager.manager import ModelManager, ModelMemoryError  # noqa: E402
 
 # Share of the models at each priority (the rest medium): a few that must stay, more that matter.
 PRIORITY_SHARES: tuple[tuple[Priority, float], ...] = (("critical", 0.05), ("high", 0.15), ("low", 0.4))

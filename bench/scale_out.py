@@ -80,7 +80,7 @@ def single(folder: Path, out: Path, options: JobOptions) -> float:
 def on_ray(folder: Path, out: Path, options: JobOptions, workers: int) -> float:
     import ray
 
-    from pipeline.cluster.batch import run_on_ray
+    from pipeline.cluster.folder_runs import run_on_ray
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:

@@ -28,9 +28,9 @@ from kernels.colour import conversion_constants, i420_planes, nv12_planes
 LAYOUTS = ("i420", "nv12", "rgb")
 # RGB from YUV for at least 1/WHOLE_FRAME_SHARE as many samples as the frame has pixels (a
 # detector's input at half the frame's width): convert the whole frame in contiguous passes and
-# let grid_sample blend, rather than convert four gathered neighbours per sample (640×480 →
-# 320×240 on one core: 6–12 ms against 15–25). Fewer samples (face crops, 1280×720 → 320×180:
-# 14 ms against 48): only their neighbours are converted.
+# let grid_sample blend, rather than convert four gathered neighbours per sample (about half
+# the time for a detector's input). Fewer samples (face crops): only their neighbours are
+# converted, which is then several times cheaper than the whole frame.
 WHOLE_FRAME_SHARE = 4
 
 

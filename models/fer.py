@@ -15,8 +15,8 @@ converter transposes them); and Keras batch normalization here uses ε = 1e-3.
 `load_fer` gives the network ready to infer: each batch normalization folded into the
 convolution before it (its scale into the weights, its shift into a bias: one pass over the
 activations fewer per layer), weights and activations channels-last (N×H×W×C in memory), where
-the CPU's max pool and depthwise convolutions run vectorized over channels. One face on one core:
-median 7.2 → 5.0 ms; probabilities move by under 1e-6.
+the CPU's max pool and depthwise convolutions run vectorized over channels (about a third less
+time per face on a CPU); probabilities move by under 1e-6.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ Pixels are RGB in 0..255, normalized to (x − 127.5)/128 before each network.
 
 The networks hold their weights and take their inputs channels-last (N×H×W×C in memory): the
 CPU's max-pool kernel is vectorized over channels only in that layout (3–14× faster here than on
-planar tensors) and oneDNN's convolutions work in it without reordering, which takes a detection
-at 320×240 from about 62 to 43 ms on one core. Every value stays the same to 2e-5 px; cuDNN
+planar tensors) and oneDNN's convolutions work in it without reordering, which takes about a
+third off a detection on a CPU. Every value stays the same to 2e-5 px; cuDNN
 takes the layout natively.
 """
 

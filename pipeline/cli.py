@@ -29,7 +29,7 @@ from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest, default_output
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings
 from pipeline.io.window import WINDOW, display_available
-from pipeline.job import JobOptions, JobResult, is_folder_job, plan_batch, run_folder, run_job
+from pipeline.job import JobOptions, JobResult, is_folder_job, plan_videos, run_folder, run_job
 from pipeline.metrics import write_report
 from pipeline.progress import Progress
 
@@ -321,7 +321,7 @@ async def _serve(args: argparse.Namespace, options: JobOptions, stopper: _Stoppe
     try:
         placer = None
         if args.ray:
-            from pipeline.cluster.batch import connect
+            from pipeline.cluster.folder_runs import connect
             from pipeline.cluster.live import RayPlacer
 
             gpus = int(connect(args.ray).get("GPU", 0))
@@ -383,7 +383,7 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
     if output_dir.suffix and extension == output_dir.suffix.lower():
         raise SinkError(f"--output {args.output}: a folder --source needs a folder --output, not a file")
     analytics_dir = options.analytics
-    items = plan_batch(args.source, output_dir, extension=extension, analytics_dir=analytics_dir)
+    items = plan_videos(args.source, output_dir, extension=extension, analytics_dir=analytics_dir)
     log.info("%d video(s) in %s -> %s", len(items), args.source, output_dir)
     if args.ray:
         return await _run_on_ray(args, options, items, stopper)
@@ -406,7 +406,7 @@ async def _run_folder(args: argparse.Namespace, options: JobOptions, stopper: _S
 
 async def _run_on_ray(args: argparse.Namespace, options: JobOptions, items: list, stopper: _Stopper) -> int:
     """The folder over a Ray cluster, waited for off the event loop so Ctrl-C and SIGTERM still stop it."""
-    from pipeline.cluster.batch import ClusterProgress, connect, run_on_ray
+    from pipeline.cluster.folder_runs import ClusterProgress, connect, run_on_ray
 
     if args.ray_cpus <= 0:
         raise ConfigError(f"--ray-cpus {args.ray_cpus:g}: must be > 0")

@@ -80,7 +80,7 @@ def copy_frame(dst: torch.Tensor, src: torch.Tensor | np.ndarray) -> None:
 
     On a CPU it is one plain memory copy on this thread (NumPy): torch splits a copy that size
     across its intra-op threads, and when those have gone to sleep between frames, waking them
-    costs far more than the copy (a 640×360 plane: 6.8 ms against 0.1 ms on a 2-core VM). On a
+    costs far more than the copy (tens of times more for a small plane: `bench/NOTES.md`). On a
     GPU it is torch's copy, on the current stream.
     """
     if dst.device.type == "cpu" and (isinstance(src, np.ndarray) or src.device.type == "cpu"):

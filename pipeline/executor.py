@@ -26,7 +26,7 @@ from pipeline.gpu_health import GpuHealth
 from pipeline.graph import Graph, Node
 from pipeline.io.base import Sink, Source
 from pipeline.metrics import QueueStats, RunMetrics
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.ringbuffer import FullPolicy, RingBuffer
 from pipeline.scheduling.runner import LATE, FrameScheduler, Watched, scheduler_enabled
 from pipeline.scratch import ScratchPool

@@ -36,7 +36,7 @@ from pipeline.io.factory import (
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import EncoderSettings
 from pipeline.io.window import WINDOW, WindowSink
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
@@ -340,7 +340,7 @@ def plan_list(list_file: Path, output_dir: Path, *, extension: str, analytics_di
     return _items(sources, output_dir, extension, analytics_dir)
 
 
-def plan_batch(source_spec: str, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
+def plan_videos(source_spec: str, output_dir: Path, *, extension: str, analytics_dir: Path | None) -> list[FolderItem]:
     """`plan_folder` for a folder, `plan_list` for a list file."""
     path = Path(source_spec)
     if path.is_dir():

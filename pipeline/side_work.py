@@ -19,7 +19,7 @@ behind, which shows in its counters. Nor does a latest-wins job fill every idle 
 `share`, the most of the wall time its runs may take, and rests after each run for as long as
 that share asks. On a CPU it starts at `CPU_SHARE`: a job working back to back beside the frames
 slows them, though the cores are not full, because its many short hand-offs of the interpreter
-lock to and from the frames' threads each make a frame's thread wait (bench/RESULTS.md has the
+lock to and from the frames' threads each make a frame's thread wait (bench/NOTES.md has the
 measurements). The quality ladder lowers the share further: an inference stage's jobs at 1
 frame in N (`set_cadence`) get 1/N of it, as its frames do.
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.annotation import Annotation, missing
 from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.metrics import StageStats
@@ -65,6 +66,16 @@ class StageContext:
     # The run's side jobs (pipeline.side_work); a context made on its own runs them in line.
     side_work: SideWork = field(default_factory=SideWork)
 
+    @classmethod
+    def standalone(cls, stage: Stage, device: torch.device | None = None, **fields: Any) -> StageContext:
+        """A context for `stage` on its own, outside any graph (a test, a bench, a notebook): on
+        `device` (the CPU by default), each of its input ports read from an annotation named like
+        the port, its side jobs run in line unless `side_work` says otherwise. `fields` set any
+        other field (`stream`, `services`, `offered`, `models`, `live`, …)."""
+        device = device or torch.device("cpu")
+        fields.setdefault("inputs", {port: port for port in stage.inputs})
+        return cls(stage.name, device, Lane(stage.name, device), ScratchPool(device), **fields)
+
     def offer(self, service: str, provider: Any) -> None:
         """Make `provider` the service the stage declared in `Stage.offers` (at setup)."""
         self.offered[(self.name, service)] = provider
@@ -100,16 +111,13 @@ class StageContext:
         )
 
 
-def missing(reason: str) -> dict[str, Any]:
-    """The annotation a frame carries for a stage that gave none."""
-    return {"missing": True, "reason": reason}
-
-
 class Stage:
     """Base of all stages. Subclasses set `type_name`, maybe `Options` and `inputs`, and `process`."""
 
     type_name: ClassVar[str] = ""  # key in configs, e.g. "frame_stats"
     Options: ClassVar[type[StageOptions]] = StageOptions
+    # The shape of what `process` returns (a TypedDict derived from `Annotation`), checked in tests.
+    Annotation: ClassVar[type] = Annotation
     inputs: ClassVar[tuple[str, ...]] = ()  # stage types whose annotations this stage reads
     # Services between stages beyond annotations (e.g. "speech": the voice stage's queue of lines
     # to say, which the context stage fills). The graph checks that each one used is offered by

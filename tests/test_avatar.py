@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from models.avatar import FaceSprites, FaceState, render_face, settled
-from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.io.base import StreamInfo
-from pipeline.scratch import ScratchPool
 from pipeline.stage import StageContext
 from pipeline.stages.avatar import Avatar, AvatarOptions, approach
 
@@ -84,15 +82,7 @@ def test_sprites_draw_a_settled_state_once_and_keep_the_latest():
 
 def make_stage(**options) -> Avatar:
     stage = Avatar("avatar", options=AvatarOptions(**options))
-    ctx = StageContext(
-        "avatar",
-        CPU,
-        Lane("avatar", CPU),
-        ScratchPool(CPU),
-        inputs={"emotion": "emotion", "voice": "voice"},
-        stream=StreamInfo(640, 360, Fraction(30), Fraction(1, 30)),
-    )
-    stage.setup(ctx)
+    stage.setup(StageContext.standalone(stage, CPU, stream=StreamInfo(640, 360, Fraction(30), Fraction(1, 30))))
     return stage
 
 

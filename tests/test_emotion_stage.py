@@ -151,23 +151,13 @@ def test_a_face_that_grows_keeps_its_track(tmp_path):
 def test_the_detection_size_can_be_turned_down_at_run_time():
     from fractions import Fraction
 
-    from pipeline.device import Lane
     from pipeline.io.base import StreamInfo
-    from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
     from pipeline.stages.emotion.stage import Emotion
 
     cpu = torch.device("cpu")
     stage = Emotion("emotion")
-    stage.setup(
-        StageContext(
-            "emotion",
-            cpu,
-            Lane("e", cpu),
-            ScratchPool(cpu),
-            stream=StreamInfo(1280, 720, Fraction(30), Fraction(1, 30)),
-        )
-    )
+    stage.setup(StageContext.standalone(stage, cpu, stream=StreamInfo(1280, 720, Fraction(30), Fraction(1, 30))))
     assert stage._detect_size == (180, 320)
     stage.set_detect_width(160)
     assert stage._detect_size == (90, 160)
@@ -259,7 +249,7 @@ def test_the_schedulers_knobs_hold_results_shrink_the_detector_and_lower_precisi
 
 
 def test_the_classifiers_batcher_takes_its_wait_and_row_limit_from_the_config(tmp_path):
-    from pipeline.model_manager import ModelManager
+    from pipeline.model_manager.manager import ModelManager
 
     config = parse_config(
         {
@@ -473,18 +463,16 @@ def test_past_the_pictures_edge_the_crop_reads_the_pictures_own_grey_not_black()
     from fractions import Fraction
 
     from kernels.colour import rgb_to_i420
-    from pipeline.device import Lane
     from pipeline.frames import Frame
     from pipeline.io.base import StreamInfo
     from pipeline.ringbuffer import RingBuffer
-    from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
     from pipeline.stages.emotion.stage import Emotion, EmotionOptions
 
     device = torch.device("cpu")
     info = StreamInfo(160, 120, Fraction(30), Fraction(1, 30))
     stage = Emotion("emotion", options=EmotionOptions())
-    stage.setup(StageContext("emotion", device, Lane("emotion", device), ScratchPool(device), stream=info))
+    stage.setup(StageContext.standalone(stage, device, stream=info))
     ring = RingBuffer(1, info.frame_shape)
     lease = ring.try_acquire()
     lease.tensor.copy_(rgb_to_i420(torch.full((120, 160, 3), 150, dtype=torch.uint8)))

@@ -10,13 +10,11 @@ import torch
 
 from kernels.colour import i420_to_rgb, rgb_to_i420
 from pipeline.config import load_config
-from pipeline.device import Lane
 from pipeline.frames import Frame
 from pipeline.graph import build_graph
 from pipeline.io.base import StreamInfo
 from pipeline.pixels import PixelFormat
 from pipeline.ringbuffer import RingBuffer
-from pipeline.scratch import ScratchPool
 from pipeline.stage import StageContext
 from pipeline.stages.face_overlay import LABEL_RGB, FaceOverlay, FaceOverlayOptions, text_mask
 
@@ -43,9 +41,7 @@ def drawn(pixel_format: PixelFormat, faces: list[dict]) -> tuple[np.ndarray, dic
     device = torch.device("cpu")
     info = StreamInfo(WIDTH, HEIGHT, Fraction(30), Fraction(1, 30), pixel_format=pixel_format)
     stage = FaceOverlay("faces", options=FaceOverlayOptions())
-    context = StageContext("faces", device, Lane("faces", device), ScratchPool(device), stream=info)
-    context.inputs["emotion"] = "emotion"
-    stage.setup(context)
+    stage.setup(StageContext.standalone(stage, device, stream=info))
     grey = torch.full((HEIGHT, WIDTH, 3), 90, dtype=torch.uint8)
     ring = RingBuffer(1, info.frame_shape)
     lease = ring.try_acquire()

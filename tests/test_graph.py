@@ -87,11 +87,6 @@ def test_empty_graph_passes_frames_straight_to_the_sink(run):
     assert sink.indices == list(range(12)) and report["frames"]["out"] == 12
 
 
-def test_shipped_configs_build():
-    for name in ("default", "passthrough"):
-        build_graph(load_config(name))
-
-
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
@@ -140,19 +135,6 @@ def test_ambiguous_input_port_is_an_error():
     ]
     with pytest.raises(ConfigError, match="stage 'm': input 'frame_stats': several upstream stages"):
         graph_of(stages)
-
-
-def test_config_file_errors(tmp_path):
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("stages: [\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml line \d+"):
-        load_config(bad_yaml)
-    unknown_top = tmp_path / "top.yaml"
-    unknown_top.write_text("stagez: []\n")
-    with pytest.raises(ConfigError, match="key 'stagez': unknown key"):
-        load_config(unknown_top)
-    with pytest.raises(ConfigError, match="config 'no-such-graph' not found"):
-        load_config("no-such-graph")
 
 
 def test_a_stage_is_served_at_the_priority_of_the_most_important_stage_waiting_for_it():

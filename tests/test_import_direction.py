@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Module-name prefixes by layer, bottom first; the longest matching prefix places a module.
 LAYERS: list[tuple[str, ...]] = [
     ("pipeline.errors", "pipeline.progress", "pipeline.metrics", "pipeline.scheduling.ladder", "pipeline.config"),
-    ("pipeline.ringbuffer", "pipeline.frames"),
+    ("pipeline.ringbuffer", "pipeline.frames", "pipeline.annotation"),
     (
         "pipeline.device",
         "pipeline.device_profiles",

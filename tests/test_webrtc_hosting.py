@@ -10,7 +10,8 @@ from torch import nn
 
 from pipeline.config import load_config
 from pipeline.device_profiles import MB
-from pipeline.model_manager import DevicePool, ModelManager, ModelSpec
+from pipeline.model_manager.accounting import DevicePool, ModelSpec
+from pipeline.model_manager.manager import ModelManager
 from pipeline.webrtc.hosting import SessionHost
 
 PERIOD_S = 0.01  # between housekeeping rounds: short, so the test is quick
@@ -71,7 +72,7 @@ def test_each_stage_type_warms_up_once_before_the_first_session_and_a_failure_is
 
 
 def test_the_voice_stage_warms_its_model_once_per_process():
-    """(Each stream then gets a copy with its own state: tests/test_voice_listen.py.)"""
+    """(Each stream then gets a copy with its own state: tests/test_voice_vad.py.)"""
     from pipeline.stages.voice import vad
     from pipeline.stages.voice.stage import Voice
 

@@ -13,7 +13,7 @@ from aiortc import RTCPeerConnection
 
 from pipeline.config import load_config
 from pipeline.frames import Frame
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.webrtc.session import MAX_PENDING_EVENTS, Session, parse_targets
 
 
@@ -43,6 +43,32 @@ def test_events_for_a_channel_never_opened_are_capped_newest_kept_and_counted():
     assert len(pending) == MAX_PENDING_EVENTS
     assert pending[-1]["n"] == MAX_PENDING_EVENTS + 39 and pending[0]["n"] == 40  # the newest, in order
     assert s.events_dropped == 40 and s.status()["events_dropped"] == 40
+
+
+def test_every_stages_events_reach_the_channel_once_each_marked_with_its_stage():
+    async def scenario():
+        s = session()
+        try:
+            sent = []
+            s._send = lambda message: sent.append(message) or True
+            f = frame(0)
+            said = {"type": "user_said", "text": "hello", "start_s": 0.5, "end_s": 1.0}
+            f.annotations["voice"] = {"user_speaking": False, "events": [said]}
+            f.annotations["context"] = {"faces": 1, "events": [{**said, "origin": "voice"}, {"type": "face_found"}]}
+            f.annotations["my_stage"] = {"events": [{"type": "door_opened"}]}  # a stage the session has never heard of
+            s._frame_out(f, 1.0)
+            return sent
+        finally:
+            await s.pc.close()
+
+    (message,) = asyncio.run(scenario())
+    assert sorted((e["stage"], e["type"]) for e in message["events"]) == [
+        ("context", "face_found"),
+        ("my_stage", "door_opened"),
+        ("voice", "user_said"),
+    ]
+    assert message["voice"] == {"user_speaking": False} and message["context"] == {"faces": 1}
+    assert message["my_stage"] == {}
 
 
 def test_the_fps_the_page_sees_is_the_recent_rate_not_a_lifetime_average():

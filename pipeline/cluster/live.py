@@ -99,7 +99,7 @@ class RayPlacer:
     ):
         import ray
 
-        from pipeline.cluster.batch import connect
+        from pipeline.cluster.folder_runs import connect
 
         if workers < 1 or capacity < 1:
             raise ValueError("--ray with --serve needs at least one worker with room for one session")

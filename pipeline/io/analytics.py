@@ -4,18 +4,27 @@
 frame order, flushed line by line so a reader tailing the file always sees whole records. A
 job writes it under a partial name and renames it with the video (`pipeline/job.py`), so a
 run cut short never leaves a sidecar that looks complete.
+
+Serialised strictly: a value that is not JSON (a tensor, a NumPy number, NaN) is not turned into
+something that looks like data. The stage that left it is isolated instead: its annotation is
+written as missing, with the reason, and the stage named once in the log, while the rest of the
+record and of the run go on. The annotation shapes (`Stage.Annotation`) are checked in tests.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.annotation import missing
 from pipeline.errors import SinkError
 from pipeline.frames import Frame
 from pipeline.io.base import Sink, StreamInfo
+
+log = logging.getLogger(__name__)
 
 
 class AnalyticsSink(Sink):
@@ -25,6 +34,7 @@ class AnalyticsSink(Sink):
         self.inner = inner
         self.path = Path(path)
         self.records = 0
+        self.rejected: dict[str, int] = {}  # stage → records whose annotation was not JSON
         self._file: IO[str] | None = None
 
     @property
@@ -53,9 +63,24 @@ class AnalyticsSink(Sink):
 
     async def write(self, frame: Frame) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(frame.to_json(), separators=(",", ":"), default=_plain) + "\n")
+            self._file.write(self._line(frame.to_json()) + "\n")
             self.records += 1
         await self.inner.write(frame)
+
+    def _line(self, record: dict[str, Any]) -> str:
+        try:
+            return _strict(record)
+        except (TypeError, ValueError):
+            pass
+        for key, value in record.items():
+            try:
+                _strict({key: value})
+            except (TypeError, ValueError) as exc:
+                if key not in self.rejected:
+                    log.warning("analytics: stage %r left a value that is not JSON (%s); written as missing", key, exc)
+                self.rejected[key] = self.rejected.get(key, 0) + 1
+                record[key] = missing(f"not JSON: {exc}")
+        return _strict(record)
 
     async def close(self) -> None:
         try:
@@ -66,8 +91,5 @@ class AnalyticsSink(Sink):
                 self._file = None
 
 
-def _plain(value: Any) -> Any:
-    """JSON for what annotations may hold beyond plain types: tensors and NumPy scalars/arrays."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+def _strict(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False)

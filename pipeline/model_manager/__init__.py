@@ -1,6 +1,13 @@
-"""The model manager: loads models on demand into device memory by priority, evicts by score,
-unloads idle models, and falls back to the CPU when device memory runs short."""
+"""The model manager: loads models on demand into device memory zones by priority, evicts by
+score, unloads idle models, and falls back to the CPU when device memory runs short.
 
-from pipeline.model_manager.manager import DevicePool, ModelManager, ModelMemoryError, ModelSpec, Priority, module_bytes
+- `manager`: `ModelManager`, the one object stages and runs hold; placement and levels.
+- `accounting`: what it counts: `ModelSpec`, each model's `Entry`, each device's `DevicePool`.
+- `eviction`: the eviction value and the choice of victims (pure, no torch).
+- `upkeep`: the timer round's decisions: idle models, relief order, the usage history.
+- `transfer`: the torch side: copies to and from a device, pinning, precision.
+- `batching`: one model's calls from several sessions gathered into one batch.
+- `status`: the report.
 
-__all__ = ["DevicePool", "ModelManager", "ModelMemoryError", "ModelSpec", "Priority", "module_bytes"]
+This `__init__` imports nothing, so the pure parts load without torch.
+"""

@@ -10,13 +10,10 @@ device's speed); the `flexible` zone; evicting lower-valued models from those zo
 on the CPU if the model may fall back there; else `ModelMemoryError`, naming the model, the
 bytes it needs and the bytes free.
 
-Eviction value (greedy-dual-size-frequency, with priority): a model's value is
-`inflation + weight(priority) × uses × reload cost / size`, where the reload cost is what
-bringing it back would take from the level it would drop to (host memory or disk, measured),
-and `inflation` rises to the value of each model evicted, so models not used for a while age
-out (recency) while often-used, costly, small, important models stay. `critical` models are
-never evicted. `high` ones are evicted only under pressure: when their device is past its
-warning threshold, or for a `critical` model that nothing else can make room for. When room
+Eviction (`pipeline.model_manager.eviction`): the lowest-valued models give up their room, the
+value weighing priority, uses, reload cost and size, aging out what is not used. `critical`
+models are never evicted. `high` ones are evicted only under pressure: when their device is past
+its warning threshold, or for a `critical` model that nothing else can make room for. When room
 must be made by evicting, the slower device gives it up first, so the faster one keeps its
 models; a model placed without evicting goes where free room × speed is largest.
 
@@ -44,181 +41,25 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.device_profiles import MB, DeviceProfile
 from pipeline.errors import PipelineError
-from pipeline.gpu_health import GpuHealth
+from pipeline.model_manager import eviction, transfer, upkeep
+from pipeline.model_manager.accounting import DevicePool, Entry, ModelSpec, module_bytes
 from pipeline.model_manager.batching import Batcher
+from pipeline.model_manager.eviction import Policy, Priority
+from pipeline.model_manager.status import status
 
 log = logging.getLogger(__name__)
-
-Priority = Literal["low", "medium", "high", "critical"]
-PRIORITY_WEIGHT = {"low": 1.0, "medium": 2.0, "high": 4.0, "critical": 8.0}
-HOST_BANDWIDTH = 8e9  # bytes/s host → device, the estimate before a restore has been timed
-Policy = Literal["score", "lru"]
 
 
 class ModelMemoryError(PipelineError):
     """A model that fits nowhere: not on any device, not on the CPU (or not allowed there)."""
-
-
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of every tensor in the module's state (parameters, buffers, packed int8 weights); a
-    module whose weights live outside torch (a CTranslate2 model) gives them as `weights_bytes`."""
-    total = int(getattr(module, "weights_bytes", 0))
-
-    def add(value: Any) -> None:
-        nonlocal total
-        if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
-        elif isinstance(value, tuple | list):
-            for item in value:
-                add(item)
-
-    for value in module.state_dict().values():
-        add(value)
-    return total
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model the manager may load: what builds it, how much it matters, where it goes."""
-
-    name: str
-    loader: Callable[[], nn.Module]  # builds it on the CPU from its weights file
-    priority: Priority = "medium"
-    zone: str | None = None  # None: the zone named like its priority (critical, high), else flexible
-    cpu_fallback: bool = True  # may run on the CPU when no device has room
-
-    def zone_in(self, pools: list[DevicePool]) -> str:
-        if self.zone is not None:
-            return self.zone
-        named = self.priority if self.priority in ("critical", "high") else "flexible"
-        return named if any(named in pool.zones for pool in pools) else "flexible"
-
-
-@dataclass
-class DevicePool:
-    """One device's memory for models: zones with capacities, and what is placed in each."""
-
-    key: str  # "cuda:0", "cpu", or any name for a simulated device
-    device: torch.device  # where models placed here run
-    zones: dict[str, int]  # zone → capacity, bytes
-    total: int  # the device's memory, bytes (thresholds are shares of this)
-    reserved: int = 0  # bytes taken before any model (context, framework, frame buffers)
-    speed: float = 1.0
-    warning: float = 0.75
-    critical: float = 0.85
-    fragmentation_limit: int = 512 * MB
-    host: bool = False  # the machine's own memory (the cpu profile): nothing to fall back to from it
-    used: dict[str, int] = field(default_factory=dict)  # zone → bytes placed (or reserved for a load)
-    peak: int = 0  # the most bytes ever placed here at once (reserved included)
-    zone_peaks: dict[str, int] = field(default_factory=dict)  # zone → the most bytes ever placed in it
-    _health: GpuHealth | None = field(default=None, repr=False)  # NVML or torch readings, made on first use
-
-    @classmethod
-    def from_profile(cls, profile: DeviceProfile, device: torch.device, key: str | None = None) -> DevicePool:
-        if key is None:
-            simulated = profile.kind == "cuda" and device.type != "cuda"
-            key = f"{profile.name} (simulated on {device})" if simulated else str(device)
-        return cls(
-            key=key,
-            device=device,
-            zones=profile.zone_bytes(),
-            total=profile.memory_mb * MB,
-            reserved=profile.reserved_mb * MB,
-            speed=profile.speed,
-            warning=profile.warning,
-            critical=profile.critical,
-            fragmentation_limit=profile.fragmentation_mb * MB,
-            host=profile.kind == "cpu",  # a GPU's profile on a CPU device: a simulated card, accounted only
-        )
-
-    def free(self, zone: str) -> int:
-        return self.zones.get(zone, 0) - self.used.get(zone, 0)
-
-    @property
-    def placed(self) -> int:
-        return sum(self.used.values())
-
-    @property
-    def real(self) -> bool:
-        """A CUDA device whose memory can be read (a simulated pool is accounted only)."""
-        return self.device.type == "cuda" and self.key.startswith("cuda")
-
-    def in_use(self) -> float:
-        """Share of the device's memory in use: read from the driver on CUDA (NVML when present, as it
-        counts every process; else `torch.cuda.mem_get_info`), accounted otherwise."""
-        if self.real:
-            if self._health is None:
-                self._health = GpuHealth(self.device)
-            reading = self._health.read()
-            assert reading is not None  # a CUDA device always reads
-            return reading.memory_used
-        return (self.reserved + self.placed) / self.total
-
-    def device_free(self) -> int | None:
-        """Bytes the driver reports free on the device (None for a simulated, accounted-only pool)."""
-        if not self.real:
-            return None
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return free
-
-    def level(self) -> str:
-        share = self.in_use()
-        return "critical" if share >= self.critical else "warning" if share >= self.warning else "ok"
-
-    def add(self, zone: str, nbytes: int) -> None:
-        self.used[zone] = self.used.get(zone, 0) + nbytes
-        self.peak = max(self.peak, self.reserved + self.placed)
-        self.zone_peaks[zone] = max(self.zone_peaks.get(zone, 0), self.used[zone])
-
-    def remove(self, zone: str, nbytes: int) -> None:
-        self.used[zone] -= nbytes
-
-
-@dataclass(eq=False)
-class Entry:
-    """One registered model and where it is."""
-
-    spec: ModelSpec
-    home: str = "flexible"  # the zone it goes to first
-    module: nn.Module | None = None
-    # device: placed in a pool; host: evicted, waiting in host memory; cpu: running on the CPU for want
-    # of device room (a fallback); disk: only its weights file; loading: being built or moved, outside
-    # the lock (its room is reserved in a zone once found)
-    level: Literal["device", "host", "cpu", "disk", "loading"] = "disk"
-    pool: DevicePool | None = None  # on the device level: where
-    zone: str | None = None
-    nbytes: int = 0  # measured after the first load (at its current precision)
-    load_peak: int = 0  # the most bytes the load took on the device (CUDA), else nbytes
-    load_s: float = 0.0  # measured: weights file → ready, the last load
-    load_s_total: float = 0.0  # every load from the weights file, summed
-    restore_s: float | None = None  # measured: host memory → device
-    precision: str = "fp32"
-    pending_precision: str | None = None  # asked for while in use: applied at the last release
-    pins: int = 0  # frames in flight using it (and a request whose load is running)
-    loading: bool = False  # a request is building or moving it outside the lock: others wait
-    uses: int = 0
-    last_use: float = 0.0
-    value: float = 0.0  # eviction value (higher stays)
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    fallbacks: int = 0
-    restores: int = 0
-    loads: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 class ModelManager:
@@ -252,10 +93,9 @@ class ModelManager:
         self._inflation = 0.0
         self._lock = threading.RLock()
         self._settled = threading.Condition(self._lock)  # a load ended: requests waiting for it look again
-        self._next: dict[str, Counter[str]] = defaultdict(Counter)  # model → models used right after it
-        self._last_used: str | None = None
+        self.history = upkeep.UsageHistory()  # which model follows which: what preloading predicts
         self.events: list[str] = []
-        self._batchers: dict[str, Batcher] = {}
+        self.batchers: dict[str, Batcher] = {}
         self._watchers: list[object] = []  # the runs' watch tasks; the first does the rounds
 
     @property
@@ -318,7 +158,7 @@ class ModelManager:
         """The one `Batcher` of model `name` (made on first ask): calls from every session that shares
         this manager are gathered into one, run with the model pinned, at its current precision."""
         with self._lock:
-            batcher = self._batchers.get(name)
+            batcher = self.batchers.get(name)
             if batcher is None:
 
                 def run(inputs: torch.Tensor) -> torch.Tensor:
@@ -326,7 +166,7 @@ class ModelManager:
                         weights = next(itertools.chain(model.parameters(), model.buffers()))
                         return model(inputs.to(weights.device, weights.dtype))
 
-                batcher = self._batchers[name] = Batcher(run, **options)
+                batcher = self.batchers[name] = Batcher(run, **options)
             return batcher
 
     # ----------------------------------------------------------------- use
@@ -418,7 +258,7 @@ class ModelManager:
                 started = self.timer()
                 module = entry.spec.loader()
                 if entry.precision != "fp32":
-                    module = _convert(module, entry.precision)
+                    module = transfer.convert(module, entry.precision)
                 took = self.timer() - started
                 with self._lock:
                     entry.load_s = took
@@ -448,7 +288,7 @@ class ModelManager:
                 pool.add(zone, entry.nbytes)  # reserved: no other load takes this room while the copy runs
             started = self.timer()
             try:
-                moved, peak = _move(module, pool, entry.nbytes)
+                moved, peak = transfer.move(module, pool, entry.nbytes)
             except torch.cuda.OutOfMemoryError:
                 module = module.to("cpu")  # what was copied before the failure comes back
                 with self._lock:
@@ -505,7 +345,7 @@ class ModelManager:
                     for victim in victims:
                         self._evict(victim, reason=f"room for {entry.name}")
                     if victims:
-                        _release_cache(pool)  # so the driver's free reading shows what was freed
+                        transfer.release_cache(pool)  # so the driver's free reading shows what was freed
                     return pool, zone
         return None
 
@@ -527,43 +367,14 @@ class ModelManager:
             if victims:
                 for victim in victims:
                     self._evict(victim, reason=f"out of memory placing {entry.name}")
-                _release_cache(pool)
+                transfer.release_cache(pool)
                 return True
         return False
 
-    def _evictable(self, entry: Entry, pool: DevicePool, *, high_too: bool) -> bool:
-        priority = entry.spec.priority
-        if entry.pins or entry.loading or priority == "critical":
-            return False
-        if priority == "high":
-            return high_too or pool.level() != "ok"
-        return True
-
     def _victims(self, pool: DevicePool, zone: str, need: int, requester: Priority) -> list[Entry] | None:
-        """The lowest-valued models in `zone` of `pool` that free `need` bytes, or None if they cannot.
-
-        `high` models are candidates only when the device is past its warning threshold, or
-        for a `critical` requester once the others cannot free enough; `critical` ones never."""
-        passes = (False, True) if requester == "critical" else (False,)
-        for high_too in passes:
-            candidates = [
-                e
-                for e in self.entries.values()
-                if e.level == "device"
-                and e.pool is pool
-                and e.zone == zone
-                and self._evictable(e, pool, high_too=high_too)
-            ]
-            order = (lambda e: e.last_use) if self.policy == "lru" else (lambda e: e.value)
-            chosen, freed = [], 0
-            for candidate in sorted(candidates, key=order):
-                if freed >= need:
-                    break
-                chosen.append(candidate)
-                freed += candidate.nbytes
-            if freed >= need:
-                return chosen
-        return None
+        """The models in `zone` of `pool` to evict for `need` bytes (`eviction.victims`), or None."""
+        placed = [e for e in self.entries.values() if e.level == "device" and e.pool is pool and e.zone == zone]
+        return eviction.victims(placed, need, requester=requester, device_level=pool.level(), policy=self.policy)
 
     def _fall_back(self, entry: Entry, module: nn.Module, *, why: str | None = None) -> None:
         free = {f"{p.key}/{z}": p.free(z) for z in self._zones_for(entry) for p in self.pools if z in p.zones}
@@ -597,7 +408,7 @@ class ModelManager:
             assert module is not None
             module = module.to("cpu")
             if entry.pool.real:
-                _pin(module)
+                transfer.pin(module)
             entry.module, entry.level = module, "host"
             self.host_peak = max(self.host_peak, self.host_used)
         else:
@@ -607,14 +418,11 @@ class ModelManager:
 
     def _host_room(self, nbytes: int) -> bool:
         """Make room in host memory by sending its least recently used models to disk; False if it cannot."""
-        if nbytes > self.host_budget:
-            return False
-        waiting = sorted((e for e in self.entries.values() if e.level == "host"), key=lambda e: e.last_use)
-        for entry in waiting:
-            if self.host_used + nbytes <= self.host_budget:
-                break
+        waiting = [e for e in self.entries.values() if e.level == "host"]
+        spilled = eviction.host_spill(waiting, used=self.host_used, budget=self.host_budget, nbytes=nbytes)
+        for entry in spilled or []:
             entry.module, entry.level = None, "disk"
-        return self.host_used + nbytes <= self.host_budget
+        return spilled is not None
 
     def unload(self, name: str) -> bool:
         """Send a model back to its weights file now (unless it is in use); True if it was loaded."""
@@ -629,21 +437,10 @@ class ModelManager:
             return True
 
     def unload_idle(self) -> list[str]:
-        """Unload every model unused for `idle_unload_s` (not pinned, not `critical`: those stay
-        resident however long a pause lasts); the names unloaded."""
-        if not self.idle_unload_s:
-            return []
+        """Unload every model unused for `idle_unload_s` (`upkeep.idle`); the names unloaded."""
         with self._lock:
-            now = self.clock()
-            idle = [
-                e.name
-                for e in self.entries.values()
-                if e.level != "disk"
-                and not e.pins
-                and e.spec.priority != "critical"
-                and now - e.last_use >= self.idle_unload_s
-            ]
-            done = [name for name in idle if self.unload(name)]
+            idle = upkeep.idle(self.entries.values(), now=self.clock(), idle_unload_s=self.idle_unload_s)
+            done = [entry.name for entry in idle if self.unload(entry.name)]
             for name in done:
                 self._note(f"{name}: unloaded after {self.idle_unload_s:g} s unused")
             return done
@@ -656,17 +453,12 @@ class ModelManager:
             for pool in self.pools:  # each device past its own threshold gives up its own low models
                 if pool.level() != "critical":
                     continue
-                low = sorted(
-                    (e for e in self.entries.values() if e.pool is pool and e.spec.priority == "low" and not e.pins),
-                    key=lambda e: e.nbytes,
-                    reverse=True,
-                )
-                for entry in low:
+                for entry in upkeep.relief_order(e for e in self.entries.values() if e.pool is pool):
                     if pool.level() == "ok":
                         break
                     self._evict(entry, reason=f"{pool.key} past its critical threshold")
                     done.append(entry.name)
-                    _release_cache(pool)  # so the driver's reading shows what was freed
+                    transfer.release_cache(pool)  # so the driver's reading shows what was freed
         return done
 
     def retry_fallbacks(self) -> list[str]:
@@ -727,16 +519,15 @@ class ModelManager:
 
     def predicted_next(self, after: str) -> str | None:
         """The model most often used right after `after` so far, if any."""
-        following = self._next.get(after)
-        return following.most_common(1)[0][0] if following else None
+        return self.history.predicted_next(after)
 
     def preload_predicted(self) -> str | None:
         """Load the model the usage history predicts next, if it is on disk or in host memory and fits
         without evicting anything, and no device is past its warning threshold. Its name, or None."""
-        if not self.preload_enabled or self._last_used is None:
+        if not self.preload_enabled or self.history.last is None:
             return None
         with self._lock:
-            after = self._last_used
+            after = self.history.last
             name = self.predicted_next(after) if after is not None else None
             if name is None:
                 return None
@@ -777,7 +568,7 @@ class ModelManager:
 
     def _convert_in_place(self, entry: Entry, precision: str) -> None:
         assert entry.module is not None
-        module = _convert(entry.module, precision)
+        module = transfer.convert(entry.module, precision)
         nbytes = module_bytes(module)
         if entry.level == "device":  # host and CPU-fallback bytes follow from `nbytes`
             assert entry.pool is not None and entry.zone is not None
@@ -797,7 +588,7 @@ class ModelManager:
             fragmentation = torch.cuda.memory_reserved(pool.device) - torch.cuda.memory_allocated(pool.device)
             total += fragmentation
             if fragmentation > pool.fragmentation_limit:
-                _release_cache(pool)
+                transfer.release_cache(pool)
                 self.cache_releases += 1
                 log.info(
                     "models: %s: released %d cached bytes (over %d)", pool.key, fragmentation, pool.fragmentation_limit
@@ -807,18 +598,17 @@ class ModelManager:
     def _touch(self, entry: Entry) -> None:
         entry.uses += 1
         entry.last_use = self.clock()
-        cost = self._reload_cost(entry)
-        size_mb = max(entry.nbytes / MB, 1e-3)
-        entry.value = self._inflation + PRIORITY_WEIGHT[entry.spec.priority] * entry.uses * cost / size_mb
-        if self._last_used is not None and self._last_used != entry.name:
-            self._next[self._last_used][entry.name] += 1
-        self._last_used = entry.name
-
-    def _reload_cost(self, entry: Entry) -> float:
-        """Seconds to bring it back from where an eviction would send it now."""
-        if self.host_budget and entry.nbytes <= self.host_budget:
-            return entry.restore_s if entry.restore_s is not None else entry.nbytes / HOST_BANDWIDTH
-        return max(entry.load_s, 1e-6)
+        cost = eviction.reload_cost(
+            nbytes=entry.nbytes, host_budget=self.host_budget, restore_s=entry.restore_s, load_s=entry.load_s
+        )
+        entry.value = eviction.value(
+            inflation=self._inflation,
+            priority=entry.spec.priority,
+            uses=entry.uses,
+            reload_cost_s=cost,
+            nbytes=entry.nbytes,
+        )
+        self.history.used(entry.name)
 
     def _entry(self, name: str) -> Entry:
         try:
@@ -837,101 +627,4 @@ class ModelManager:
     def status(self) -> dict[str, Any]:
         """What is loaded where, with counters: for the run report and /api/resource/status."""
         with self._lock:
-            entries = list(self.entries.values())
-            return {
-                "policy": self.policy,
-                "devices": [
-                    {
-                        "key": pool.key,
-                        "zones_mb": {z: round(c / MB, 1) for z, c in pool.zones.items()},
-                        "used_mb": {z: round(u / MB, 3) for z, u in pool.used.items()},
-                        "reserved_mb": round(pool.reserved / MB, 1),
-                        "peak_mb": round(pool.peak / MB, 3),
-                        "zone_peaks_mb": {z: round(u / MB, 3) for z, u in pool.zone_peaks.items()},
-                        "in_use": round(pool.in_use(), 4),
-                        "level": pool.level(),
-                    }
-                    for pool in self.pools
-                ],
-                "host": {
-                    "budget_mb": round(self.host_budget / MB, 1),
-                    "used_mb": round(self.host_used / MB, 3),
-                    "peak_mb": round(self.host_peak / MB, 3),
-                    "cpu_fallback_mb": round(self.fallback_used / MB, 3),
-                },
-                "models": [
-                    {
-                        "name": e.name,
-                        "priority": e.spec.priority,
-                        "level": e.level,
-                        "device": str(self.device_of(e.name)) if self.device_of(e.name) is not None else None,
-                        "zone": e.zone,
-                        "size_mb": round(e.nbytes / MB, 3),
-                        "load_peak_mb": round(e.load_peak / MB, 3),
-                        "precision": e.precision,
-                        "load_s": round(e.load_s, 4),
-                        "load_s_total": round(e.load_s_total, 4),
-                        "last_use_s_ago": round(self.clock() - e.last_use, 3) if e.uses else None,
-                        "uses": e.uses,
-                        "hits": e.hits,
-                        "misses": e.misses,
-                        "evictions": e.evictions,
-                        "fallbacks": e.fallbacks,
-                        "loads": e.loads,
-                        "restores": e.restores,
-                    }
-                    for e in entries
-                ],
-                "totals": {
-                    key: sum(getattr(e, key) for e in entries)
-                    for key in ("hits", "misses", "evictions", "fallbacks", "loads", "restores")
-                },
-                "copies": self.copies,
-                "fragmentation_mb": round(self.fragmentation / MB, 3),
-                "cache_releases": self.cache_releases,
-                "batchers": {
-                    name: {
-                        "users": b.users,
-                        "calls": b.calls,
-                        "requests": b.requests,
-                        "rows": b.rows,
-                        "wait_ms": b.wait_s * 1000,
-                        "max_rows": b.max_batch,
-                    }
-                    for name, b in self._batchers.items()
-                },
-                "events": self.events[-20:],
-            }
-
-
-def _convert(module: nn.Module, precision: str) -> nn.Module:
-    from models.precision import with_precision
-
-    device = next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).device
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError("int8 dynamic quantization runs on the CPU")
-    return with_precision(module, precision)
-
-
-def _pin(module: nn.Module) -> None:
-    """Page-lock a CPU module's tensors, so a restore to the GPU is one DMA copy."""
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        tensor.data = tensor.data.pin_memory()
-
-
-def _release_cache(pool: DevicePool) -> None:
-    """Return the pool's cached, unallocated blocks to the driver (a simulated pool has none)."""
-    if pool.real:
-        with torch.cuda.device(pool.device):  # empty_cache acts on the current device only
-            torch.cuda.empty_cache()
-
-
-def _move(module: nn.Module, pool: DevicePool, nbytes: int) -> tuple[nn.Module, int]:
-    """`module` on the pool's device, and the most bytes the copy took there (its load peak)."""
-    if not pool.real:
-        return module.to(pool.device), nbytes
-    before = torch.cuda.memory_allocated(pool.device)
-    torch.cuda.reset_peak_memory_stats(pool.device)
-    module = module.to(pool.device)
-    torch.cuda.synchronize(pool.device)
-    return module, torch.cuda.max_memory_allocated(pool.device) - before
+            return status(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from pipeline.annotation import Annotation
 from pipeline.frames import Frame
 from pipeline.stage import Stage
 
@@ -14,6 +15,11 @@ def to_dbfs(amplitude: float) -> float:
     return round(max(SILENCE_DBFS, 20.0 * math.log10(amplitude)) if amplitude > 0 else SILENCE_DBFS, 2)
 
 
+class AudioLevelAnnotation(Annotation):
+    rms_dbfs: float | None  # None on a frame with no audio
+    peak_dbfs: float | None
+
+
 class AudioLevel(Stage):
     """Annotation: `rms_dbfs`, `peak_dbfs` of the chunk; None for both on a frame with no audio.
 
@@ -21,6 +27,7 @@ class AudioLevel(Stage):
     """
 
     type_name = "audio_level"
+    Annotation = AudioLevelAnnotation
     handles_dropped = True  # the sound of a dropped frame still plays
 
     async def process(self, frame: Frame) -> dict[str, float | None]:

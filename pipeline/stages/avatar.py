@@ -36,8 +36,9 @@ from pydantic import Field
 from kernels import ops
 from kernels.colour import i420_planes
 from models.avatar import THEMES, FaceSprites, FaceState
+from pipeline.annotation import Annotation, missing
 from pipeline.frames import Frame
-from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stage import ComputeStage, StageContext, StageOptions
 
 BLINK_S = 0.15  # how long the eyes stay shut
 BLINK_GAP_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly
@@ -100,10 +101,22 @@ class AvatarOptions(StageOptions):
     redraw_hz: float = Field(30.0, ge=0.0, le=1000.0)  # the face is drawn at most this often (0: any frame)
 
 
+class AvatarAnnotation(Annotation):
+    smile: float
+    brows: float
+    mouth: float  # openness, 0..1
+    eye_open: float
+    viseme: str  # the mouth shape of the phoneme sounding
+    blink: bool
+    box: list[int]  # where the face was drawn: x0, y0, x1, y1 in output pixels
+    redrawn: bool  # drawn afresh on this frame (else the last drawing, `redraw_hz`)
+
+
 class Avatar(ComputeStage):
     """Draws the avatar into the frame; annotation: the face's parameters and where it was drawn."""
 
     type_name = "avatar"
+    Annotation = AvatarAnnotation
     Options = AvatarOptions
     inputs = ("emotion", "voice")
 

@@ -19,9 +19,10 @@ import torch
 from pydantic import Field
 
 from kernels.colour import i420_planes
+from pipeline.annotation import Annotation, missing
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat, fill_rect, paint_value
-from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stage import ComputeStage, StageContext, StageOptions
 
 # 5×7 glyphs, one string of five characters per row ('#' lit).
 GLYPHS = {
@@ -85,10 +86,15 @@ class FaceOverlayOptions(StageOptions):
     show_probability: bool = True  # "happy 93%" rather than "happy"
 
 
+class FaceOverlayAnnotation(Annotation):
+    faces: int  # how many faces were drawn
+
+
 class FaceOverlay(ComputeStage):
     """Annotation: `faces`, how many faces were drawn."""
 
     type_name = "face_overlay"
+    Annotation = FaceOverlayAnnotation
     Options = FaceOverlayOptions
     inputs = ("emotion",)
 

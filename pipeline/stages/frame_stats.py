@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from pipeline.annotation import Annotation, missing
 from pipeline.frames import Frame
 from pipeline.pixels import PixelFormat, luma_plane
-from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stage import ComputeStage, StageContext, StageOptions
 
 BT601_LUMA = (0.299, 0.587, 0.114)  # R, G, B weights of Y'
 
@@ -22,10 +23,16 @@ class FrameStatsOptions(StageOptions):
     downscale: int = Field(4, ge=1, le=64)  # read every Nth pixel in each direction
 
 
+class FrameStatsAnnotation(Annotation):
+    luma: float  # mean, 0..1
+    motion: float  # mean absolute luma change since the last frame, 0..1
+
+
 class FrameStats(ComputeStage):
     """Annotation: `luma` (mean, 0..1) and `motion` (mean absolute luma change since the last frame, 0..1)."""
 
     type_name = "frame_stats"
+    Annotation = FrameStatsAnnotation
     Options = FrameStatsOptions
 
     def setup(self, ctx: StageContext) -> None:

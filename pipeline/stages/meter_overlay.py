@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from pipeline.annotation import Annotation, missing
 from pipeline.frames import Frame
 from pipeline.pixels import Colour, PixelFormat, fill_rect, paint_value, picture_size
-from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stage import ComputeStage, StageContext, StageOptions
 
 LEVEL_FLOOR_DBFS = -60.0  # an empty level bar
 MOTION_FULL_SCALE = 0.1  # mean luma change that fills the motion bar
@@ -28,10 +29,16 @@ class MeterOverlayOptions(StageOptions):
     width_fraction: float = Field(0.3, gt=0.0, le=1.0)  # of the frame width, for a full bar
 
 
+class MeterOverlayAnnotation(Annotation):
+    level: float  # the bar fills drawn, 0..1
+    motion: float
+
+
 class MeterOverlay(ComputeStage):
     """Annotation: `level` and `motion`, the bar fills drawn (0..1)."""
 
     type_name = "meter_overlay"
+    Annotation = MeterOverlayAnnotation
     Options = MeterOverlayOptions
     inputs = ("frame_stats", "audio_level")
 

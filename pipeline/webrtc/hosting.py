@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile, detect_profile
 from pipeline.errors import one_line
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.registry import stage_type
 from pipeline.webrtc import receive
 from pipeline.webrtc.ice import rtc_ice_servers

@@ -37,7 +37,7 @@ from aiohttp.abc import AbstractAccessLogger
 from pipeline.config import GraphConfig, with_targets
 from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import ConfigError, one_line
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.webrtc.hosting import BadOffer, HostFull, SessionHost
 from pipeline.webrtc.ice import browser_ice_servers, every_host_address, limit_ice_to, unused_by_aiortc
 from pipeline.webrtc.prometheus import CONTENT_TYPE, Counters, Retired, exposition

@@ -8,8 +8,10 @@ the session's own and is freed when the peer disconnects, fails or goes silent.
 The returned sound is the avatar's voice alone (`with_avatar_voice_returned`): the page plays it,
 and the user's own voice played back would be an echo. The data channel (label `analytics`,
 opened by the browser) carries one compact JSON message per
-delivered frame, at most `max_messages_per_s`; the events of frames in between (context and
-voice events) are carried by the next message, so none is lost. It takes commands as JSON:
+delivered frame, at most `max_messages_per_s`. Every stage's `events` go in one list, each
+marked with its stage's name (`stage`); an event a stage only relays from another (`origin`) is
+sent once, as its origin's, and the events of frames in between are carried by the next
+message, so none is lost. It takes commands as JSON:
 `{"type": "say", "text": …}`, `{"type": "layout", "layout": "pip"|"replace"|"side"}`,
 `{"type": "targets", "latency_ms": …, "fps": …}` (either or both); each is answered with
 `{"type": "ack"|"error", …}`. Events wait for the channel to open (a page may never open it),
@@ -37,7 +39,7 @@ from pipeline.executor import Pipeline
 from pipeline.frames import Frame
 from pipeline.graph import build_graph
 from pipeline.metrics import RecentRate
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 from pipeline.webrtc.tracks import SILENCE_S, PeerSink, TrackSource, first_picture
 
 log = logging.getLogger(__name__)
@@ -169,10 +171,7 @@ class Session:
     # ----------------------------------------------------------------- analytics out
 
     def _frame_out(self, frame: Frame, latency_ms: float) -> None:
-        for key in ("context", "voice"):
-            annotation = frame.annotations.get(key)
-            if isinstance(annotation, dict) and annotation.get("events"):
-                self._pending_events.extend(annotation["events"])
+        self._pending_events.extend(stage_events(frame.annotations))
         over = len(self._pending_events) - MAX_PENDING_EVENTS
         if over > 0:
             del self._pending_events[:over]
@@ -183,9 +182,9 @@ class Session:
         if now - self._last_sent_s < self._min_gap_s:
             return
         message = frame.to_json()
-        for key in ("context", "voice"):  # their events go in one list, gathered since the last message
-            if isinstance(message.get(key), dict):
-                message[key] = {k: v for k, v in message[key].items() if k != "events"}
+        for key, annotation in message.items():  # every stage's events go in one list, gathered since the last message
+            if isinstance(annotation, dict) and "events" in annotation:
+                message[key] = {k: v for k, v in annotation.items() if k != "events"}
         message["events"] = self._pending_events
         message["latency_ms"] = round(latency_ms, 2)
         message["fps"] = round(self.out_rate.per_s(now), 2)
@@ -326,3 +325,12 @@ def _shown(value: Any) -> str:
     """A value as an error names it: its repr, cut short (a request may hold a 400-digit number)."""
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def stage_events(annotations: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage's events on one frame, each marked with its stage's name, relays left out."""
+    found = []
+    for stage, annotation in annotations.items():
+        if isinstance(annotation, dict):
+            found.extend({**event, "stage": stage} for event in annotation.get("events") or () if "origin" not in event)
+    return found

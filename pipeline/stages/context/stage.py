@@ -7,8 +7,8 @@ and turns, the avatar's speaking state. It turns changes into events, each once:
 
 - `face_found` / `face_lost` (a face unseen for `lost_after_s`),
 - `emotion_changed` (a face's label held for `emotion_hold_s`, so a passing flicker is no event),
-- `user_started` / `user_stopped` / `user_said` (from the voice stage: what the user said, once
-  per utterance),
+- `user_started` / `user_stopped` / `user_said` (relayed from the voice stage, marked
+  `"origin": <that stage's name>`, so a reader of every stage's events counts each once),
 - `long_silence` (nobody has spoken for `silence_s`; once per silence).
 
 It also keeps the conversation: the user's utterances and the avatar's lines, with their times,
@@ -18,7 +18,7 @@ A responder turns events into lines for the avatar: the built-in rules greet a n
 to a smile or a frown, answer what the user says (a greeting, "how are you", "what is your
 name", thanks, goodbye, else a short acknowledgement) and fill a long silence, with short lines
 that do not repeat back to back; or, with `llm: {url, model, api, timeout_s}`, a chat endpoint
-writes them as a side job (`llm_responder.py`), its prompt carrying the conversation. The lines
+writes them as a side job (`responder.py`), its prompt carrying the conversation. The lines
 go to the voice stage's speech queue (the `speech` service, `StageContext.service`).
 
 Annotation: `faces`, `tracks` ({id: {emotion, confidence, valence, arousal}}), `speaking_ratio`,
@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
+from typing_extensions import TypedDict
 
+from pipeline.annotation import Annotation, Event
 from pipeline.frames import Frame
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.context.responder import LLMOptions, LLMResponder
@@ -138,10 +140,28 @@ class ContextOptions(StageOptions):
     conversation_lines: int = Field(CONVERSATION_LINES, ge=0, le=200)  # the user's and the avatar's, kept
 
 
+class TrackSummary(TypedDict):
+    emotion: str | None  # dominant over the window
+    confidence: float
+    valence: float
+    arousal: float
+
+
+class ContextAnnotation(Annotation):
+    faces: int
+    tracks: dict[str, TrackSummary]
+    speaking_ratio: float
+    turns: int
+    avatar_speaking: bool
+    events: list[Event]
+    said: list[str]
+
+
 class Context(ComputeStage):
     """Annotation: the rolling session context and this frame's events."""
 
     type_name = "context"
+    Annotation = ContextAnnotation
     Options = ContextOptions
     inputs = ("emotion", "voice")
     uses = ("speech",)  # the voice stage's queue of lines to say
@@ -156,6 +176,7 @@ class Context(ComputeStage):
         self._responder = Rules(self.options.seed)
         self.events_total = 0
         self.lines_sent = 0
+        self._voice_stage = ctx.inputs.get("voice", "voice")
         self.llm: LLMResponder | None = None
         if self.options.llm is not None:
             self.llm = LLMResponder(
@@ -260,7 +281,7 @@ class Context(ComputeStage):
         self._speaking.append((now, speaking))
         for event in voice.get("events") or []:
             if event["type"] in ("user_started", "user_stopped", "user_said"):
-                events.append(dict(event))
+                events.append({**event, "origin": self._voice_stage})  # a relay: the data channel sends it once
                 if event["type"] == "user_started":
                     self._turns.append(event["time_s"])
                 elif event["type"] == "user_said":

@@ -43,17 +43,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
+from typing_extensions import TypedDict
 
 from kernels import ops
 from models.fer import INPUT_SIZE, LABELS, load_fer
 from models.mtcnn import load_mtcnn
 from models.precision import PRECISIONS
+from pipeline.annotation import Annotation, missing
 from pipeline.frames import Frame
-from pipeline.model_manager import ModelManager, ModelSpec
+from pipeline.model_manager.accounting import ModelSpec
 from pipeline.model_manager.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S
+from pipeline.model_manager.manager import ModelManager
 from pipeline.scheduling.ladder import QualitySettings
 from pipeline.side_work import JobKind, SideJob
-from pipeline.stage import ComputeStage, StageContext, StageOptions, missing
+from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.emotion.face_tracker import LABEL_MARGIN, MATCH_IOU, MAX_MISSED, SMOOTHING, FaceTracker, Track
 
 FER_NORMALIZE = {"mean": (0.5,), "std": (0.5,)}  # the model's (x/255 − 0.5)·2
@@ -92,10 +95,26 @@ class EmotionOptions(StageOptions):
     crop_shift: float = Field(0.0, ge=-0.5, le=0.5)
 
 
+class Face(TypedDict):
+    track: int
+    box: list[float]  # x0, y0, x1, y1 in source pixels
+    crop: list[float]  # the square the expression model reads
+    landmarks: list[list[float]]  # 5 × [x, y]
+    score: float
+    probs: dict[str, float] | None  # None until the face's expression has been read
+    label: str | None
+    detected: bool  # found by the detector on this frame (else followed by the tracker)
+
+
+class EmotionAnnotation(Annotation):
+    faces: list[Face]
+
+
 class Emotion(ComputeStage):
     """Annotation: every tracked face's box, landmarks, detector score, expression probabilities and label."""
 
     type_name = "emotion"
+    Annotation = EmotionAnnotation
     Options = EmotionOptions
     quality_knobs = frozenset({"inference_scale", "precision"})
     inference = True  # the runner holds its result on the frames the scheduler's cadence skips

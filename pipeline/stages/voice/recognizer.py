@@ -7,8 +7,12 @@ named by path (`voice.asr_model`). It runs int8 on a CPU and float16 on a GPU.
 
 The voice stage cuts the user's speech into utterances with its own VAD, so Whisper is asked
 for one short clip at a time, without timestamps and without the previous text (which only lets
-one misheard utterance colour the next). It uses every core: it runs for a fraction of a second
-after each utterance, on a thread niced behind the frames', while the user waits for an answer.
+one misheard utterance colour the next), and at temperature 0 only: faster-whisper's default
+falls back to sampling at higher temperatures when a decoding looks unlikely, which makes the
+same sound give different text from run to run (a live run and a file run of one recording
+would disagree) and can decode a clip up to six times while the user waits. It uses every
+core: it runs for a fraction of a second after each utterance, on a thread niced behind the
+frames', while the user waits for an answer.
 Whisper makes text up from silence and music ("Thank you.", "♪"): a result it itself rates as
 probably not speech, or that holds no letters, is no utterance.
 
@@ -37,7 +41,7 @@ RATE = 16000  # Hz: what Whisper takes
 MAX_UTTERANCE_S = 28.0  # Whisper reads 30 s windows; a longer turn is recognised in parts
 NO_SPEECH = 0.6  # Whisper's own no-speech probability above which a segment is dropped...
 LOW_LOGPROB = -1.0  # ... when its mean token log-probability is also below this
-BEAM = 5  # beam search: fewer errors than greedy on noisy speech, at about the same time (bench/RESULTS.md)
+BEAM = 5  # beam search: fewer errors than greedy on noisy speech, at about the same time (bench/NOTES.md)
 LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 
 
@@ -110,6 +114,7 @@ class WhisperRecognizer(nn.Module):
                 audio,
                 language="en" if self.english_only else None,
                 beam_size=BEAM,
+                temperature=0.0,  # no sampling fallback: the same sound gives the same text, in bounded time
                 without_timestamps=True,
                 condition_on_previous_text=False,
                 vad_filter=False,

@@ -49,10 +49,12 @@ import torch
 from pydantic import Field
 
 from kernels import ops
+from pipeline.annotation import Annotation, Event
 from pipeline.errors import one_line
 from pipeline.frames import AudioChunk, Frame
 from pipeline.io.audio_align import front_channels, layout_name
-from pipeline.model_manager import ModelManager, ModelSpec
+from pipeline.model_manager.accounting import ModelSpec
+from pipeline.model_manager.manager import ModelManager
 from pipeline.side_work import JobKind
 from pipeline.stage import ComputeStage, StageContext, StageOptions
 from pipeline.stages.audio_level import to_dbfs
@@ -103,10 +105,25 @@ class VoiceOptions(StageOptions):
     pause_s: float = Field(PAUSE_S, gt=0.0, le=5.0)
 
 
+class VoiceAnnotation(Annotation):
+    rms_dbfs: float | None  # None on a frame with no audio
+    peak_dbfs: float | None
+    clipped: int  # samples at full scale in this frame
+    user_speaking: bool
+    speech_prob: float
+    partial: str | None  # live runs: the turn so far, as read at its last pause
+    avatar_speaking: bool
+    viseme: str
+    mouth: float
+    text: str | None  # being spoken
+    events: list[Event]  # user_started, user_stopped, user_said, avatar_interrupted
+
+
 class Voice(ComputeStage):
     """Annotation: the user's speech (VAD), levels, clipping and turn events, per frame."""
 
     type_name = "voice"
+    Annotation = VoiceAnnotation
     handles_dropped = True  # the sound of a dropped frame still plays
     offers = ("speech",)  # `say`: other stages (context) queue lines for the avatar
     Options = VoiceOptions

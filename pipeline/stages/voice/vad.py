@@ -7,10 +7,10 @@ than through `silero_vad.load_silero_vad`, whose import sets torch's thread coun
 whole process.
 
 TorchScript's executor profiles a model's first two calls and then compiles an optimized plan:
-those calls take 100-150 ms on a CPU, and loading the file takes another 70-200 ms. A live
+those calls take a noticeable fraction of a second on a CPU, as does loading the file. A live
 session would pay both on its first frames (the voice stage is on every frame's path), so the
 model is loaded and warmed once per process and device, and each `SileroVAD` gets a deep copy
-of it (about 10 ms): the copy keeps the optimized plan and has its own state.
+of it (far cheaper): the copy keeps the optimized plan and has its own state.
 
 `SpeechGate` adds hysteresis and hangover: speech starts when the probability reaches
 `threshold`, and ends only after it has stayed below `threshold − 0.15` for `hangover_s`, so

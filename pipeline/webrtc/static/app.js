@@ -7,7 +7,6 @@ const latencies = []; // [time ms, end-to-end ms] over the last 10 s, for the sp
 let pc = null;
 let channel = null;
 let lastMessageAt = 0;
-const heard = new Set(); // user_said events shown in the transcript
 let lastAvatarLine = null; // the avatar's line being spoken, as last shown
 const SILENT_MS = 5000; // connected but no analytics this long: the server is gone
 
@@ -130,14 +129,9 @@ function show(message) {
   }
   for (const event of message.events || []) {
     const li = document.createElement("li");
-    li.textContent = `${event.type}${event.text ? `: ${event.text}` : ""}`;
+    li.textContent = `${event.stage}: ${event.type}${event.text ? `: ${event.text}` : ""}`;
     $("events").prepend(li);
-    // The voice and context stages both pass on what the user said: one line each.
-    const key = `${event.start_s} ${event.text}`;
-    if (event.type === "user_said" && !heard.has(key)) {
-      heard.add(key);
-      addToTranscript("you", event.text);
-    }
+    if (event.type === "user_said") addToTranscript("you", event.text); // each utterance comes once
   }
   if (voice.text && voice.text !== lastAvatarLine) addToTranscript("avatar", voice.text);
   lastAvatarLine = voice.text || null;

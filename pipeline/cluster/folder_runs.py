@@ -28,7 +28,7 @@ from typing import Any
 from pipeline.cluster.resources import file_task_resources, task_profile
 from pipeline.device import grant_cpu_cores
 from pipeline.job import FolderItem, JobOptions, JobResult, run_job
-from pipeline.model_manager import ModelManager
+from pipeline.model_manager.manager import ModelManager
 
 log = logging.getLogger("pipeline")
 

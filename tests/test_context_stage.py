@@ -10,9 +10,7 @@ import pytest
 import torch
 from conftest import wait_for
 
-from pipeline.device import Lane
 from pipeline.frames import Frame
-from pipeline.scratch import ScratchPool
 from pipeline.side_work import SideWork
 from pipeline.stage import StageContext
 from pipeline.stages.context.stage import RULE_LINES, Context, ContextOptions, Rules, speech_kind, valence_arousal
@@ -32,17 +30,11 @@ def make_stage(**options) -> tuple[Context, SpeechQueue]:
     """A context stage whose side work (the language model's requests) runs beside the frames, as on a live run."""
     speech = SpeechQueue()
     stage = Context("context", options=ContextOptions(**options))
-    ctx = StageContext(
-        "context",
-        CPU,
-        Lane("context", CPU),
-        ScratchPool(CPU),
-        inputs={"emotion": "emotion", "voice": "voice"},
-        services={"speech": "voice"},
-        offered={("voice", "speech"): speech},
-        side_work=SideWork("beside"),
+    stage.setup(
+        StageContext.standalone(
+            stage, services={"speech": "voice"}, offered={("voice", "speech"): speech}, side_work=SideWork("beside")
+        )
     )
-    stage.setup(ctx)
     return stage, speech
 
 

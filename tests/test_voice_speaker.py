@@ -186,17 +186,15 @@ def test_on_a_stream_without_audio_the_avatar_still_speaks_in_real_time(fps, tts
 
     import torch
 
-    from pipeline.device import Lane
     from pipeline.frames import Frame
     from pipeline.io.base import StreamInfo
-    from pipeline.scratch import ScratchPool
     from pipeline.stage import StageContext
     from pipeline.stages.voice.stage import Voice, VoiceOptions
 
     cpu = torch.device("cpu")
     stage = Voice("voice", options=VoiceOptions(say=("Hello there, how are you?",), tts=tts))
     info = StreamInfo(160, 96, Fraction(fps), Fraction(1, fps))  # video only
-    stage.setup(StageContext("voice", cpu, Lane("voice", cpu), ScratchPool(cpu), stream=info))
+    stage.setup(StageContext.standalone(stage, cpu, stream=info))
     speaking = [stage.compute(Frame(i, i, Fraction(1, fps), 0))["avatar_speaking"] for i in range(10 * fps)]
     duration = stage.speaker.cached("Hello there, how are you?").duration_s
     assert abs(sum(speaking) / fps - duration) <= 2 / fps

@@ -23,7 +23,7 @@ from media_kit import make_clip, probe
 
 ray = pytest.importorskip("ray", reason="the dev extra installs ray")
 
-from pipeline.cluster.batch import ClusterProgress, run_on_ray  # noqa: E402
+from pipeline.cluster.folder_runs import ClusterProgress, run_on_ray  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.job import JobOptions, plan_folder, run_folder  # noqa: E402
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from pipeline.device_profiles import MB, detect_profile, load_profile, pick_profile, profile_names
 from pipeline.errors import ConfigError
-from pipeline.model_manager import DevicePool, ModelManager, ModelMemoryError, ModelSpec, module_bytes
+from pipeline.model_manager.accounting import DevicePool, ModelSpec, module_bytes
+from pipeline.model_manager.manager import ModelManager, ModelMemoryError
 
 SIDE_1MB = 512  # 512 × 512 float32 = 1 MiB
 
@@ -447,7 +448,7 @@ class FakeCuda:
     `free` bytes, a copy that raises out-of-memory `ooms` times, per-device cache figures."""
 
     def __init__(self, monkeypatch, *, free: int, total: int = 64 * MB):
-        from pipeline.model_manager import manager as memory
+        from pipeline.model_manager import transfer
 
         self.free, self.total, self.ooms = free, total, 0
         self.moved: list[str] = []
@@ -460,7 +461,7 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "device", self.device)
         monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: self.reserved[torch.device(device).index])
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: self.allocated[torch.device(device).index])
-        monkeypatch.setattr(memory, "_move", self.move)
+        monkeypatch.setattr(transfer, "move", self.move)
         monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML: readings from mem_get_info
 
     @contextlib.contextmanager
