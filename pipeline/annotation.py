@@ -10,6 +10,8 @@ stage may give instead of its own (`Missing`) are here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from functools import cache
 from typing import Any, NotRequired
 
@@ -45,6 +47,38 @@ class Event(TypedDict):
 def missing(reason: str) -> Missing:
     """The annotation a frame carries for a stage that gave none."""
     return {"missing": True, "reason": reason}
+
+
+def strict_json(record: dict[str, Any], rejected: Callable[[str, Exception], None]) -> str:
+    """`record` (a frame's analytics record) as compact JSON, strictly: a value that is not JSON
+    (a tensor, a NumPy array or float32, NaN) is never turned into something that looks like
+    data. Its top-level entry, one stage's annotation, is written as missing instead, with the
+    reason, and `rejected(key, error)` is told; the rest of the record is kept."""
+    try:
+        return _dumps(record)
+    except (TypeError, ValueError):
+        pass
+    kept = dict(record)
+    for key, value in record.items():
+        try:
+            _dumps({key: value})
+        except (TypeError, ValueError) as exc:
+            rejected(key, exc)
+            kept[key] = missing(f"not JSON: {exc}")
+    return _dumps(kept)
+
+
+def is_json(value: Any) -> bool:
+    """Whether `value` is JSON as it is (no conversion, no NaN)."""
+    try:
+        _dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 @cache

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from pipeline.config import GraphConfig, IceServerConfig, load_config, with_ice_servers, with_lines_to_say, with_targets
+from pipeline.config import GraphConfig, IceServerConfig, load_config, with_ice_servers, with_targets
 from pipeline.device import resolve_device
 from pipeline.device_profiles import load_profile, profile_names
 from pipeline.errors import ConfigError, DeviceError, PipelineError, SinkError, SourceError
 from pipeline.executor import Pipeline
+from pipeline.graph import with_lines_to_say
 from pipeline.io.factory import BUILT_IN_SOURCES, CaptureRequest, default_output
 from pipeline.io.network import is_stream_url
 from pipeline.io.sinks import CONTAINER_CODECS, EncoderSettings

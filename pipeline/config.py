@@ -197,32 +197,6 @@ def load_config(name_or_path: str | Path) -> GraphConfig:
     return parse_config(data, str(path))
 
 
-def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
-    """`config` with `lines` added to what each voice stage says; an error if the graph has none."""
-    stages = []
-    found = False
-    for spec in config.stages:
-        if spec.type == "voice":
-            found = True
-            said = list(spec.options.get("say", ())) + list(lines)
-            spec = spec.model_copy(update={"options": {**spec.options, "say": said}})
-        stages.append(spec)
-    if not found:
-        raise ConfigError(f"--say: graph {config.name!r} has no voice stage to speak with")
-    return config.model_copy(update={"stages": stages})
-
-
-def with_avatar_voice_returned(config: GraphConfig) -> GraphConfig:
-    """`config` with every voice stage handing on the avatar's voice alone (`returns: avatar`),
-    unless the graph says otherwise: a browser page plays the returned sound, and the user must
-    not hear themselves echoed."""
-    stages = [
-        spec.model_copy(update={"options": {"returns": "avatar", **spec.options}}) if spec.type == "voice" else spec
-        for spec in config.stages
-    ]
-    return config.model_copy(update={"stages": stages})
-
-
 def with_ice_servers(config: GraphConfig, servers: list[IceServerConfig]) -> GraphConfig:
     """`config` with `servers` after those its `webrtc.ice_servers` names (the command line's)."""
     webrtc = config.webrtc.model_copy(update={"ice_servers": [*config.webrtc.ice_servers, *servers]})

@@ -150,7 +150,7 @@ def build_graph(config: GraphConfig, types: Mapping[str, type[Stage]] | None = N
         inputs: dict[str, str] = {}
         upstream = _ancestors(name, specs)
         for port in stage_class.inputs:
-            feeding = [node for node in upstream if specs[node].type == port]
+            feeding = [node for node in upstream if port in (specs[node].type, found[node].type_name)]
             if not feeding:
                 raise ConfigError(
                     f"stage {name!r}: input {port!r}: no upstream stage of type {port!r} (list one in 'after')"
@@ -182,3 +182,40 @@ def _providers(node: Node, nodes: Mapping[str, Node]) -> dict[str, str]:
             )
         found[service] = offering[0]
     return found
+
+
+def _type_name(kind: str) -> str:
+    """The `type_name` of the stage class a config's `type` names (the name itself when it names
+    none: `build_graph` reports that), so a stage given by import path is known by its name."""
+    try:
+        return stage_type(kind).type_name
+    except ConfigError:
+        return kind
+
+
+def with_lines_to_say(config: GraphConfig, lines: list[str]) -> GraphConfig:
+    """`config` with `lines` added to what each voice stage says; an error if the graph has none."""
+    stages = []
+    found = False
+    for spec in config.stages:
+        if _type_name(spec.type) == "voice":
+            found = True
+            said = list(spec.options.get("say", ())) + list(lines)
+            spec = spec.model_copy(update={"options": {**spec.options, "say": said}})
+        stages.append(spec)
+    if not found:
+        raise ConfigError(f"--say: graph {config.name!r} has no voice stage to speak with")
+    return config.model_copy(update={"stages": stages})
+
+
+def with_avatar_voice_returned(config: GraphConfig) -> GraphConfig:
+    """`config` with every voice stage handing on the avatar's voice alone (`returns: avatar`),
+    unless the graph says otherwise: a browser page plays the returned sound, and the user must
+    not hear themselves echoed."""
+    stages = [
+        spec.model_copy(update={"options": {"returns": "avatar", **spec.options}})
+        if _type_name(spec.type) == "voice"
+        else spec
+        for spec in config.stages
+    ]
+    return config.model_copy(update={"stages": stages})

@@ -37,10 +37,14 @@ def register_stage(cls: S) -> S:
     """Make a stage type available to configs under its `type_name` (usable as a decorator)."""
     if not cls.type_name:
         raise ValueError(f"{cls.__name__} has no type_name")
-    taken = BUILT_IN.get(cls.type_name) or _REGISTERED.get(cls.type_name)
+    built_in = BUILT_IN.get(cls.type_name)
+    if built_in is not None:
+        if built_in == f"{cls.__module__}:{cls.__qualname__}":
+            return cls  # a built-in stage registering itself: it is in the table already
+        raise ValueError(f"stage type {cls.type_name!r} is already {built_in}")
+    taken = _REGISTERED.get(cls.type_name)
     if taken is not None and taken is not cls:
-        where = taken if isinstance(taken, str) else f"{taken.__module__}.{taken.__qualname__}"
-        raise ValueError(f"stage type {cls.type_name!r} is already {where}")
+        raise ValueError(f"stage type {cls.type_name!r} is already {taken.__module__}.{taken.__qualname__}")
     _REGISTERED[cls.type_name] = cls
     return cls
 
@@ -68,10 +72,12 @@ def stage_types() -> dict[str, type[Stage]]:
 
 def _load(path: str, name: str) -> type[Stage]:
     module_name, _, attribute = path.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not attribute.isidentifier():
+        raise ConfigError(f"stage type {name!r}: not an import path of the form package.module:Class")
     try:
         found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"stage type {name!r}: cannot import {path} ({exc})") from None
+    except Exception as exc:  # not found, or the module itself fails as it is imported
+        raise ConfigError(f"stage type {name!r}: cannot import {path} ({type(exc).__name__}: {exc})") from None
     if not (isinstance(found, type) and issubclass(found, Stage)):
         raise ConfigError(f"stage type {name!r}: {path} is not a Stage class")
     return found

@@ -58,7 +58,7 @@ class StageContext:
     services: dict[str, str] = field(default_factory=dict)
     # What the run's stages offer, by (node name, service), the same dict for every stage of a run.
     offered: dict[tuple[str, str], Any] = field(default_factory=dict)
-    # The model manager (pipeline.model_manager.ModelManager) stages get their models from; shared by
+    # The model manager (pipeline.model_manager.manager.ModelManager) stages get their models from; shared by
     # every session of the process. None: a stage on its own makes one for its device.
     models: Any = None
     # A live source (camera, peer, stream): frames have deadlines.
@@ -286,9 +286,16 @@ class StageRunner:
         return True
 
     def _carry(self, frame: Frame) -> None:
-        """Give a frame the cadence skipped the last result, marked held."""
+        """Give a frame the cadence skipped the last result, marked held. Its events happened
+        once, on the frame that found them: a held copy carries none."""
         last = self._held
-        frame.annotations[self.name] = {**last, "held": True} if last is not None else missing(HELD_NOTHING)
+        if last is None:
+            frame.annotations[self.name] = missing(HELD_NOTHING)
+            return
+        held = {**last, "held": True}
+        if "events" in held:
+            held["events"] = []
+        frame.annotations[self.name] = held
 
     def _keep(self, annotation: dict[str, Any] | None) -> None:
         """Remember an inference stage's result for the frames the cadence will skip."""

@@ -26,12 +26,30 @@ from pipeline.io.sinks import NullSink
 from pipeline.stage import Stage
 
 
+class Kept(NullSink):
+    """Keeps each frame's annotations as the stages left them, before any serialising."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.annotations: list[dict] = []
+
+    async def write(self, frame: Frame) -> None:
+        self.annotations.append({"frame": frame.index, **frame.annotations})
+        await super().write(frame)
+
+
 def records_of(config_name: str, clip, tmp_path) -> tuple[list[dict], dict[str, type], AnalyticsSink]:
+    """The analytics records of a run, and (checked here against the declared shapes) the
+    annotations as the stages left them in memory: what the stages after them read, where a
+    tuple is not a list and an int key is not a string."""
     config = load_config(config_name).model_copy(update={"quality": parse_config({}).quality})
     graph = build_graph(config)
-    sink = AnalyticsSink(NullSink(), tmp_path / f"{config_name}.jsonl")
+    kept = Kept()
+    sink = AnalyticsSink(kept, tmp_path / f"{config_name}.jsonl")
     asyncio.run(Pipeline(graph, MediaSource(clip), sink).run())
     shapes = {name: node.stage_type.Annotation for name, node in graph.nodes.items()}
+    assert len(kept.annotations) > 0
+    assert_shapes(kept.annotations, shapes)
     return [json.loads(line) for line in sink.path.read_text().splitlines()], shapes, sink
 
 

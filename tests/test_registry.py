@@ -49,6 +49,30 @@ def test_a_stage_of_ones_own_is_named_by_its_import_path(tmp_path, monkeypatch):
         stage_type("my_stages:Whisper")
     with pytest.raises(ConfigError, match="cannot import no_such_module:Stage"):
         stage_type("no_such_module:Stage")
+    for malformed in (":Foo", ".x:Foo", "my_stages:", "my stages:Shout"):
+        with pytest.raises(ConfigError, match="not an import path"):
+            stage_type(malformed)
+    (tmp_path / "broken_stages.py").write_text("raise RuntimeError('half-written')\n")
+    with pytest.raises(ConfigError, match=r"cannot import broken_stages:X \(RuntimeError: half-written\)"):
+        stage_type("broken_stages:X")
+
+
+def test_a_stage_named_by_its_path_is_known_by_its_name_to_the_stages_after_it():
+    from pipeline.graph import with_avatar_voice_returned
+
+    config = parse_config(
+        {
+            "name": "paths",
+            "stages": [
+                {"name": "stats", "type": "pipeline.stages.frame_stats:FrameStats"},
+                {"name": "level", "type": "audio_level"},
+                {"name": "meters", "type": "meter_overlay", "after": ["stats", "level"]},
+                {"name": "mic", "type": "pipeline.stages.voice.stage:Voice"},
+            ],
+        }
+    )
+    assert build_graph(config).nodes["meters"].inputs == {"frame_stats": "stats", "audio_level": "level"}
+    assert with_avatar_voice_returned(config).stages[3].options["returns"] == "avatar"
 
 
 def test_an_unknown_name_lists_the_known_ones():
@@ -71,3 +95,4 @@ def test_a_registered_type_is_found_by_name_and_may_not_take_a_built_in_name(mon
     assert "counted_for_registry_test" in known_types()
     with pytest.raises(ValueError, match=r"'emotion' is already pipeline\.stages\.emotion\.stage:Emotion"):
         register_stage(Impostor)
+    assert register_stage(stage_type("emotion")) is stage_type("emotion")  # the built-in itself: fine

@@ -91,3 +91,28 @@ def test_frames_without_a_picture_do_not_count_toward_the_cadence():
 
     asyncio.run(go())
     assert reader.calls == 2 and pictures[1].annotations["reader"].get("held")
+
+
+class Spotter(Reader):
+    """An inference stage with events: each happened once, on the frame that found it."""
+
+    type_name = "spotter"
+
+    async def process(self, frame: Frame) -> dict:
+        self.calls += 1
+        return {"call": self.calls, "events": [{"type": "spotted", "frame": frame.index}]}
+
+
+def test_a_held_result_carries_no_events_so_none_is_told_twice():
+    runner = StageRunner(Spotter("spotter"), StageStats())
+    runner.set_cadence(3)
+    seen = frames(4)
+
+    async def go():
+        for frame in seen:
+            await runner.run(frame)
+
+    asyncio.run(go())
+    got = [frame.annotations["spotter"] for frame in seen]
+    assert [len(a["events"]) for a in got] == [1, 0, 0, 1]
+    assert [a["call"] for a in got] == [1, 1, 1, 2]  # the result itself is held

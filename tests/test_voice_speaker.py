@@ -225,7 +225,8 @@ def test_returning_the_avatar_alone_leaves_the_user_out_of_the_sound(tmp_path):
 
 
 def test_browser_sessions_return_the_avatar_alone_unless_the_graph_says_otherwise():
-    from pipeline.config import load_config, with_avatar_voice_returned
+    from pipeline.config import load_config
+    from pipeline.graph import with_avatar_voice_returned
 
     config = with_avatar_voice_returned(load_config("default"))
     assert [s.options["returns"] for s in config.stages if s.type == "voice"] == ["avatar"]

@@ -56,6 +56,7 @@ def test_every_stages_events_reach_the_channel_once_each_marked_with_its_stage()
             f.annotations["voice"] = {"user_speaking": False, "events": [said]}
             f.annotations["context"] = {"faces": 1, "events": [{**said, "origin": "voice"}, {"type": "face_found"}]}
             f.annotations["my_stage"] = {"events": [{"type": "door_opened"}]}  # a stage the session has never heard of
+            f.annotations["odd"] = {"events": "door_opened"}  # not a list of records: no event, and left out
             s._frame_out(f, 1.0)
             return sent
         finally:
@@ -68,7 +69,7 @@ def test_every_stages_events_reach_the_channel_once_each_marked_with_its_stage()
         ("voice", "user_said"),
     ]
     assert message["voice"] == {"user_speaking": False} and message["context"] == {"faces": 1}
-    assert message["my_stage"] == {}
+    assert message["my_stage"] == {} and message["odd"] == {}
 
 
 def test_the_fps_the_page_sees_is_the_recent_rate_not_a_lifetime_average():
@@ -132,3 +133,38 @@ def test_every_message_gets_one_reply_and_none_ends_the_session():
 
     replies = asyncio.run(scenario())
     assert all(len(reply["error"]) <= 300 for reply in replies)
+
+
+def test_a_value_that_is_not_json_is_sent_as_missing_and_the_session_goes_on():
+    import json
+
+    import numpy as np
+
+    async def scenario():
+        s = session()
+        try:
+            sent = []
+
+            class Channel:
+                readyState = "open"
+
+                def send(self, text):
+                    sent.append(json.loads(text))  # what a page's JSON.parse must be able to read
+
+            s.channel = Channel()
+            for index in range(2):
+                f = frame(index)
+                f.annotations["mine"] = {"level": np.float32(0.5), "events": [{"type": "peak", "x": torch.ones(1)}]}
+                f.annotations["voice"] = {"user_speaking": True, "events": [{"type": "user_started", "time_s": 0.1}]}
+                s._last_sent_s = 0.0
+                s._frame_out(f, 1.0)
+            return sent, s.status()
+        finally:
+            await s.pc.close()
+
+    sent, status = asyncio.run(scenario())
+    assert len(sent) == 2
+    assert sent[0]["mine"]["missing"] and "not JSON" in sent[0]["mine"]["reason"]
+    assert sent[0]["voice"] == {"user_speaking": True}
+    assert [e["type"] for e in sent[0]["events"]] == ["user_started"]  # the event that was not JSON is left out
+    assert status["not_json"] == {"mine": 2}

@@ -5,21 +5,21 @@ frame order, flushed line by line so a reader tailing the file always sees whole
 job writes it under a partial name and renames it with the video (`pipeline/job.py`), so a
 run cut short never leaves a sidecar that looks complete.
 
-Serialised strictly: a value that is not JSON (a tensor, a NumPy number, NaN) is not turned into
-something that looks like data. The stage that left it is isolated instead: its annotation is
-written as missing, with the reason, and the stage named once in the log, while the rest of the
-record and of the run go on. The annotation shapes (`Stage.Annotation`) are checked in tests.
+Serialised strictly (`pipeline.annotation.strict_json`): a value that is not JSON (a tensor, a
+NumPy array or float32, NaN) is not turned into something that looks like data. The stage that
+left it is isolated instead: its annotation is written as missing, with the reason, and the
+stage named once in the log, while the rest of the record and of the run go on. The annotation
+shapes (`Stage.Annotation`) are checked in tests.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from pipeline.annotation import missing
+from pipeline.annotation import strict_json
 from pipeline.errors import SinkError
 from pipeline.frames import Frame
 from pipeline.io.base import Sink, StreamInfo
@@ -63,24 +63,14 @@ class AnalyticsSink(Sink):
 
     async def write(self, frame: Frame) -> None:
         if self._file is not None:
-            self._file.write(self._line(frame.to_json()) + "\n")
+            self._file.write(strict_json(frame.to_json(), self._rejected) + "\n")
             self.records += 1
         await self.inner.write(frame)
 
-    def _line(self, record: dict[str, Any]) -> str:
-        try:
-            return _strict(record)
-        except (TypeError, ValueError):
-            pass
-        for key, value in record.items():
-            try:
-                _strict({key: value})
-            except (TypeError, ValueError) as exc:
-                if key not in self.rejected:
-                    log.warning("analytics: stage %r left a value that is not JSON (%s); written as missing", key, exc)
-                self.rejected[key] = self.rejected.get(key, 0) + 1
-                record[key] = missing(f"not JSON: {exc}")
-        return _strict(record)
+    def _rejected(self, stage: str, error: Exception) -> None:
+        if stage not in self.rejected:
+            log.warning("analytics: stage %r left a value that is not JSON (%s); written as missing", stage, error)
+        self.rejected[stage] = self.rejected.get(stage, 0) + 1
 
     async def close(self) -> None:
         try:
@@ -89,7 +79,3 @@ class AnalyticsSink(Sink):
             if self._file is not None:
                 self._file.close()
                 self._file = None
-
-
-def _strict(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)

@@ -32,12 +32,13 @@ from typing import Any
 import torch
 from aiortc import RTCPeerConnection
 
-from pipeline.config import GraphConfig, with_avatar_voice_returned
+from pipeline.annotation import is_json, strict_json
+from pipeline.config import GraphConfig
 from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import one_line
 from pipeline.executor import Pipeline
 from pipeline.frames import Frame
-from pipeline.graph import build_graph
+from pipeline.graph import build_graph, with_avatar_voice_returned
 from pipeline.metrics import RecentRate
 from pipeline.model_manager.manager import ModelManager
 from pipeline.webrtc.tracks import SILENCE_S, PeerSink, TrackSource, first_picture
@@ -87,6 +88,7 @@ class Session:
         self._last_sent_s = 0.0
         self._pending_events: list[dict[str, Any]] = []
         self.events_dropped = 0  # events dropped while no channel took them
+        self.rejected: dict[str, int] = {}  # stage → messages whose annotation was not JSON (sent as missing)
         self.out_rate = RecentRate(FPS_WINDOW_S)
         self.messages_sent = 0
         pc.on("track", self._on_track)
@@ -192,11 +194,18 @@ class Session:
             self._pending_events = []
             self._last_sent_s = now
 
+    def _rejected(self, stage: str, error: Exception) -> None:
+        if stage not in self.rejected:
+            log.warning(
+                "session %d: stage %r left a value that is not JSON (%s); sent as missing", self.id, stage, error
+            )
+        self.rejected[stage] = self.rejected.get(stage, 0) + 1
+
     def _send(self, message: dict[str, Any]) -> bool:
         channel = self.channel
         if channel is None or channel.readyState != "open":
             return False
-        channel.send(json.dumps(message, separators=(",", ":")))
+        channel.send(strict_json(message, self._rejected))
         self.messages_sent += 1
         return True
 
@@ -292,6 +301,7 @@ class Session:
             "rung": scheduler.controller.rung_name if scheduler else None,
             "messages_sent": self.messages_sent,
             "events_dropped": self.events_dropped,
+            "not_json": dict(self.rejected),  # stage → messages that carried its annotation as missing
             "video_replaced": self.sink.video.replaced,  # pictures the sender never took: no backlog kept
             "audio_cut_samples": self.sink.audio.cut,
             "error": self.error,
@@ -331,6 +341,9 @@ def stage_events(annotations: dict[str, Any]) -> list[dict[str, Any]]:
     """Every stage's events on one frame, each marked with its stage's name, relays left out."""
     found = []
     for stage, annotation in annotations.items():
-        if isinstance(annotation, dict):
-            found.extend({**event, "stage": stage} for event in annotation.get("events") or () if "origin" not in event)
+        events = annotation.get("events") if isinstance(annotation, dict) else None
+        if isinstance(events, list):  # a stage of one's own may leave anything: only event records go
+            found.extend(
+                {**e, "stage": stage} for e in events if isinstance(e, dict) and "origin" not in e and is_json(e)
+            )
     return found

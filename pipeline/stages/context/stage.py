@@ -299,7 +299,8 @@ class Context(ComputeStage):
         for event in events:
             if event["type"] in ("face_lost", "user_stopped", "user_started"):
                 continue  # nothing to say about these
-            if self.llm is not None and self.llm.respond(event, {**summary, "conversation": self.conversation()}):
+            told = {k: v for k, v in event.items() if k != "origin"}  # the prompt as before relays were marked
+            if self.llm is not None and self.llm.respond(told, {**summary, "conversation": self.conversation()}):
                 continue  # its reply goes to the voice when it comes
             line = self._responder.respond(event)
             if line is not None:

@@ -1,8 +1,8 @@
 """Listening to the user: 16 kHz mono, Silero VAD and the speech gate, chunk after chunk.
 
 Every frame's sound has to go through the VAD in order, since the model and the gate keep state
-from chunk to chunk. In line that costs each frame about 2 ms of CPU (the resampler and one or
-two model calls), and on a busy two-core machine several times that in waiting, on a stage
+from chunk to chunk. In line that costs each frame CPU time (the resampler and one or
+two model calls), and on a busy machine several times that in waiting, on a stage
 every frame's avatar waits for. What a frame needs from the VAD (the user is speaking, a turn
 began or ended) can come a frame late: the events carry their own times on the stream's clock.
 So the voice stage runs `listen` as an in-order side job (`pipeline.side_work`): on live runs
