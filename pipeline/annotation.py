@@ -11,6 +11,7 @@ stage may give instead of its own (`Missing`) are here.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import cache
 from typing import Any, NotRequired
@@ -66,6 +67,22 @@ def strict_json(record: dict[str, Any], rejected: Callable[[str, Exception], Non
             rejected(key, exc)
             kept[key] = missing(f"not JSON: {exc}")
     return _dumps(kept)
+
+
+class NotJson(dict[str, int]):
+    """Per stage, the records that carried its annotation as missing because it was not JSON.
+    Given to `strict_json` as `rejected`, it counts and names each stage once in `log`."""
+
+    def __init__(self, log: logging.Logger, where: str, outcome: str):
+        super().__init__()
+        self._log, self._where, self._outcome = log, where, outcome
+
+    def __call__(self, stage: str, error: Exception) -> None:
+        if stage not in self:
+            self._log.warning(
+                "%s: stage %r left a value that is not JSON (%s); %s", self._where, stage, error, self._outcome
+            )
+        self[stage] = self.get(stage, 0) + 1
 
 
 def is_json(value: Any) -> bool:

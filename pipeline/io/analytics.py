@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from pipeline.annotation import strict_json
+from pipeline.annotation import NotJson, strict_json
 from pipeline.errors import SinkError
 from pipeline.frames import Frame
 from pipeline.io.base import Sink, StreamInfo
@@ -34,7 +34,7 @@ class AnalyticsSink(Sink):
         self.inner = inner
         self.path = Path(path)
         self.records = 0
-        self.rejected: dict[str, int] = {}  # stage → records whose annotation was not JSON
+        self.rejected = NotJson(log, "analytics", "written as missing")  # stage → records
         self._file: IO[str] | None = None
 
     @property
@@ -63,14 +63,9 @@ class AnalyticsSink(Sink):
 
     async def write(self, frame: Frame) -> None:
         if self._file is not None:
-            self._file.write(strict_json(frame.to_json(), self._rejected) + "\n")
+            self._file.write(strict_json(frame.to_json(), self.rejected) + "\n")
             self.records += 1
         await self.inner.write(frame)
-
-    def _rejected(self, stage: str, error: Exception) -> None:
-        if stage not in self.rejected:
-            log.warning("analytics: stage %r left a value that is not JSON (%s); written as missing", stage, error)
-        self.rejected[stage] = self.rejected.get(stage, 0) + 1
 
     async def close(self) -> None:
         try:

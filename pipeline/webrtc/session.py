@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from aiortc import RTCPeerConnection
 
-from pipeline.annotation import is_json, strict_json
+from pipeline.annotation import NotJson, is_json, strict_json
 from pipeline.config import GraphConfig
 from pipeline.device_profiles import DeviceProfile
 from pipeline.errors import one_line
@@ -88,7 +88,7 @@ class Session:
         self._last_sent_s = 0.0
         self._pending_events: list[dict[str, Any]] = []
         self.events_dropped = 0  # events dropped while no channel took them
-        self.rejected: dict[str, int] = {}  # stage → messages whose annotation was not JSON (sent as missing)
+        self.rejected = NotJson(log, f"session {self.id}", "sent as missing")  # stage → messages
         self.out_rate = RecentRate(FPS_WINDOW_S)
         self.messages_sent = 0
         pc.on("track", self._on_track)
@@ -194,18 +194,11 @@ class Session:
             self._pending_events = []
             self._last_sent_s = now
 
-    def _rejected(self, stage: str, error: Exception) -> None:
-        if stage not in self.rejected:
-            log.warning(
-                "session %d: stage %r left a value that is not JSON (%s); sent as missing", self.id, stage, error
-            )
-        self.rejected[stage] = self.rejected.get(stage, 0) + 1
-
     def _send(self, message: dict[str, Any]) -> bool:
         channel = self.channel
         if channel is None or channel.readyState != "open":
             return False
-        channel.send(strict_json(message, self._rejected))
+        channel.send(strict_json(message, self.rejected))
         self.messages_sent += 1
         return True
 
