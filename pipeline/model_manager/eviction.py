@@ -20,7 +20,7 @@ Policy = Literal["score", "lru"]
 
 PRIORITY_WEIGHT = {"low": 1.0, "medium": 2.0, "high": 4.0, "critical": 8.0}
 HOST_BANDWIDTH = 8e9  # bytes/s host → device, the estimate before a restore has been timed
-MB = 1 << 20
+MB = 1 << 20  # as pipeline.device_profiles.MB, which cannot be imported here: it loads torch
 
 
 class Candidate(Protocol):
